@@ -1,0 +1,428 @@
+//! Loading a config file or directory: YAML parsing, every validation error of the reference
+//! format (`envoy-rls.md` §2.1), and compilation into the matcher.
+
+use super::Unit;
+use super::matcher::{Domain, KeyNodes, Level, Node, Pattern, RateLimitConfig, Rule, RuleLimit};
+use super::model::{DescriptorNode, DomainFile, RateLimit};
+use crate::keys::rule_resource;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
+
+/// One problem in one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file, self.message)
+    }
+}
+
+/// Every problem found in a load; a load with any error is rejected whole.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+/// Loads a YAML file, or every `*.yaml`/`*.yml` file of a directory (not recursing, skipping
+/// hidden files such as editors' swap files), in name order.
+pub fn load_path(path: &Path) -> Result<RateLimitConfig, ConfigErrors> {
+    let display = path.display().to_string();
+    let io_error = |e: std::io::Error| ConfigErrors(vec![ConfigError { file: display.clone(), message: e.to_string() }]);
+    let mut files = Vec::new();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(io_error)? {
+            let entry_path = entry.map_err(io_error)?.path();
+            let hidden = entry_path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            if entry_path.is_file() && is_yaml(&entry_path) && !hidden {
+                files.push(entry_path);
+            }
+        }
+        files.sort();
+    } else {
+        files.push(path.to_path_buf());
+    }
+    let mut sources = Vec::with_capacity(files.len());
+    let mut errors = Vec::new();
+    for file in files {
+        let name = file.display().to_string();
+        match std::fs::read_to_string(&file) {
+            Ok(text) => sources.push((name, text)),
+            Err(e) => errors.push(ConfigError { file: name, message: e.to_string() }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    compile(sources)
+}
+
+/// Parses and validates one domain file's text.
+pub fn parse_domain(file: &str, text: &str) -> Result<RateLimitConfig, ConfigErrors> {
+    compile(vec![(file.to_owned(), text.to_owned())])
+}
+
+fn compile(sources: Vec<(String, String)>) -> Result<RateLimitConfig, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut domains: HashMap<String, Domain> = HashMap::new();
+    for (file, text) in &sources {
+        let mut report = Report { file, errors: &mut errors, warnings: &mut warnings };
+        let Some(domain) = compile_file(text, &mut report) else { continue };
+        if let Some(existing) = domains.get(domain.name.as_ref()) {
+            report.error(format!("domain '{}' is already defined in {}", domain.name, existing.source));
+            continue;
+        }
+        domains.insert(domain.name.to_string(), domain);
+    }
+    if errors.is_empty() {
+        Ok(RateLimitConfig { domains, sources, warnings })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+struct Report<'a> {
+    file: &'a str,
+    errors: &'a mut Vec<ConfigError>,
+    warnings: &'a mut Vec<String>,
+}
+
+impl Report<'_> {
+    fn error(&mut self, message: String) {
+        self.errors.push(ConfigError { file: self.file.to_owned(), message });
+    }
+
+    fn warn(&mut self, message: String) {
+        self.warnings.push(format!("{}: {message}", self.file));
+    }
+}
+
+fn compile_file(text: &str, report: &mut Report<'_>) -> Option<Domain> {
+    // Like the reference, a multi-document file loads its first document only.
+    let parsed: DomainFile = match serde_saphyr::from_multiple::<DomainFile>(text) {
+        Ok(mut docs) if !docs.is_empty() => docs.swap_remove(0),
+        Ok(_) => {
+            report.error("the file holds no YAML document; a domain file needs `domain:` and `descriptors:`".into());
+            return None;
+        }
+        Err(e) => {
+            report.error(format!("invalid YAML: {e}"));
+            return None;
+        }
+    };
+    let name = parsed.domain.unwrap_or_default();
+    if name.is_empty() {
+        report.error("domain must not be empty".into());
+        return None;
+    }
+    let namespace = match parsed.namespace {
+        Some(ns) if ns.is_empty() => {
+            report.error("namespace must not be empty when given".into());
+            return None;
+        }
+        Some(ns) => ns,
+        None => name.clone(),
+    };
+    let mut name_counts = HashMap::new();
+    count_names(&parsed.descriptors, &mut name_counts);
+    let errors_before = report.errors.len();
+    let mut builder = Builder { report, name_counts };
+    let root = builder.level(&parsed.descriptors, "descriptors", "");
+    if builder.report.errors.len() > errors_before {
+        return None;
+    }
+    Some(Domain { name: name.into(), namespace: namespace.into(), source: builder.report.file.to_owned(), root })
+}
+
+fn count_names(nodes: &[DescriptorNode], counts: &mut HashMap<String, usize>) {
+    for node in nodes {
+        if let Some(name) = node.rate_limit.as_ref().and_then(|r| r.name.as_ref()) {
+            *counts.entry(name.clone()).or_default() += 1;
+        }
+        count_names(&node.descriptors, counts);
+    }
+}
+
+/// Escapes `/`, `=` and `%` so a node path names exactly one node.
+fn path_segment(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '/' => out.push_str("%2F"),
+            '=' => out.push_str("%3D"),
+            '%' => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+}
+
+struct Builder<'r, 'a> {
+    report: &'r mut Report<'a>,
+    name_counts: HashMap<String, usize>,
+}
+
+impl Builder<'_, '_> {
+    fn level(&mut self, nodes: &[DescriptorNode], at: &str, parent_path: &str) -> Level {
+        let mut level = Level::default();
+        let mut seen = HashSet::new();
+        for (i, raw) in nodes.iter().enumerate() {
+            let at = format!("{at}[{i}]");
+            let key = raw.key.clone().unwrap_or_default();
+            if key.is_empty() {
+                self.report.error(format!("{at}: key must not be empty"));
+                continue;
+            }
+            let composite = match &raw.value {
+                Some(v) => format!("{key}_{v}"),
+                None => key.clone(),
+            };
+            if !seen.insert((key.clone(), raw.value.clone())) {
+                self.report.error(format!("{at}: duplicate descriptor '{composite}' at this level"));
+                continue;
+            }
+            let mut path = parent_path.to_owned();
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path_segment(&mut path, &key);
+            if let Some(v) = &raw.value {
+                path.push('=');
+                path_segment(&mut path, v);
+            }
+            self.warn_unimplemented(raw, &at);
+            if raw.share_threshold && !raw.value.as_deref().is_some_and(|v| v.contains('*')) {
+                self.report.error(format!("{at}: share_threshold needs a value containing '*'"));
+            }
+            let rule = raw.rate_limit.as_ref().and_then(|rl| self.rule(rl, raw, &at, &path));
+            if raw.allow_debt && raw.rate_limit.is_none() {
+                self.report.warn(format!("{at}: allow_debt has no effect without a rate_limit"));
+            }
+            let children = self.level(&raw.descriptors, &format!("{at}.descriptors"), &path);
+            let node = Node { rule, children };
+            let nodes = level.keys.entry(key).or_insert_with(KeyNodes::default);
+            match &raw.value {
+                None => nodes.default = Some(Box::new(node)),
+                Some(v) if v.contains('*') => nodes.wildcards.push((Pattern::new(v), node)),
+                Some(v) => {
+                    nodes.exact.insert(v.clone(), node);
+                }
+            }
+        }
+        level
+    }
+
+    fn warn_unimplemented(&mut self, raw: &DescriptorNode, at: &str) {
+        for (set, what) in [
+            (raw.quota_mode, "quota_mode"),
+            (raw.value_to_metric, "value_to_metric"),
+            (raw.share_threshold, "share_threshold"),
+            (raw.metadata.is_some(), "metadata"),
+        ] {
+            if set {
+                self.report.warn(format!("{at}: {what} is accepted but not implemented yet; it is ignored"));
+            }
+        }
+    }
+
+    fn rule(&mut self, rl: &RateLimit, raw: &DescriptorNode, at: &str, path: &str) -> Option<Rule> {
+        let at = format!("{at}.rate_limit");
+        let errors_before = self.report.errors.len();
+        let unit = match rl.unit.as_deref() {
+            Some(u) => match Unit::parse(u) {
+                Some(unit) => Some(unit),
+                None => {
+                    self.report.error(format!(
+                        "{at}: unknown unit '{u}' (expected second, minute, hour, day, week, month or year)"
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        if rl.unlimited && unit.is_some() {
+            self.report.error(format!("{at}: unlimited must not be combined with a unit"));
+        }
+        if !rl.unlimited && rl.unit.is_none() {
+            self.report.error(format!(
+                "{at}: a unit is required (second, minute, hour, day, week, month or year) unless unlimited is true"
+            ));
+        }
+        if let Some(burst) = rl.burst {
+            if rl.unlimited {
+                self.report.error(format!("{at}: burst must not be combined with unlimited"));
+            } else if burst < rl.requests_per_unit {
+                self.report.error(format!(
+                    "{at}: burst ({burst}) must be at least requests_per_unit ({})",
+                    rl.requests_per_unit
+                ));
+            }
+        }
+        let name = rl.name.clone().unwrap_or_default();
+        let mut replaces = Vec::with_capacity(rl.replaces.len());
+        for (j, r) in rl.replaces.iter().enumerate() {
+            match r.name.as_deref() {
+                None | Some("") => self.report.error(format!("{at}.replaces[{j}]: name must not be empty")),
+                Some(n) if n == name => self.report.error(format!("{at}.replaces[{j}]: a limit cannot replace itself ('{n}')")),
+                Some(n) => replaces.push(n.to_owned()),
+            }
+        }
+        if self.report.errors.len() > errors_before {
+            return None;
+        }
+        let limit = match unit {
+            _ if rl.unlimited => RuleLimit::Unlimited,
+            Some(unit) => RuleLimit::Limited { unit, requests_per_unit: rl.requests_per_unit, burst: rl.burst },
+            None => return None,
+        };
+        let unique_name = rl.name.as_deref().filter(|n| self.name_counts.get(*n) == Some(&1));
+        Some(Rule {
+            limit,
+            name: name.into(),
+            replaces,
+            shadow_mode: raw.shadow_mode,
+            allow_debt: raw.allow_debt,
+            detailed_metric: raw.detailed_metric,
+            resource: rule_resource(unique_name, path).into(),
+            path: path.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match parse_domain("test.yaml", yaml) {
+            Ok(_) => Vec::new(),
+            Err(ConfigErrors(errs)) => errs.into_iter().map(|e| e.message).collect(),
+        }
+    }
+
+    fn assert_error(yaml: &str, fragment: &str) {
+        let errs = errors(yaml);
+        assert!(errs.iter().any(|e| e.contains(fragment)), "expected an error containing {fragment:?}, got {errs:?}");
+    }
+
+    #[test]
+    fn valid_config_loads() {
+        let cfg = parse_domain(
+            "ok.yaml",
+            "domain: d\nnamespace: tenant-a\ndescriptors:\n  - key: k\n    rate_limit: {unit: MINUTE, requests_per_unit: 5, burst: 10}\n",
+        )
+        .unwrap();
+        let d = cfg.domain("d").unwrap();
+        assert_eq!(&*d.namespace, "tenant-a");
+        let rule = d.lookup([("k", "x")]).unwrap();
+        assert_eq!(rule.limit, RuleLimit::Limited { unit: Unit::Minute, requests_per_unit: 5, burst: Some(10) });
+    }
+
+    #[test]
+    fn every_validation_error() {
+        let table: &[(&str, &str)] = &[
+            ("domain: d\ndescriptors:\n  - key: k\n    bogus: 1\n", "unknown field `bogus`"),
+            ("domain: d\nextra: 1\n", "unknown field `extra`"),
+            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, nope: 2}\n", "unknown field `nope`"),
+            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, replaces: [{name: a, x: 1}]}\n", "unknown field `x`"),
+            ("domain: d\ndescriptors:\n  - 5\n", "invalid YAML"),
+            ("domain: \"\"\ndescriptors: []\n", "domain must not be empty"),
+            ("descriptors: []\n", "domain must not be empty"),
+            ("", "no YAML document"),
+            ("domain: d\ndescriptors:\n  - value: v\n", "key must not be empty"),
+            ("domain: d\ndescriptors:\n  - key: \"\"\n", "key must not be empty"),
+            ("domain: d\ndescriptors:\n  - key: k\n    value: v\n  - key: k\n    value: v\n", "duplicate descriptor 'k_v'"),
+            ("domain: d\ndescriptors:\n  - key: k\n  - key: k\n", "duplicate descriptor 'k'"),
+            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {requests_per_unit: 5}\n", "a unit is required"),
+            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 5}\n", "unknown unit 'fortnight'"),
+            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, unlimited: true}\n", "unlimited must not be combined with a unit"),
+            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, replaces: [{}]}\n", "name must not be empty"),
+            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, replaces: [{name: \"\"}]}\n", "name must not be empty"),
+            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, name: a, replaces: [{name: a}]}\n", "cannot replace itself"),
+            ("domain: d\ndescriptors:\n  - key: k\n    value: v\n    share_threshold: true\n", "share_threshold needs a value containing '*'"),
+            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 5, burst: 4}\n", "burst (4) must be at least requests_per_unit (5)"),
+            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, burst: 4}\n", "burst must not be combined with unlimited"),
+            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: -1}\n", "invalid YAML"),
+            ("domain: d\nnamespace: \"\"\n", "namespace must not be empty"),
+            ("domain: d\ndescriptors:\n  - key: k\n    descriptors:\n      - key: \"\"\n", "descriptors[0].descriptors[0]: key must not be empty"),
+        ];
+        for (yaml, fragment) in table {
+            assert_error(yaml, fragment);
+        }
+    }
+
+    #[test]
+    fn all_errors_of_a_file_are_reported() {
+        let errs = errors(
+            "domain: d\ndescriptors:\n  - key: \"\"\n  - key: k\n    rate_limit: {unit: nope}\n  - key: j\n    rate_limit: {requests_per_unit: 1}\n",
+        );
+        assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn same_domain_in_two_files_is_an_error() {
+        let dir = tempdir();
+        std::fs::write(dir.join("a.yaml"), "domain: d\n").unwrap();
+        std::fs::write(dir.join("b.yml"), "domain: d\n").unwrap();
+        std::fs::write(dir.join("notes.txt"), "not yaml").unwrap();
+        let err = load_path(&dir).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert!(err.0[0].file.ends_with("b.yml"));
+        assert!(err.0[0].message.contains("already defined"), "{}", err.0[0].message);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn directory_loads_each_domain_and_only_the_first_document() {
+        let dir = tempdir();
+        std::fs::write(dir.join("a.yaml"), "domain: a\n---\ndomain: ignored\n").unwrap();
+        std::fs::write(dir.join("b.yaml"), "domain: b\n").unwrap();
+        let cfg = load_path(&dir).unwrap();
+        let mut names: Vec<_> = cfg.domains().map(|d| d.name.to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        assert!(cfg.dump().contains("# file: "));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unimplemented_keys_load_with_a_warning() {
+        let cfg = parse_domain(
+            "w.yaml",
+            "domain: d\ndescriptors:\n  - key: k\n    value: \"a*\"\n    quota_mode: true\n    share_threshold: true\n    value_to_metric: true\n    metadata: {a: [1, 2]}\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.warnings().len(), 4, "{:?}", cfg.warnings());
+    }
+
+    #[test]
+    fn numeric_values_are_strings() {
+        let cfg = parse_domain("n.yaml", "domain: d\ndescriptors:\n  - key: code\n    value: 404\n    rate_limit: {unit: hour, requests_per_unit: 1}\n").unwrap();
+        assert!(cfg.domain("d").unwrap().lookup([("code", "404")]).is_some());
+    }
+
+    fn tempdir() -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!("zael-core-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,29 @@
+//! Pure logic of zael, the Envoy rate limit service on the zae-limiter table format.
+//!
+//! * [`bucket`]: millitoken token-bucket arithmetic of the table format;
+//! * [`config`]: the envoyproxy/ratelimit YAML config and its matcher;
+//! * [`decision`]: descriptors in, bucket charges out, statuses back;
+//! * [`keys`]: bucket identity as zae-limiter entity and resource ids;
+//! * [`store`]: the trait every bucket store implements, and [`memory`], the embedded one.
+//!
+//! ```
+//! use zael_core::{config::parse_domain, decision::{plan, Descriptor, Request, Code}, memory::MemoryStore};
+//! use zael_core::bucket::EpochMillis;
+//!
+//! let config = parse_domain("demo.yaml", "domain: demo\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 1}\n").unwrap();
+//! let store = MemoryStore::new();
+//! let request = Request { domain: "demo", descriptors: vec![Descriptor { entries: vec![("user", "alice")], ..Default::default() }], hits_addend: 0 };
+//! let now = EpochMillis(0);
+//! for expected in [Code::Ok, Code::OverLimit] {
+//!     let plan = plan(&config, &request);
+//!     let outcomes: Vec<_> = plan.bucket_requests().iter().map(|r| store.charge_bucket(r, now)).collect();
+//!     assert_eq!(plan.decide(&outcomes, now, false).overall, expected);
+//! }
+//! ```
+
+pub mod bucket;
+pub mod config;
+pub mod decision;
+pub mod keys;
+pub mod memory;
+pub mod store;

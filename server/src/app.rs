@@ -1,0 +1,174 @@
+//! Wiring: flags -> config, store, listeners; and the shutdown sequence.
+
+use crate::cli::{Cli, StoreKind};
+use crate::config_watch::{self, ConfigHolder};
+use crate::http::{HttpState, Readiness};
+use crate::rls::{HeaderNames, RateLimiter, RlsService};
+use crate::{metrics as m, reflection, telemetry, tls};
+use anyhow::Context as _;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic_health::ServingStatus;
+use zael_core::bucket::EpochMillis;
+use zael_core::config::load_path;
+use zael_core::memory::MemoryStore;
+use zael_core::store::BucketStore;
+
+/// Health service names Envoy and Kubernetes probes ask for.
+const HEALTH_SERVICES: [&str; 2] = ["", "ratelimit"];
+
+/// `--validate`: every error on stderr with its file; exit 1 if invalid, 0 if valid.
+pub fn validate(config: Option<&Path>) -> ExitCode {
+    let Some(path) = config else {
+        eprintln!("Error: --validate needs --config PATH");
+        return ExitCode::from(2);
+    };
+    match load_path(path) {
+        Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}: valid ({} domains)", path.display(), config.domains().count());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: invalid ({} errors)", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_store(cli: &Cli) -> Arc<dyn BucketStore> {
+    match cli.store {
+        StoreKind::Memory => {
+            let store = Arc::new(MemoryStore::new());
+            let evicting = store.clone();
+            let every = cli.evict_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let store = evicting.clone();
+                    let _ = tokio::task::spawn_blocking(move || store.evict_full(EpochMillis::now())).await;
+                }
+            });
+            store
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init(cli.log_format, &cli.log_level, cli.otlp_endpoint.as_deref())?;
+    let store = open_store(&cli);
+    let prometheus = m::install(store.name())?;
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    let config = Arc::new(ConfigHolder::default());
+    let _watcher = match &cli.config {
+        Some(path) => {
+            config.reload(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))?;
+            Some(config_watch::watch(config.clone(), path.clone()).context("cannot watch the config")?)
+        }
+        None => {
+            tracing::warn!("no --config given: every request is answered UNAVAILABLE");
+            None
+        }
+    };
+
+    let limiter = Arc::new(RateLimiter {
+        config: config.clone(),
+        store,
+        global_shadow: cli.shadow_mode,
+        response_headers: cli.response_headers.then(|| HeaderNames {
+            limit: cli.response_header_limit.clone(),
+            remaining: cli.response_header_remaining.clone(),
+            reset: cli.response_header_reset.clone(),
+        }),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let serving = if config.current().is_some() { ServingStatus::Serving } else { ServingStatus::NotServing };
+    for name in HEALTH_SERVICES {
+        health.set_service_status(name, serving).await;
+    }
+    let readiness = Arc::new(Readiness::default());
+
+    let grpc_listener = TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let http_listener =
+        TcpListener::bind(cli.http_listen).await.with_context(|| format!("cannot listen on {}", cli.http_listen))?;
+    tracing::info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, tls = cli.tls_cert.is_some(), "listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let (refl_v1, refl_v1alpha) = reflection::services()?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(RateLimitServiceServer::new(RlsService(limiter.clone())))
+        .add_service(refl_v1)
+        .add_service(refl_v1alpha);
+    let grpc = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: cli.tls_client_ca.clone() };
+            let incoming = tls::incoming(grpc_listener, files)?;
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())))
+        }
+        _ => {
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())))
+        }
+    };
+
+    let http_state = Arc::new(HttpState { limiter, prometheus, readiness: readiness.clone() });
+    let http = tokio::spawn(
+        axum::serve(http_listener, crate::http::router(http_state)).with_graceful_shutdown(stopped(stop_rx)).into_future(),
+    );
+
+    shutdown_signal().await;
+    tracing::info!(drain_delay = ?cli.drain_delay, "shutting down: reporting not serving");
+    readiness.draining.store(true, Ordering::Relaxed);
+    for name in HEALTH_SERVICES {
+        health.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    tokio::time::sleep(cli.drain_delay).await;
+    let _ = stop_tx.send(true);
+    let finished = async {
+        let (grpc, http) = tokio::join!(grpc, http);
+        grpc??;
+        http??;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(cli.shutdown_timeout, finished).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!(timeout = ?cli.shutdown_timeout, "in-flight calls did not finish in time; exiting"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail on Unix");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,142 @@
+//! Command-line flags. Every flag can also be set through an environment variable named
+//! `ZAEL_<FLAG>` (e.g. `ZAEL_LISTEN`, `ZAEL_SHADOW_MODE=true`).
+
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// Buckets in this process's memory (no set-up; not shared between instances).
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Envoy Rate Limit Service (envoy.service.ratelimit.v3) with token buckets.
+#[derive(Debug, Parser)]
+#[command(name = "zael-server", version, about)]
+pub struct Cli {
+    /// envoyproxy/ratelimit YAML config: a file, or a directory of files (one domain each).
+    /// Changes are picked up without a restart.
+    #[arg(long, env = "ZAEL_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// gRPC listen address (RLS, health, reflection).
+    #[arg(long, env = "ZAEL_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+
+    /// HTTP listen address (/healthcheck, /metrics, /json, /rlconfig).
+    #[arg(long, env = "ZAEL_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: SocketAddr,
+
+    /// Where buckets live.
+    #[arg(long, env = "ZAEL_STORE", value_enum, default_value = "memory")]
+    pub store: StoreKind,
+
+    /// Report OVER_LIMIT statuses but always answer overall OK.
+    #[arg(long, env = "ZAEL_SHADOW_MODE")]
+    pub shadow_mode: bool,
+
+    /// Load the config, print every error with its file, and exit (1 if invalid, 0 if valid).
+    #[arg(long)]
+    pub validate: bool,
+
+    /// PEM certificate chain for TLS on the gRPC listener (re-read when it changes).
+    #[arg(long, env = "ZAEL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "ZAEL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require client certificates signed by it (mTLS).
+    #[arg(long, env = "ZAEL_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Add RateLimit-* headers, from the most constrained status, to every response.
+    #[arg(long, env = "ZAEL_RESPONSE_HEADERS")]
+    pub response_headers: bool,
+
+    /// Name of the limit header added by --response-headers.
+    #[arg(long, env = "ZAEL_RESPONSE_HEADER_LIMIT", default_value = "RateLimit-Limit")]
+    pub response_header_limit: String,
+
+    /// Name of the remaining header added by --response-headers.
+    #[arg(long, env = "ZAEL_RESPONSE_HEADER_REMAINING", default_value = "RateLimit-Remaining")]
+    pub response_header_remaining: String,
+
+    /// Name of the reset header added by --response-headers.
+    #[arg(long, env = "ZAEL_RESPONSE_HEADER_RESET", default_value = "RateLimit-Reset")]
+    pub response_header_reset: String,
+
+    /// Log format on stderr.
+    #[arg(long, env = "ZAEL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `zael_server=debug`.
+    #[arg(long, env = "ZAEL_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Export OpenTelemetry spans over OTLP/gRPC to this endpoint, e.g. http://127.0.0.1:4317.
+    #[arg(long, env = "ZAEL_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// After SIGTERM, report not serving for this long before closing the listeners, so load
+    /// balancers stop sending new calls first.
+    #[arg(long, env = "ZAEL_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
+    /// After the drain delay, wait at most this long for in-flight calls before exiting.
+    #[arg(long, env = "ZAEL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// How often the embedded store drops buckets that have refilled to full.
+    #[arg(long, env = "ZAEL_EVICT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub evict_interval: Duration,
+}
+
+/// Parses `250ms`, `2s`, `1m` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (text, 1000)
+    };
+    let value: u64 = number.trim().parse().map_err(|_| format!("invalid duration '{text}' (examples: 250ms, 2s, 1m)"))?;
+    Ok(Duration::from_millis(value.saturating_mul(scale_ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["zael-server", "--config", "x", "--listen", "127.0.0.1:1", "--shadow-mode"]).unwrap();
+        assert!(cli.shadow_mode);
+        assert_eq!(cli.store, StoreKind::Memory);
+        assert!(Cli::try_parse_from(["zael-server", "--tls-cert", "c"]).is_err());
+    }
+}

@@ -1,0 +1,82 @@
+//! The loaded config, and its hot reload: a change in the watched directory reloads the
+//! whole config; an invalid one keeps the last good config, logs every error and counts it.
+
+use crate::metrics as m;
+use arc_swap::ArcSwapOption;
+use notify::{RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use zael_core::config::{ConfigErrors, RateLimitConfig, load_path};
+
+/// Quiet time after the last file event before reloading, so an editor's or Kubernetes'
+/// several writes make one reload.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The config in force; `None` until one loads.
+#[derive(Default)]
+pub struct ConfigHolder {
+    current: ArcSwapOption<RateLimitConfig>,
+}
+
+impl ConfigHolder {
+    pub fn current(&self) -> Option<Arc<RateLimitConfig>> {
+        self.current.load_full()
+    }
+
+    /// Loads `path`; on success it replaces the config in force.
+    pub fn reload(&self, path: &Path) -> Result<(), ConfigErrors> {
+        match load_path(path) {
+            Ok(config) => {
+                for warning in config.warnings() {
+                    tracing::warn!("{warning}");
+                }
+                let domains = config.domains().count();
+                self.current.store(Some(Arc::new(config)));
+                metrics::counter!(m::CONFIG_LOADS, "result" => "success").increment(1);
+                tracing::info!(path = %path.display(), domains, "config loaded");
+                Ok(())
+            }
+            Err(errors) => {
+                metrics::counter!(m::CONFIG_LOADS, "result" => "error").increment(1);
+                for e in &errors.0 {
+                    tracing::error!(file = %e.file, "config error: {}", e.message);
+                }
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// Watches `path` (a directory, or the directory holding a file, so that replaced files and
+/// Kubernetes' symlink swaps are seen) and reloads on every change. The returned watcher
+/// must be kept alive.
+pub fn watch(holder: Arc<ConfigHolder>, path: PathBuf) -> anyhow::Result<notify::RecommendedWatcher> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    })?;
+    let watched = if path.is_dir() { path.clone() } else { path.parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into()) };
+    watcher.watch(&watched, RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait until the events stop for a moment.
+            loop {
+                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let holder = holder.clone();
+            let path = path.clone();
+            let reloaded = tokio::task::spawn_blocking(move || holder.reload(&path)).await;
+            if let Ok(Err(_)) = reloaded {
+                tracing::warn!("config reload failed; keeping the last good config");
+            }
+        }
+    });
+    Ok(watcher)
+}

@@ -1,0 +1,37 @@
+//! `zael-server`: the Envoy Rate Limit Service. Flags in `cli.rs`; wiring in `app.rs`; the
+//! request path in `rls.rs`.
+
+mod app;
+mod cli;
+mod config_watch;
+mod http;
+mod metrics;
+mod protojson;
+mod reflection;
+mod rls;
+mod telemetry;
+mod tls;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    if cli.validate {
+        return app::validate(cli.config.as_deref());
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(app::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
