@@ -41,10 +41,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (envoy_types_dir, workspace_root) = locate_envoy_types()?;
     // Rerun when dependencies are re-resolved (e.g. `envoy-types` bumped), not
     // on every build.
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace_root.join("Cargo.lock").display()
-    );
+    println!("cargo:rerun-if-changed={}", workspace_root.join("Cargo.lock").display());
 
     let proto_root = envoy_types_dir.join("proto");
     let includes: Vec<PathBuf> = INCLUDE_DIRS.iter().map(|d| proto_root.join(d)).collect();
@@ -79,18 +76,12 @@ fn locate_envoy_types() -> Result<(PathBuf, PathBuf), Box<dyn std::error::Error>
         .arg(&manifest)
         .output()?;
     if !output.status.success() {
-        return Err(format!(
-            "`cargo metadata` failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
+        return Err(format!("`cargo metadata` failed: {}", String::from_utf8_lossy(&output.stderr)).into());
     }
 
     let meta: Value = serde_json::from_slice(&output.stdout)?;
-    let workspace_root = meta["workspace_root"]
-        .as_str()
-        .map(PathBuf::from)
-        .ok_or("`cargo metadata`: missing workspace_root")?;
+    let workspace_root =
+        meta["workspace_root"].as_str().map(PathBuf::from).ok_or("`cargo metadata`: missing workspace_root")?;
     let manifest_path = meta["packages"]
         .as_array()
         .ok_or("`cargo metadata`: missing packages")?
@@ -99,9 +90,6 @@ fn locate_envoy_types() -> Result<(PathBuf, PathBuf), Box<dyn std::error::Error>
         .filter(|p| p["version"].as_str().is_some_and(|v| v.starts_with("0.7.")))
         .find_map(|p| p["manifest_path"].as_str())
         .ok_or("`cargo metadata`: package envoy-types 0.7.x not found")?;
-    let dir = Path::new(manifest_path)
-        .parent()
-        .ok_or("envoy-types manifest_path has no parent")?
-        .to_path_buf();
+    let dir = Path::new(manifest_path).parent().ok_or("envoy-types manifest_path has no parent")?.to_path_buf();
     Ok((dir, workspace_root))
 }

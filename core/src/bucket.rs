@@ -46,9 +46,7 @@ pub struct EpochMillis(pub i64);
 
 impl EpochMillis {
     pub fn now() -> Self {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         EpochMillis(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
     }
 }

@@ -136,6 +136,10 @@ pub struct Status {
     pub kind: StatusKind,
     /// Admitted with less than a fifth of the capacity left.
     pub near_limit: bool,
+    /// The matched rule's place in the config (`override` for overrides), for per-rule metrics.
+    pub rule: Option<Arc<str>>,
+    /// The rule asks for metrics per request value (`detailed_metric`).
+    pub detailed_metric: bool,
 }
 
 impl Status {
@@ -147,6 +151,8 @@ impl Status {
             duration_until_reset_secs: None,
             kind: StatusKind::NoLimit,
             near_limit: false,
+            rule: None,
+            detailed_metric: false,
         }
     }
 
@@ -167,6 +173,8 @@ struct Limited {
     limit: ReportedLimit,
     bucket_limit: BucketLimit,
     shadow: bool,
+    rule: Arc<str>,
+    detailed_metric: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -175,7 +183,12 @@ enum Slot {
     Unlimited,
     /// `requests_per_unit: 0`: always over, nothing stored.
     Blocked(Limited),
-    Charged { limited: Limited, bucket: usize, charge: usize, cost: u64 },
+    Charged {
+        limited: Limited,
+        bucket: usize,
+        charge: usize,
+        cost: u64,
+    },
 }
 
 /// What a request charges, and how to report it.
@@ -200,7 +213,13 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Plan {
     let rules: Vec<_> = request
         .descriptors
         .iter()
-        .map(|d| if d.limit_override.is_some() || d.entries.is_empty() { None } else { domain.lookup(d.entries.iter().copied()) })
+        .map(|d| {
+            if d.limit_override.is_some() || d.entries.is_empty() {
+                None
+            } else {
+                domain.lookup(d.entries.iter().copied())
+            }
+        })
         .collect();
     let replaced: HashSet<&str> = rules.iter().flatten().flat_map(|r| r.replaces.iter().map(String::as_str)).collect();
 
@@ -213,6 +232,8 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Plan {
                     limit: ReportedLimit { requests_per_unit: o.requests_per_unit, unit: o.unit, name: "".into() },
                     bucket_limit: bucket_limit(o.requests_per_unit, None, o.unit),
                     shadow: false,
+                    rule: "override".into(),
+                    detailed_metric: false,
                 };
                 (limited, Arc::from(format!("override.{}", o.unit.as_str())), false)
             }
@@ -234,6 +255,8 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Plan {
                         limit: ReportedLimit { requests_per_unit, unit, name: rule.name.clone() },
                         bucket_limit: bucket_limit(requests_per_unit, burst, unit),
                         shadow: rule.shadow_mode,
+                        rule: rule.path.clone(),
+                        detailed_metric: rule.detailed_metric,
                     };
                     (limited, rule.resource.clone(), rule.allow_debt)
                 }
@@ -279,7 +302,8 @@ impl Limited {
     }
 
     fn status(&self, code: Code, remaining: u32, reset_secs: u64, kind: StatusKind, near_limit: bool) -> Status {
-        let (code, kind) = if code == Code::OverLimit && self.shadow { (Code::Ok, StatusKind::Shadow) } else { (code, kind) };
+        let (code, kind) =
+            if code == Code::OverLimit && self.shadow { (Code::Ok, StatusKind::Shadow) } else { (code, kind) };
         Status {
             code,
             current_limit: Some(self.limit.clone()),
@@ -287,6 +311,8 @@ impl Limited {
             duration_until_reset_secs: Some(reset_secs),
             kind,
             near_limit,
+            rule: Some(self.rule.clone()),
+            detailed_metric: self.detailed_metric,
         }
     }
 
@@ -297,7 +323,8 @@ impl Limited {
         if outcome.admitted {
             let remaining = outcome.tokens.floor_tokens().clamp(0, i64::from(u32::MAX));
             let reset = whole_seconds(state.millis_until(limit, limit.capacity, now), max_secs);
-            let near = outcome.tokens.0.saturating_mul(100) < limit.capacity.0.saturating_mul(NEAR_LIMIT_REMAINING_PERCENT);
+            let near =
+                outcome.tokens.0.saturating_mul(100) < limit.capacity.0.saturating_mul(NEAR_LIMIT_REMAINING_PERCENT);
             return self.status(Code::Ok, remaining as u32, reset, StatusKind::Ok, near);
         }
         let wanted = Millitokens::from_tokens(cost);
@@ -332,7 +359,13 @@ impl Plan {
                     match outcomes.get(*bucket).and_then(|o| o.get(*charge)) {
                         Some(outcome) => limited.charged_status(outcome, *cost, now),
                         // A store must answer every charge; treat a missing one as a rejection.
-                        None => limited.status(Code::OverLimit, 0, limited.limit.unit.seconds(), StatusKind::OverLimit, false),
+                        None => limited.status(
+                            Code::OverLimit,
+                            0,
+                            limited.limit.unit.seconds(),
+                            StatusKind::OverLimit,
+                            false,
+                        ),
                     }
                 }
             })

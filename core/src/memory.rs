@@ -50,10 +50,10 @@ impl MemoryStore {
             slot.limit = request.limit;
             return slot.state.charge_all(&request.limit, now, &request.charges);
         }
-        let mut slot = self.buckets.entry(request.key.clone()).or_insert_with(|| Slot {
-            state: BucketState::full(&request.limit, now),
-            limit: request.limit,
-        });
+        let mut slot = self
+            .buckets
+            .entry(request.key.clone())
+            .or_insert_with(|| Slot { state: BucketState::full(&request.limit, now), limit: request.limit });
         slot.limit = request.limit;
         slot.state.charge_all(&request.limit, now, &request.charges)
     }
@@ -65,7 +65,11 @@ impl BucketStore for MemoryStore {
         "memory"
     }
 
-    async fn charge(&self, requests: &[BucketRequest], now: EpochMillis) -> Result<Vec<Vec<ChargeOutcome>>, StoreError> {
+    async fn charge(
+        &self,
+        requests: &[BucketRequest],
+        now: EpochMillis,
+    ) -> Result<Vec<Vec<ChargeOutcome>>, StoreError> {
         Ok(requests.iter().map(|r| self.charge_bucket(r, now)).collect())
     }
 }

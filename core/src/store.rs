@@ -34,5 +34,6 @@ pub trait BucketStore: Send + Sync + 'static {
 
     /// Applies the charges of every request at `now`; answers, per request, one outcome per
     /// charge in the same order.
-    async fn charge(&self, requests: &[BucketRequest], now: EpochMillis) -> Result<Vec<Vec<ChargeOutcome>>, StoreError>;
+    async fn charge(&self, requests: &[BucketRequest], now: EpochMillis)
+    -> Result<Vec<Vec<ChargeOutcome>>, StoreError>;
 }

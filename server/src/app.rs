@@ -109,7 +109,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let readiness = Arc::new(Readiness::default());
 
-    let grpc_listener = TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let grpc_listener =
+        TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
     let http_listener =
         TcpListener::bind(cli.http_listen).await.with_context(|| format!("cannot listen on {}", cli.http_listen))?;
     tracing::info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, tls = cli.tls_cert.is_some(), "listening");
@@ -139,7 +140,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let http_state = Arc::new(HttpState { limiter, prometheus, readiness: readiness.clone() });
     let http = tokio::spawn(
-        axum::serve(http_listener, crate::http::router(http_state)).with_graceful_shutdown(stopped(stop_rx)).into_future(),
+        axum::serve(http_listener, crate::http::router(http_state))
+            .with_graceful_shutdown(stopped(stop_rx))
+            .into_future(),
     );
 
     shutdown_signal().await;

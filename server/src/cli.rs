@@ -113,7 +113,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     } else {
         (text, 1000)
     };
-    let value: u64 = number.trim().parse().map_err(|_| format!("invalid duration '{text}' (examples: 250ms, 2s, 1m)"))?;
+    let value: u64 =
+        number.trim().parse().map_err(|_| format!("invalid duration '{text}' (examples: 250ms, 2s, 1m)"))?;
     Ok(Duration::from_millis(value.saturating_mul(scale_ms)))
 }
 
@@ -134,7 +135,8 @@ mod tests {
     fn flags_parse() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-        let cli = Cli::try_parse_from(["zael-server", "--config", "x", "--listen", "127.0.0.1:1", "--shadow-mode"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["zael-server", "--config", "x", "--listen", "127.0.0.1:1", "--shadow-mode"]).unwrap();
         assert!(cli.shadow_mode);
         assert_eq!(cli.store, StoreKind::Memory);
         assert!(Cli::try_parse_from(["zael-server", "--tls-cert", "c"]).is_err());

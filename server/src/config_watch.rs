@@ -58,7 +58,8 @@ pub fn watch(holder: Arc<ConfigHolder>, path: PathBuf) -> anyhow::Result<notify:
             let _ = tx.send(());
         }
     })?;
-    let watched = if path.is_dir() { path.clone() } else { path.parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into()) };
+    let watched =
+        if path.is_dir() { path.clone() } else { path.parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into()) };
     watcher.watch(&watched, RecursiveMode::NonRecursive)?;
     tokio::spawn(async move {
         while rx.recv().await.is_some() {

@@ -7,6 +7,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const DECISIONS: &str = "zael_decisions_total";
 /// Descriptors answered, by `domain` and `code` (`ok`, `over_limit`, `shadow`, `no_limit`, `unlimited`).
 pub const DESCRIPTORS: &str = "zael_descriptors_total";
+/// Limited descriptors by `domain`, `rule` (the rule's place in the config, e.g.
+/// `user/path=%2Fapi*`, or with `detailed_metric` the request's entries) and `code`.
+pub const RULE_DECISIONS: &str = "zael_rule_decisions_total";
 /// Admitted descriptors that left less than a fifth of the capacity, by `domain`.
 pub const NEAR_LIMIT: &str = "zael_near_limit_total";
 /// Requests whose overall code was turned to OK by `--shadow-mode`, by `domain`.
@@ -24,9 +27,8 @@ pub const REQUEST_ERRORS: &str = "zael_request_errors_total";
 /// create unbounded label values.
 pub const UNKNOWN_DOMAIN: &str = "_unknown";
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
 /// Installs the global recorder and returns the handle that renders `/metrics`.
 pub fn install(store: &'static str) -> anyhow::Result<PrometheusHandle> {
@@ -35,6 +37,7 @@ pub fn install(store: &'static str) -> anyhow::Result<PrometheusHandle> {
         .install_recorder()?;
     describe_counter!(DECISIONS, "Rate limit requests answered, by domain and overall code.");
     describe_counter!(DESCRIPTORS, "Descriptors answered, by domain and code.");
+    describe_counter!(RULE_DECISIONS, "Limited descriptors by domain, rule and code.");
     describe_counter!(NEAR_LIMIT, "Admitted descriptors that left less than 20% of the capacity.");
     describe_counter!(GLOBAL_SHADOW, "Over-limit requests answered OK because of --shadow-mode.");
     describe_histogram!(DECISION_DURATION, metrics::Unit::Seconds, "Time to answer a rate limit request.");

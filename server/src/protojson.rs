@@ -6,9 +6,9 @@
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{Entry, RateLimitOverride};
-use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, rate_limit::Unit};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use envoy_types::pb::google::protobuf::UInt64Value;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -89,9 +89,9 @@ fn override_unit(unit: Option<EnumValue>) -> Result<i32, String> {
     match unit {
         None => Ok(0),
         Some(EnumValue::Number(n)) => Ok(n),
-        Some(EnumValue::Name(name)) => RateLimitUnit::from_str_name(&name)
-            .map(|u| u as i32)
-            .ok_or_else(|| format!("unknown unit '{name}'")),
+        Some(EnumValue::Name(name)) => {
+            RateLimitUnit::from_str_name(&name).map(|u| u as i32).ok_or_else(|| format!("unknown unit '{name}'"))
+        }
     }
 }
 
@@ -185,7 +185,9 @@ mod tests {
     fn rejects_bad_json_unknown_fields_and_units() {
         assert!(parse_request(b"{").is_err());
         assert!(parse_request(br#"{"domain":"d","bogus":1}"#).unwrap_err().contains("bogus"));
-        assert!(parse_request(br#"{"descriptors":[{"limit":{"unit":"FORTNIGHT"}}]}"#).unwrap_err().contains("FORTNIGHT"));
+        assert!(
+            parse_request(br#"{"descriptors":[{"limit":{"unit":"FORTNIGHT"}}]}"#).unwrap_err().contains("FORTNIGHT")
+        );
         assert!(parse_request(br#"{"hitsAddend":"x"}"#).is_err());
     }
 
@@ -196,7 +198,11 @@ mod tests {
             statuses: vec![
                 DescriptorStatus {
                     code: Code::OverLimit as i32,
-                    current_limit: Some(RateLimit { name: "n".into(), requests_per_unit: 3, unit: Unit::Minute as i32 }),
+                    current_limit: Some(RateLimit {
+                        name: "n".into(),
+                        requests_per_unit: 3,
+                        unit: Unit::Minute as i32,
+                    }),
                     limit_remaining: 0,
                     duration_until_reset: Some(envoy_types::pb::google::protobuf::Duration { seconds: 20, nanos: 0 }),
                     quota: None,

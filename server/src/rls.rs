@@ -9,10 +9,10 @@ use crate::metrics as m;
 use crate::telemetry;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{self, Code as WireCode, DescriptorStatus};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use envoy_types::pb::google::protobuf::Duration;
 use std::sync::Arc;
 use std::time::Instant;
@@ -148,10 +148,7 @@ fn wire_status(s: &decision::Status) -> DescriptorStatus {
 /// with the least remaining; only statuses with a limit count.
 fn most_constrained(decision: &Decision) -> Option<&decision::Status> {
     let limited = decision.statuses.iter().filter(|s| s.current_limit.is_some());
-    limited
-        .clone()
-        .find(|s| s.code == Code::OverLimit)
-        .or_else(|| limited.min_by_key(|s| s.limit_remaining))
+    limited.clone().find(|s| s.code == Code::OverLimit).or_else(|| limited.min_by_key(|s| s.limit_remaining))
 }
 
 fn header(key: &str, value: String) -> HeaderValue {
@@ -172,7 +169,8 @@ impl RateLimiter {
         let outcomes = if plan.bucket_requests().is_empty() {
             Vec::new()
         } else {
-            let span = tracing::trace_span!("store.charge", store = self.store.name(), buckets = plan.bucket_requests().len());
+            let span =
+                tracing::trace_span!("store.charge", store = self.store.name(), buckets = plan.bucket_requests().len());
             match self.store.charge(plan.bucket_requests(), now).instrument(span).await {
                 Ok(outcomes) => outcomes,
                 Err(e) => {
@@ -187,7 +185,7 @@ impl RateLimiter {
             Some(d) => d.name.to_string(),
             None => m::UNKNOWN_DOMAIN.to_owned(),
         };
-        record_metrics(&domain_label, &decision, started);
+        record_metrics(&domain_label, &core, &decision, started);
         Ok(self.response(&decision))
     }
 
@@ -212,14 +210,33 @@ impl RateLimiter {
     }
 }
 
-fn record_metrics(domain: &str, decision: &Decision, started: Instant) {
+/// The `rule` label: the rule's place in the config, or with `detailed_metric` the request's
+/// own entries as `key_value.key_value` (as envoyproxy/ratelimit's detailed stats keys).
+fn rule_label(status: &decision::Status, descriptor: &decision::Descriptor<'_>) -> Option<String> {
+    let rule = status.rule.as_ref()?;
+    if !status.detailed_metric {
+        return Some(rule.to_string());
+    }
+    let mut label = String::new();
+    for (i, (key, value)) in descriptor.entries.iter().enumerate() {
+        if i > 0 {
+            label.push('.');
+        }
+        label.push_str(key);
+        label.push('_');
+        label.push_str(value);
+    }
+    Some(label)
+}
+
+fn record_metrics(domain: &str, request: &decision::Request<'_>, decision: &Decision, started: Instant) {
     let overall = match decision.overall {
         Code::Ok => "ok",
         Code::OverLimit => "over_limit",
     };
     metrics::counter!(m::DECISIONS, "domain" => domain.to_owned(), "code" => overall).increment(1);
     let mut any_over = false;
-    for status in &decision.statuses {
+    for (status, descriptor) in decision.statuses.iter().zip(&request.descriptors) {
         let code = match status.kind {
             StatusKind::NoLimit => "no_limit",
             StatusKind::Unlimited => "unlimited",
@@ -229,6 +246,9 @@ fn record_metrics(domain: &str, decision: &Decision, started: Instant) {
         };
         any_over |= status.kind == StatusKind::OverLimit;
         metrics::counter!(m::DESCRIPTORS, "domain" => domain.to_owned(), "code" => code).increment(1);
+        if let Some(rule) = rule_label(status, descriptor) {
+            metrics::counter!(m::RULE_DECISIONS, "domain" => domain.to_owned(), "rule" => rule, "code" => code).increment(1);
+        }
         if status.near_limit {
             metrics::counter!(m::NEAR_LIMIT, "domain" => domain.to_owned()).increment(1);
         }
@@ -245,7 +265,10 @@ pub struct RlsService(pub Arc<RateLimiter>);
 
 #[tonic::async_trait]
 impl RateLimitService for RlsService {
-    async fn should_rate_limit(&self, request: Request<RateLimitRequest>) -> Result<Response<RateLimitResponse>, Status> {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
         let span = tracing::trace_span!("should_rate_limit", domain = %request.get_ref().domain, otel.kind = "server");
         telemetry::continue_trace(&span, request.metadata());
         let limiter = self.0.clone();

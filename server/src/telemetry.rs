@@ -35,7 +35,10 @@ impl Drop for TelemetryGuard {
 pub fn init(format: LogFormat, level: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("invalid --log-level '{level}': {e}"))?;
     let logs = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
     }
     .with_filter(filter);

@@ -21,9 +21,8 @@ pub fn envoy_bin() -> PathBuf {
         );
         return p;
     }
-    let venv = std::env::var_os("ZAEL_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join(".venv"));
+    let venv =
+        std::env::var_os("ZAEL_VENV").map(PathBuf::from).unwrap_or_else(|| crate::workspace_root().join(".venv"));
     let p = venv.join("bin").join("envoy");
     assert!(
         p.is_file(),
@@ -47,11 +46,7 @@ pub struct EnvoyPorts {
 
 impl EnvoyPorts {
     pub fn allocate() -> EnvoyPorts {
-        EnvoyPorts {
-            listen: free_port(),
-            upstream: free_port(),
-            admin: free_port(),
-        }
+        EnvoyPorts { listen: free_port(), upstream: free_port(), admin: free_port() }
     }
 }
 
@@ -180,10 +175,7 @@ impl Envoy {
     /// Start Envoy with `config` and wait (at most 30 s) for admin `/ready` to answer 200.
     pub async fn start(ports: EnvoyPorts, config: &Value) -> Envoy {
         let bin = envoy_bin();
-        let dir = tempfile::Builder::new()
-            .prefix("zael-envoy-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("zael-envoy-").tempdir().expect("tempdir");
         let cfg_path = dir.path().join("envoy.json");
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         let log_path = dir.path().join("envoy.log");
@@ -201,15 +193,8 @@ impl Envoy {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("envoy.stderr")).unwrap());
         set_parent_death_signal(&mut cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let mut envoy = Envoy {
-            ports,
-            child: Some(child),
-            log_path,
-            _dir: dir,
-        };
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let mut envoy = Envoy { ports, child: Some(child), log_path, _dir: dir };
         envoy.wait_ready(Duration::from_secs(30)).await;
         envoy
     }
@@ -241,10 +226,7 @@ impl Envoy {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!(
-            "envoy not ready within {limit:?} (last: {last})\n{}",
-            self.log_tail()
-        );
+        panic!("envoy not ready within {limit:?} (last: {last})\n{}", self.log_tail());
     }
 
     /// GET `path` on the edge listener with extra headers.
@@ -258,9 +240,7 @@ impl Envoy {
     /// GET on the admin interface (e.g. `/stats`).
     pub async fn admin(&self, path: &str) -> HttpReply {
         let addr: SocketAddr = format!("127.0.0.1:{}", self.ports.admin).parse().unwrap();
-        http_request(addr, "GET", path, &[], None)
-            .await
-            .unwrap_or_else(|e| panic!("envoy admin {path}: {e}"))
+        http_request(addr, "GET", path, &[], None).await.unwrap_or_else(|e| panic!("envoy admin {path}: {e}"))
     }
 }
 

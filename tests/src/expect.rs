@@ -7,31 +7,21 @@
 //! do).
 
 use crate::{
-    Code, DescriptorStatus, Entry, PbDuration, RateLimit, RateLimitDescriptor, RateLimitOverride,
-    RateLimitRequest, RateLimitResponse, RateLimitUnit, UInt64Value, Unit, unit_secs,
+    Code, DescriptorStatus, Entry, PbDuration, RateLimit, RateLimitDescriptor, RateLimitOverride, RateLimitRequest,
+    RateLimitResponse, RateLimitUnit, UInt64Value, Unit, unit_secs,
 };
 use std::fmt::Write as _;
 use std::ops::RangeInclusive;
 
 /// A request for `domain` with `descriptors` (request-level `hits_addend` unset).
 pub fn req(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: domain.to_string(),
-        descriptors,
-        hits_addend: 0,
-    }
+    RateLimitRequest { domain: domain.to_string(), descriptors, hits_addend: 0 }
 }
 
 /// A descriptor with the given ordered entries.
 pub fn desc(entries: &[(&str, &str)]) -> RateLimitDescriptor {
     RateLimitDescriptor {
-        entries: entries
-            .iter()
-            .map(|(k, v)| Entry {
-                key: k.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
+        entries: entries.iter().map(|(k, v)| Entry { key: k.to_string(), value: v.to_string() }).collect(),
         ..Default::default()
     }
 }
@@ -61,10 +51,7 @@ impl DescriptorExt for RateLimitDescriptor {
         self
     }
     fn limit(mut self, requests_per_unit: u32, unit: RateLimitUnit) -> Self {
-        self.limit = Some(RateLimitOverride {
-            requests_per_unit,
-            unit: unit as i32,
-        });
+        self.limit = Some(RateLimitOverride { requests_per_unit, unit: unit as i32 });
         self
     }
 }
@@ -77,20 +64,11 @@ pub enum Expect {
     /// `{OK, no current_limit, remaining u32::MAX, no duration}`.
     Unlimited,
     /// A status with a limit.
-    Limited {
-        code: Code,
-        limit: RateLimit,
-        remaining: u32,
-        reset: RangeInclusive<i64>,
-    },
+    Limited { code: Code, limit: RateLimit, remaining: u32, reset: RangeInclusive<i64> },
 }
 
 fn limit(rpu: u32, unit: Unit, name: &str) -> RateLimit {
-    RateLimit {
-        name: name.to_string(),
-        requests_per_unit: rpu,
-        unit: unit as i32,
-    }
+    RateLimit { name: name.to_string(), requests_per_unit: rpu, unit: unit as i32 }
 }
 
 pub fn no_limit() -> Expect {
@@ -103,12 +81,7 @@ pub fn unlimited() -> Expect {
 
 /// Limited and OK with `remaining` left; reset in `1..=unit`.
 pub fn ok(rpu: u32, unit: Unit, name: &str, remaining: u32) -> Expect {
-    Expect::Limited {
-        code: Code::Ok,
-        limit: limit(rpu, unit, name),
-        remaining,
-        reset: 1..=unit_secs(unit).max(1),
-    }
+    Expect::Limited { code: Code::Ok, limit: limit(rpu, unit, name), remaining, reset: 1..=unit_secs(unit).max(1) }
 }
 
 /// OVER_LIMIT (remaining 0); reset in `1..=unit`.
@@ -123,29 +96,14 @@ pub fn over(rpu: u32, unit: Unit, name: &str) -> Expect {
 
 /// Over the limit on a `shadow_mode` rule: code OK, remaining 0, limit and reset set.
 pub fn shadowed(rpu: u32, unit: Unit, name: &str) -> Expect {
-    Expect::Limited {
-        code: Code::Ok,
-        limit: limit(rpu, unit, name),
-        remaining: 0,
-        reset: 1..=unit_secs(unit).max(1),
-    }
+    Expect::Limited { code: Code::Ok, limit: limit(rpu, unit, name), remaining: 0, reset: 1..=unit_secs(unit).max(1) }
 }
 
 impl Expect {
     /// Narrow the accepted `duration_until_reset` seconds.
     pub fn reset(self, range: RangeInclusive<i64>) -> Expect {
         match self {
-            Expect::Limited {
-                code,
-                limit,
-                remaining,
-                ..
-            } => Expect::Limited {
-                code,
-                limit,
-                remaining,
-                reset: range,
-            },
+            Expect::Limited { code, limit, remaining, .. } => Expect::Limited { code, limit, remaining, reset: range },
             other => panic!("reset() on {other:?}"),
         }
     }
@@ -195,18 +153,10 @@ pub fn describe(resp: &RateLimitResponse) -> String {
         s.push('\n');
     }
     if !resp.response_headers_to_add.is_empty() {
-        let _ = writeln!(
-            s,
-            "  response_headers_to_add={:?}",
-            resp.response_headers_to_add
-        );
+        let _ = writeln!(s, "  response_headers_to_add={:?}", resp.response_headers_to_add);
     }
     if !resp.request_headers_to_add.is_empty() {
-        let _ = writeln!(
-            s,
-            "  request_headers_to_add={:?}",
-            resp.request_headers_to_add
-        );
+        let _ = writeln!(s, "  request_headers_to_add={:?}", resp.request_headers_to_add);
     }
     if !resp.raw_body.is_empty() {
         let _ = writeln!(s, "  raw_body={:?}", String::from_utf8_lossy(&resp.raw_body));
@@ -231,46 +181,25 @@ fn expected_response(
     let mut statuses = Vec::new();
     for (i, e) in expected.iter().enumerate() {
         let st = match e {
-            Expect::NoLimit => DescriptorStatus {
-                code: Code::Ok as i32,
-                ..Default::default()
-            },
-            Expect::Unlimited => DescriptorStatus {
-                code: Code::Ok as i32,
-                limit_remaining: u32::MAX,
-                ..Default::default()
-            },
-            Expect::Limited {
-                code,
-                limit,
-                remaining,
-                reset,
-            } => {
-                let actual_d = actual
-                    .statuses
-                    .get(i)
-                    .and_then(|s| s.duration_until_reset);
+            Expect::NoLimit => DescriptorStatus { code: Code::Ok as i32, ..Default::default() },
+            Expect::Unlimited => {
+                DescriptorStatus { code: Code::Ok as i32, limit_remaining: u32::MAX, ..Default::default() }
+            }
+            Expect::Limited { code, limit, remaining, reset } => {
+                let actual_d = actual.statuses.get(i).and_then(|s| s.duration_until_reset);
                 let d = match actual_d {
                     Some(d) if d.nanos == 0 && reset.contains(&d.seconds) => d,
                     Some(d) => {
                         problems.push(format!(
-                            "status [{i}]: duration_until_reset {}s+{}ns not whole seconds in \
+                            "status [{i}]: duration_until_reset {}s+{}ns: want whole seconds in \
                              {reset:?}",
                             d.seconds, d.nanos
                         ));
-                        PbDuration {
-                            seconds: *reset.start(),
-                            nanos: 0,
-                        }
+                        PbDuration { seconds: *reset.start(), nanos: 0 }
                     }
                     None => {
-                        problems.push(format!(
-                            "status [{i}]: duration_until_reset missing (want {reset:?} s)"
-                        ));
-                        PbDuration {
-                            seconds: *reset.start(),
-                            nanos: 0,
-                        }
+                        problems.push(format!("status [{i}]: duration_until_reset missing (want {reset:?} s)"));
+                        PbDuration { seconds: *reset.start(), nanos: 0 }
                     }
                 };
                 DescriptorStatus {
@@ -284,14 +213,7 @@ fn expected_response(
         };
         statuses.push(st);
     }
-    (
-        RateLimitResponse {
-            overall_code: overall as i32,
-            statuses,
-            ..Default::default()
-        },
-        problems,
-    )
+    (RateLimitResponse { overall_code: overall as i32, statuses, ..Default::default() }, problems)
 }
 
 /// Assert the whole response: overall code, one status per descriptor as expected, and nothing
@@ -304,21 +226,14 @@ pub fn assert_response(actual: &RateLimitResponse, overall: Code, expected: &[Ex
             "response mismatch\n--- expected ---\n{}--- actual ---\n{}{}",
             describe(&want),
             describe(actual),
-            problems
-                .iter()
-                .map(|p| format!("  * {p}\n"))
-                .collect::<String>()
+            problems.iter().map(|p| format!("  * {p}\n")).collect::<String>()
         );
     }
 }
 
 /// Like `assert_response` but ignores `response_headers_to_add` (checked by the caller).
 #[track_caller]
-pub fn assert_response_ignoring_headers(
-    actual: &RateLimitResponse,
-    overall: Code,
-    expected: &[Expect],
-) {
+pub fn assert_response_ignoring_headers(actual: &RateLimitResponse, overall: Code, expected: &[Expect]) {
     let mut a = actual.clone();
     a.response_headers_to_add.clear();
     assert_response(&a, overall, expected);

@@ -20,15 +20,12 @@ pub struct HttpReply {
 impl HttpReply {
     /// A header's value as text, with surrounding whitespace (and any stray `\r`) removed.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
     }
 
     /// The body parsed as JSON (panics with the body when it is not JSON).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
 }
 
@@ -40,36 +37,18 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
 ) -> Result<HttpReply, String> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build_http();
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http();
+    let mut b = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let req = b
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| format!("build request: {e}"))?;
+    let req = b.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| format!("build request: {e}"))?;
     let fut = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let resp = client.request(req).await.map_err(|e| format!("{method} {path}: {e}"))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("{method} {path}: body: {e}"))?
-            .to_bytes();
-        Ok(HttpReply {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        let body = resp.into_body().collect().await.map_err(|e| format!("{method} {path}: body: {e}"))?.to_bytes();
+        Ok(HttpReply { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
     };
     match tokio::time::timeout(HTTP_TIMEOUT, fut).await {
         Ok(r) => r,

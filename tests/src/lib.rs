@@ -29,12 +29,12 @@ pub use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor,
     rate_limit_descriptor::{Entry, RateLimitOverride},
 };
-pub use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 pub use envoy_types::pb::envoy::service::ratelimit::v3::{
     RateLimitRequest, RateLimitResponse,
     rate_limit_response::{Code, DescriptorStatus, RateLimit, rate_limit::Unit},
     rate_limit_service_client::RateLimitServiceClient,
 };
+pub use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 pub use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt64Value};
 
 use std::path::{Path, PathBuf};
@@ -43,20 +43,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// A string unique within this test process run (and very likely across runs).
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
 }
 

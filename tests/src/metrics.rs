@@ -15,15 +15,9 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn parse(text: &str) -> Metrics {
-        let samples = text
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-            .filter_map(parse_sample)
-            .collect();
-        Metrics {
-            text: text.to_string(),
-            samples,
-        }
+        let samples =
+            text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).filter_map(parse_sample).collect();
+        Metrics { text: text.to_string(), samples }
     }
 
     /// Samples named `name` whose labels include every pair in `labels`.
@@ -33,10 +27,7 @@ impl Metrics {
         labels: &'a [(&'a str, &'a str)],
     ) -> impl Iterator<Item = &'a Sample> + 'a {
         self.samples.iter().filter(move |s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+            s.name == name && labels.iter().all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
         })
     }
 
@@ -73,10 +64,7 @@ impl Metrics {
     /// Whether any sample or TYPE/HELP line mentions the metric family `name`.
     pub fn has_family(&self, name: &str) -> bool {
         self.type_of(name).is_some()
-            || self
-                .samples
-                .iter()
-                .any(|s| s.name == name || s.name.starts_with(&format!("{name}_")))
+            || self.samples.iter().any(|s| s.name == name || s.name.starts_with(&format!("{name}_")))
     }
 }
 
@@ -98,11 +86,7 @@ fn parse_sample(line: &str) -> Option<Sample> {
         "-Inf" => f64::NEG_INFINITY,
         v => v.parse().ok()?,
     };
-    Some(Sample {
-        name: name.trim().to_string(),
-        labels,
-        value,
-    })
+    Some(Sample { name: name.trim().to_string(), labels, value })
 }
 
 fn find_closing_brace(line: &str, open: usize) -> Option<usize> {
@@ -171,20 +155,11 @@ mod tests {
              zael_decision_duration_seconds_count 5\n\
              weird{a=\"x,}y\\\"z\"} 1.5\n",
         );
-        assert_eq!(
-            m.get("zael_decisions_total", &[("domain", "a"), ("code", "ok")]),
-            Some(3.0)
-        );
-        assert_eq!(
-            m.get("zael_decisions_total", &[("domain", "a"), ("code", "over_limit")]),
-            Some(2.0)
-        );
+        assert_eq!(m.get("zael_decisions_total", &[("domain", "a"), ("code", "ok")]), Some(3.0));
+        assert_eq!(m.get("zael_decisions_total", &[("domain", "a"), ("code", "over_limit")]), Some(2.0));
         assert_eq!(m.sum("zael_decisions_total", &[]), 5.0);
         assert_eq!(m.get("zael_decision_duration_seconds_count", &[]), Some(5.0));
-        assert_eq!(
-            m.type_of("zael_decision_duration_seconds").as_deref(),
-            Some("histogram")
-        );
+        assert_eq!(m.type_of("zael_decision_duration_seconds").as_deref(), Some("histogram"));
         assert_eq!(m.get("weird", &[("a", "x,}y\"z")]), Some(1.5));
         assert!(m.has_family("zael_decision_duration_seconds"));
     }

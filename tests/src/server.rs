@@ -10,9 +10,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// How long a server may take to report healthy.
 pub const STARTUP_LIMIT: Duration = Duration::from_secs(15);
@@ -28,11 +28,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn server_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("ZAEL_SERVER_BIN") {
         let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "ZAEL_SERVER_BIN={} does not exist",
-            p.display()
-        );
+        assert!(p.is_file(), "ZAEL_SERVER_BIN={} does not exist", p.display());
         return p;
     }
     let mut candidates = Vec::new();
@@ -44,19 +40,10 @@ pub fn server_bin() -> PathBuf {
     }
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
         let t = PathBuf::from(t);
-        let t = if t.is_absolute() {
-            t
-        } else {
-            crate::workspace_root().join(t)
-        };
+        let t = if t.is_absolute() { t } else { crate::workspace_root().join(t) };
         candidates.push(t.join("debug").join("zael-server"));
     }
-    candidates.push(
-        crate::workspace_root()
-            .join("target")
-            .join("debug")
-            .join("zael-server"),
-    );
+    candidates.push(crate::workspace_root().join("target").join("debug").join("zael-server"));
     for c in &candidates {
         if c.is_file() {
             return c.clone();
@@ -160,10 +147,7 @@ impl ServerBuilder {
     /// Spawn the server; unless `no_wait`, wait (at most 15 s) for `GET /healthcheck` = 200
     /// and for the gRPC port to accept connections.
     pub async fn start(self) -> Server {
-        let root = tempfile::Builder::new()
-            .prefix("zael-test-")
-            .tempdir()
-            .expect("tempdir");
+        let root = tempfile::Builder::new().prefix("zael-test-").tempdir().expect("tempdir");
         let config_dir = root.path().join("config");
         std::fs::create_dir_all(&config_dir).expect("mkdir config");
         std::fs::create_dir_all(root.path().join("staging")).expect("mkdir staging");
@@ -199,9 +183,7 @@ impl ServerBuilder {
         let stderr_path = root.path().join("server.stderr.log");
         cmd.stdout(std::fs::File::create(&stdout_path).expect("stdout file"));
         cmd.stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", server_bin().display()));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", server_bin().display()));
 
         let mut server = Server {
             grpc_addr,
@@ -319,11 +301,7 @@ impl Server {
     pub fn logs(&self) -> String {
         let out = std::fs::read(&self.stdout_path).unwrap_or_default();
         let err = std::fs::read(&self.stderr_path).unwrap_or_default();
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out),
-            String::from_utf8_lossy(&err)
-        )
+        format!("{}{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err))
     }
 
     /// Logs formatted for a failure message.
@@ -344,10 +322,7 @@ impl Server {
         let mut http_ok = false;
         for _ in 0..10_000 {
             if let Some(st) = self.try_wait() {
-                panic!(
-                    "zael-server exited during start-up with {st}\n{}",
-                    self.log_tail()
-                );
+                panic!("zael-server exited during start-up with {st}\n{}", self.log_tail());
             }
             if !http_ok {
                 match self.http_get("/healthcheck").await {
@@ -367,10 +342,7 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!(
-            "zael-server not healthy within {limit:?} (last: {last})\n{}",
-            self.log_tail()
-        );
+        panic!("zael-server not healthy within {limit:?} (last: {last})\n{}", self.log_tail());
     }
 
     /// `Some(status)` once the process has exited.
@@ -440,32 +412,21 @@ impl Server {
 
     /// `ShouldRateLimit`, returning the gRPC result.
     pub async fn call(&self, req: RateLimitRequest) -> Result<RateLimitResponse, tonic::Status> {
-        self.rls()
-            .should_rate_limit(req)
-            .await
-            .map(|r| r.into_inner())
+        self.rls().should_rate_limit(req).await.map(|r| r.into_inner())
     }
 
     /// `ShouldRateLimit`, panicking (with the server's logs) on a gRPC error.
     pub async fn should(&self, req: RateLimitRequest) -> RateLimitResponse {
         match self.call(req.clone()).await {
             Ok(r) => r,
-            Err(st) => panic!(
-                "ShouldRateLimit failed: {:?} {:?}\nrequest: {req:?}",
-                st.code(),
-                st.message()
-            ),
+            Err(st) => panic!("ShouldRateLimit failed: {:?} {:?}\nrequest: {req:?}", st.code(), st.message()),
         }
     }
 
     /// `grpc.health.v1.Health/Check` for `service`.
     pub async fn grpc_health(&self, service: &str) -> Result<ServingStatus, tonic::Status> {
         let mut c = HealthClient::new(self.channel.clone());
-        let r = c
-            .check(HealthCheckRequest {
-                service: service.to_string(),
-            })
-            .await?;
+        let r = c.check(HealthCheckRequest { service: service.to_string() }).await?;
         Ok(ServingStatus::try_from(r.into_inner().status).unwrap_or(ServingStatus::Unknown))
     }
 
@@ -486,10 +447,7 @@ impl Server {
 
     /// `GET /metrics`, parsed.
     pub async fn metrics(&self) -> Metrics {
-        let r = self
-            .http_get("/metrics")
-            .await
-            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        let r = self.http_get("/metrics").await.unwrap_or_else(|e| panic!("GET /metrics: {e}"));
         assert_eq!(r.status, 200, "GET /metrics status; body: {}", r.body);
         Metrics::parse(&r.body)
     }

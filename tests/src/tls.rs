@@ -1,8 +1,8 @@
 //! Throw-away certificate authorities and leaf certificates for TLS tests (rcgen).
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,11 +26,8 @@ impl TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().expect("ca key");
         let issuer = CertifiedIssuer::self_signed(params, key).expect("self-sign ca");
         TestCa { issuer }
@@ -41,32 +38,20 @@ impl TestCa {
     }
 
     fn leaf(&self, cn: &str, sans: &[&str], eku: ExtendedKeyUsagePurpose) -> Pem {
-        let mut params = CertificateParams::new(
-            sans.iter().map(|s| s.to_string()).collect::<Vec<String>>(),
-        )
-        .expect("leaf params");
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<String>>()).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, cn);
         params.is_ca = IsCa::NoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![eku];
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
-        Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
+        Pem { cert: cert.pem(), key: key.serialize_pem() }
     }
 
     /// A server certificate for `localhost` and `127.0.0.1`.
     pub fn server_cert(&self) -> Pem {
-        self.leaf(
-            "localhost",
-            &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
+        self.leaf("localhost", &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     /// A client certificate.
@@ -88,14 +73,8 @@ pub fn write_pem(dir: &Path, stem: &str, pem: &Pem) {
 /// A TLS channel to `addr` that trusts `ca_pem`, verifies the name `localhost`, and presents
 /// `identity` when given. Connects eagerly (bounded by 5 s), so handshake failures surface here
 /// or on the first call.
-pub async fn tls_channel(
-    addr: SocketAddr,
-    ca_pem: &str,
-    identity: Option<&Pem>,
-) -> Result<Channel, String> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name("localhost");
+pub async fn tls_channel(addr: SocketAddr, ca_pem: &str, identity: Option<&Pem>) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("localhost");
     if let Some(id) = identity {
         tls = tls.identity(Identity::from_pem(&id.cert, &id.key));
     }

@@ -25,15 +25,11 @@ descriptors:
 async fn nested_descriptors_apply_the_limit_at_the_last_entry_only() {
     let s = Server::with_config(NESTED).await;
 
-    let r = s
-        .should(req("nest", vec![desc(&[("org", "acme"), ("user", "u1")])]))
-        .await;
+    let r = s.should(req("nest", vec![desc(&[("org", "acme"), ("user", "u1")])])).await;
     assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "acme-user", 4)]);
 
     // Exact child beats the default child.
-    let r = s
-        .should(req("nest", vec![desc(&[("org", "acme"), ("user", "boss")])]))
-        .await;
+    let r = s.should(req("nest", vec![desc(&[("org", "acme"), ("user", "boss")])])).await;
     assert_response(&r, Code::Ok, &[ok(50, Unit::Hour, "acme-boss", 49)]);
 
     // Stopping at an intermediate node without rate_limit: no limit, and no fallback to the
@@ -64,12 +60,7 @@ async fn nested_descriptors_apply_the_limit_at_the_last_entry_only() {
     assert_response(
         &r,
         Code::Ok,
-        &[
-            ok(5, Unit::Minute, "acme-user", 3),
-            no_limit(),
-            ok(2, Unit::Minute, "any-org", 0),
-            no_limit(),
-        ],
+        &[ok(5, Unit::Minute, "acme-user", 3), no_limit(), ok(2, Unit::Minute, "any-org", 0), no_limit()],
     );
 }
 
@@ -77,27 +68,16 @@ async fn nested_descriptors_apply_the_limit_at_the_last_entry_only() {
 async fn depth_mismatch_gets_no_limit_and_charges_nothing() {
     let s = Server::with_config(NESTED).await;
     // Deeper than the config.
-    let r = s
-        .should(req(
-            "nest",
-            vec![desc(&[("org", "acme"), ("user", "u1"), ("extra", "x")])],
-        ))
-        .await;
+    let r = s.should(req("nest", vec![desc(&[("org", "acme"), ("user", "u1"), ("extra", "x")])])).await;
     assert_response(&r, Code::Ok, &[no_limit()]);
     // Deeper than a leaf default node.
-    let r = s
-        .should(req("nest", vec![desc(&[("org", "other"), ("user", "u1")])]))
-        .await;
+    let r = s.should(req("nest", vec![desc(&[("org", "other"), ("user", "u1")])])).await;
     assert_response(&r, Code::Ok, &[no_limit()]);
     // Wrong order of keys.
-    let r = s
-        .should(req("nest", vec![desc(&[("user", "u1"), ("org", "acme")])]))
-        .await;
+    let r = s.should(req("nest", vec![desc(&[("user", "u1"), ("org", "acme")])])).await;
     assert_response(&r, Code::Ok, &[no_limit()]);
     // The limits above were not charged.
-    let r = s
-        .should(req("nest", vec![desc(&[("org", "acme"), ("user", "u1")])]))
-        .await;
+    let r = s.should(req("nest", vec![desc(&[("org", "acme"), ("user", "u1")])])).await;
     assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "acme-user", 4)]);
     let r = s.should(req("nest", vec![desc(&[("org", "other")])])).await;
     assert_response(&r, Code::Ok, &[ok(2, Unit::Minute, "any-org", 1)]);
@@ -130,23 +110,11 @@ async fn wildcards_match_anywhere_in_the_value_and_in_nested_levels() {
         (&[("path", "/api/x")], ok(10, Unit::Minute, "api-prefix", 9)),
         // `*` matches zero characters.
         (&[("path", "/api/")], ok(10, Unit::Minute, "api-prefix", 9)),
-        (
-            &[("path", "/img/logo.png")],
-            ok(20, Unit::Minute, "png-suffix", 19),
-        ),
-        (
-            &[("path", "/v2/users/42/items")],
-            ok(30, Unit::Minute, "middle", 29),
-        ),
+        (&[("path", "/img/logo.png")], ok(20, Unit::Minute, "png-suffix", 19)),
+        (&[("path", "/v2/users/42/items")], ok(30, Unit::Minute, "middle", 29)),
         // Both `/api/*` and `*.png` match: the first wildcard in file order wins.
-        (
-            &[("path", "/api/x.png")],
-            ok(10, Unit::Minute, "api-prefix", 9),
-        ),
-        (
-            &[("tenant", "t-1"), ("user", "bob-admin")],
-            ok(40, Unit::Hour, "nested-wild", 39),
-        ),
+        (&[("path", "/api/x.png")], ok(10, Unit::Minute, "api-prefix", 9)),
+        (&[("tenant", "t-1"), ("user", "bob-admin")], ok(40, Unit::Hour, "nested-wild", 39)),
         // Non-matches.
         (&[("path", "/v2/users/42/items/extra")], no_limit()),
         (&[("path", "/api")], no_limit()),
@@ -224,24 +192,11 @@ async fn precedence_is_exact_then_first_wildcard_in_file_order_then_default() {
     );
 
     let s = Server::with_config(PRECEDENCE_REORDERED).await;
-    let r = s
-        .should(req(
-            "prec",
-            vec![
-                desc(&[("k", "exa")]),
-                desc(&[("k", "eb")]),
-                desc(&[("k", "zzz")]),
-            ],
-        ))
-        .await;
+    let r = s.should(req("prec", vec![desc(&[("k", "exa")]), desc(&[("k", "eb")]), desc(&[("k", "zzz")])])).await;
     assert_response(
         &r,
         Code::Ok,
-        &[
-            ok(2, Unit::Minute, "wild-ex", 1),
-            ok(3, Unit::Minute, "wild-e", 2),
-            ok(4, Unit::Minute, "default", 3),
-        ],
+        &[ok(2, Unit::Minute, "wild-ex", 1), ok(3, Unit::Minute, "wild-e", 2), ok(4, Unit::Minute, "default", 3)],
     );
 }
 
@@ -261,21 +216,10 @@ async fn default_node_keeps_one_bucket_per_request_value() {
 #[tokio::test]
 async fn unknown_domain_unknown_key_and_entry_less_descriptor_get_no_limit() {
     let s = Server::with_config(NESTED).await;
-    let r = s
-        .should(req("no-such-domain", vec![desc(&[("org", "acme")])]))
-        .await;
+    let r = s.should(req("no-such-domain", vec![desc(&[("org", "acme")])])).await;
     assert_response(&r, Code::Ok, &[no_limit()]);
-    let r = s
-        .should(req(
-            "nest",
-            vec![desc(&[("nope", "x")]), desc(&[]), desc(&[("org", "other")])],
-        ))
-        .await;
-    assert_response(
-        &r,
-        Code::Ok,
-        &[no_limit(), no_limit(), ok(2, Unit::Minute, "any-org", 1)],
-    );
+    let r = s.should(req("nest", vec![desc(&[("nope", "x")]), desc(&[]), desc(&[("org", "other")])])).await;
+    assert_response(&r, Code::Ok, &[no_limit(), no_limit(), ok(2, Unit::Minute, "any-org", 1)]);
 }
 
 const UNLIMITED: &str = r#"
@@ -295,18 +239,10 @@ async fn unlimited_rule_reports_u32_max_and_never_runs_out() {
         let r = s.should(req("unl", vec![desc(&[("k", "free")])])).await;
         assert_response(&r, Code::Ok, &[unlimited()]);
     }
-    let r = s
-        .should(req("unl", vec![desc(&[("k", "free")]).hits(1_000_000)]))
-        .await;
+    let r = s.should(req("unl", vec![desc(&[("k", "free")]).hits(1_000_000)])).await;
     assert_response(&r, Code::Ok, &[unlimited()]);
-    let r = s
-        .should(req("unl", vec![desc(&[("k", "free")]), desc(&[("k", "x")])]))
-        .await;
-    assert_response(
-        &r,
-        Code::Ok,
-        &[unlimited(), ok(1, Unit::Second, "", 0).reset(1..=1)],
-    );
+    let r = s.should(req("unl", vec![desc(&[("k", "free")]), desc(&[("k", "x")])])).await;
+    assert_response(&r, Code::Ok, &[unlimited(), ok(1, Unit::Second, "", 0).reset(1..=1)]);
 }
 
 const UNITS: &str = r#"
@@ -341,11 +277,7 @@ async fn all_seven_units_report_their_unit_and_token_bucket_reset() {
         // a little refill may already have happened, so allow one second less.
         let full_after = (unit_secs(unit) + 9) / 10;
         let lo = (full_after - 1).max(1);
-        assert_response(
-            &r,
-            Code::Ok,
-            &[ok(10, unit, "", 9).reset(lo..=full_after.max(1))],
-        );
+        assert_response(&r, Code::Ok, &[ok(10, unit, "", 9).reset(lo..=full_after.max(1))]);
     }
 }
 
@@ -366,11 +298,7 @@ descriptors:
     }
     let r = s.should(req("burst", vec![desc(&[("k", "a")])])).await;
     // Refill 2 per minute: one token in 30 s.
-    assert_response(
-        &r,
-        Code::OverLimit,
-        &[over(2, Unit::Minute, "bursty").reset(29..=30)],
-    );
+    assert_response(&r, Code::OverLimit, &[over(2, Unit::Minute, "bursty").reset(29..=30)]);
 }
 
 #[tokio::test]
@@ -421,11 +349,7 @@ descriptors:
 
 #[tokio::test]
 async fn several_domain_files_load_side_by_side() {
-    let s = Server::builder()
-        .file("nest.yaml", NESTED)
-        .file("wild.yml", WILD)
-        .start()
-        .await;
+    let s = Server::builder().file("nest.yaml", NESTED).file("wild.yml", WILD).start().await;
     let r = s.should(req("nest", vec![desc(&[("org", "other")])])).await;
     assert_response(&r, Code::Ok, &[ok(2, Unit::Minute, "any-org", 1)]);
     let r = s.should(req("wild", vec![desc(&[("path", "/api/z")])])).await;

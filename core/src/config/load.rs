@@ -46,7 +46,8 @@ fn is_yaml(path: &Path) -> bool {
 /// hidden files such as editors' swap files), in name order.
 pub fn load_path(path: &Path) -> Result<RateLimitConfig, ConfigErrors> {
     let display = path.display().to_string();
-    let io_error = |e: std::io::Error| ConfigErrors(vec![ConfigError { file: display.clone(), message: e.to_string() }]);
+    let io_error =
+        |e: std::io::Error| ConfigErrors(vec![ConfigError { file: display.clone(), message: e.to_string() }]);
     let mut files = Vec::new();
     if path.is_dir() {
         for entry in std::fs::read_dir(path).map_err(io_error)? {
@@ -93,11 +94,7 @@ fn compile(sources: Vec<(String, String)>) -> Result<RateLimitConfig, ConfigErro
         }
         domains.insert(domain.name.to_string(), domain);
     }
-    if errors.is_empty() {
-        Ok(RateLimitConfig { domains, sources, warnings })
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    if errors.is_empty() { Ok(RateLimitConfig { domains, sources, warnings }) } else { Err(ConfigErrors(errors)) }
 }
 
 struct Report<'a> {
@@ -280,7 +277,9 @@ impl Builder<'_, '_> {
         for (j, r) in rl.replaces.iter().enumerate() {
             match r.name.as_deref() {
                 None | Some("") => self.report.error(format!("{at}.replaces[{j}]: name must not be empty")),
-                Some(n) if n == name => self.report.error(format!("{at}.replaces[{j}]: a limit cannot replace itself ('{n}')")),
+                Some(n) if n == name => {
+                    self.report.error(format!("{at}.replaces[{j}]: a limit cannot replace itself ('{n}')"))
+                }
                 Some(n) => replaces.push(n.to_owned()),
             }
         }
@@ -301,7 +300,7 @@ impl Builder<'_, '_> {
             allow_debt: raw.allow_debt,
             detailed_metric: raw.detailed_metric,
             resource: rule_resource(unique_name, path).into(),
-            path: path.to_owned(),
+            path: path.into(),
         })
     }
 }
@@ -340,28 +339,67 @@ mod tests {
         let table: &[(&str, &str)] = &[
             ("domain: d\ndescriptors:\n  - key: k\n    bogus: 1\n", "unknown field `bogus`"),
             ("domain: d\nextra: 1\n", "unknown field `extra`"),
-            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, nope: 2}\n", "unknown field `nope`"),
-            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, replaces: [{name: a, x: 1}]}\n", "unknown field `x`"),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, nope: 2}\n",
+                "unknown field `nope`",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, replaces: [{name: a, x: 1}]}\n",
+                "unknown field `x`",
+            ),
             ("domain: d\ndescriptors:\n  - 5\n", "invalid YAML"),
             ("domain: \"\"\ndescriptors: []\n", "domain must not be empty"),
             ("descriptors: []\n", "domain must not be empty"),
             ("", "no YAML document"),
             ("domain: d\ndescriptors:\n  - value: v\n", "key must not be empty"),
             ("domain: d\ndescriptors:\n  - key: \"\"\n", "key must not be empty"),
-            ("domain: d\ndescriptors:\n  - key: k\n    value: v\n  - key: k\n    value: v\n", "duplicate descriptor 'k_v'"),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    value: v\n  - key: k\n    value: v\n",
+                "duplicate descriptor 'k_v'",
+            ),
             ("domain: d\ndescriptors:\n  - key: k\n  - key: k\n", "duplicate descriptor 'k'"),
             ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {requests_per_unit: 5}\n", "a unit is required"),
-            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 5}\n", "unknown unit 'fortnight'"),
-            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, unlimited: true}\n", "unlimited must not be combined with a unit"),
-            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, replaces: [{}]}\n", "name must not be empty"),
-            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, replaces: [{name: \"\"}]}\n", "name must not be empty"),
-            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, name: a, replaces: [{name: a}]}\n", "cannot replace itself"),
-            ("domain: d\ndescriptors:\n  - key: k\n    value: v\n    share_threshold: true\n", "share_threshold needs a value containing '*'"),
-            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 5, burst: 4}\n", "burst (4) must be at least requests_per_unit (5)"),
-            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, burst: 4}\n", "burst must not be combined with unlimited"),
-            ("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: -1}\n", "invalid YAML"),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 5}\n",
+                "unknown unit 'fortnight'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, unlimited: true}\n",
+                "unlimited must not be combined with a unit",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, replaces: [{}]}\n",
+                "name must not be empty",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, replaces: [{name: \"\"}]}\n",
+                "name must not be empty",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, name: a, replaces: [{name: a}]}\n",
+                "cannot replace itself",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    value: v\n    share_threshold: true\n",
+                "share_threshold needs a value containing '*'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 5, burst: 4}\n",
+                "burst (4) must be at least requests_per_unit (5)",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, burst: 4}\n",
+                "burst must not be combined with unlimited",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: -1}\n",
+                "invalid YAML",
+            ),
             ("domain: d\nnamespace: \"\"\n", "namespace must not be empty"),
-            ("domain: d\ndescriptors:\n  - key: k\n    descriptors:\n      - key: \"\"\n", "descriptors[0].descriptors[0]: key must not be empty"),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    descriptors:\n      - key: \"\"\n",
+                "descriptors[0].descriptors[0]: key must not be empty",
+            ),
         ];
         for (yaml, fragment) in table {
             assert_error(yaml, fragment);
@@ -421,7 +459,11 @@ mod tests {
     fn tempdir() -> std::path::PathBuf {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!("zael-core-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "zael-core-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

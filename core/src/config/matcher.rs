@@ -57,7 +57,11 @@ pub struct Domain {
 pub enum RuleLimit {
     /// `unlimited: true`: always OK, never stored.
     Unlimited,
-    Limited { unit: Unit, requests_per_unit: u32, burst: Option<u32> },
+    Limited {
+        unit: Unit,
+        requests_per_unit: u32,
+        burst: Option<u32>,
+    },
 }
 
 /// A descriptor node with a `rate_limit`.
@@ -72,8 +76,8 @@ pub struct Rule {
     pub detailed_metric: bool,
     /// The zae-limiter resource of this rule's buckets (see `keys::rule_resource`).
     pub resource: Arc<str>,
-    /// The node's place in the config, e.g. `user/path=%2Fapi*`.
-    pub path: String,
+    /// The node's place in the config, e.g. `user/path=%2Fapi*` (the `rule` metric label).
+    pub path: Arc<str>,
 }
 
 #[derive(Debug, Default)]

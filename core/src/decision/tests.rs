@@ -49,7 +49,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        Harness { config: parse_domain("d.yaml", CONFIG).unwrap(), store: MemoryStore::new(), now: EpochMillis(1_000_000) }
+        Harness {
+            config: parse_domain("d.yaml", CONFIG).unwrap(),
+            store: MemoryStore::new(),
+            now: EpochMillis(1_000_000),
+        }
     }
 
     fn run(&self, request: &Request<'_>, global_shadow: bool) -> Decision {
@@ -124,6 +128,8 @@ fn ok_status_reports_remaining_and_time_to_full() {
             duration_until_reset_secs: Some(20),
             kind: StatusKind::Ok,
             near_limit: false,
+            rule: Some("user".into()),
+            detailed_metric: false,
         }
     );
     h.one(&[("user", "c")]);
@@ -271,7 +277,11 @@ fn request_errors() {
             RequestError::TooManyEntries { descriptor: 0, count: 33 },
         ),
         (
-            Request { domain: "d", descriptors: vec![desc(&[("a", "b")]), desc(&[("a", "b"), ("", "c")])], hits_addend: 0 },
+            Request {
+                domain: "d",
+                descriptors: vec![desc(&[("a", "b")]), desc(&[("a", "b"), ("", "c")])],
+                hits_addend: 0,
+            },
             RequestError::EmptyKey { descriptor: 1, entry: 1 },
         ),
         (

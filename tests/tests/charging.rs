@@ -1,0 +1,591 @@
+//! Charging: hits_addend forms, strict vs debt, same bucket twice, blocklist, shadow modes,
+//! replaces, overrides, independence of descriptors, reset times, concurrency.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use zael_tests::*;
+
+const CHARGE: &str = r#"
+domain: charge
+descriptors:
+  - key: k
+    rate_limit: {unit: hour, requests_per_unit: 10, name: ten}
+  - key: debt
+    allow_debt: true
+    rate_limit: {unit: hour, requests_per_unit: 10, name: debt}
+  - key: block
+    rate_limit: {unit: minute, requests_per_unit: 0, name: blocked}
+  - key: three
+    rate_limit: {unit: minute, requests_per_unit: 3}
+"#;
+
+#[tokio::test]
+async fn request_level_hits_addend_zero_counts_as_one() {
+    let s = Server::with_config(CHARGE).await;
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "a")])]).hits(0))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 9)]);
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "a")])]).hits(0))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 8)]);
+}
+
+#[tokio::test]
+async fn request_level_hits_addend_applies_to_every_descriptor() {
+    let s = Server::with_config(CHARGE).await;
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "a")]), desc(&[("k", "b")])]).hits(5))
+        .await;
+    assert_response(
+        &r,
+        Code::Ok,
+        &[ok(10, Unit::Hour, "ten", 5), ok(10, Unit::Hour, "ten", 5)],
+    );
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "a")])]).hits(5))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 0)]);
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "a")])]).hits(5))
+        .await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "ten")]);
+}
+
+#[tokio::test]
+async fn descriptor_hits_addend_zero_is_check_only() {
+    let s = Server::with_config(CHARGE).await;
+    for _ in 0..3 {
+        let r = s
+            .should(req("charge", vec![desc(&[("k", "a")]).hits(0)]).hits(7))
+            .await;
+        // Full bucket, nothing consumed: remaining 10, full again "now" -> minimum 1 s.
+        assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 10).reset(1..=1)]);
+    }
+    let r = s.should(req("charge", vec![desc(&[("k", "a")])])).await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 9)]);
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "a")]).hits(0)]))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 9)]);
+}
+
+#[tokio::test]
+async fn descriptor_hits_addend_overrides_request_level() {
+    let s = Server::with_config(CHARGE).await;
+    let r = s
+        .should(
+            req(
+                "charge",
+                vec![desc(&[("k", "a")]).hits(3), desc(&[("k", "b")])],
+            )
+            .hits(5),
+        )
+        .await;
+    assert_response(
+        &r,
+        Code::Ok,
+        &[ok(10, Unit::Hour, "ten", 7), ok(10, Unit::Hour, "ten", 5)],
+    );
+}
+
+#[tokio::test]
+async fn rejected_charge_consumes_nothing_on_strict_rules() {
+    let s = Server::with_config(CHARGE).await;
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "a")]).hits(8)]))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 2)]);
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "a")]).hits(3)]))
+        .await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "ten")]);
+    // The rejected 3 were not taken: 2 are still there.
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "a")]).hits(0)]))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 2)]);
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "a")]).hits(2)]))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 0)]);
+    // A charge above the capacity never passes, even on a full bucket, and takes nothing.
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "fresh")]).hits(11)]))
+        .await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "ten")]);
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "fresh")]).hits(0)]))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 10)]);
+}
+
+#[tokio::test]
+async fn allow_debt_debit_past_the_balance_drives_it_negative_so_check_only_fails() {
+    let s = Server::with_config(CHARGE).await;
+    let r = s
+        .should(req("charge", vec![desc(&[("debt", "u")]).hits(4)]))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "debt", 6)]);
+    // Debit 9 with 6 left: applied anyway (balance -3), reported OVER_LIMIT.
+    let r = s
+        .should(req("charge", vec![desc(&[("debt", "u")]).hits(9)]))
+        .await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "debt")]);
+    // Check only: passes only at a balance >= 0, so it fails now. Back to 0 after 3 tokens
+    // at 10/h = 1080 s.
+    let r = s
+        .should(req("charge", vec![desc(&[("debt", "u")]).hits(0)]))
+        .await;
+    assert_response(
+        &r,
+        Code::OverLimit,
+        &[over(10, Unit::Hour, "debt").reset(1079..=1080)],
+    );
+    // And a normal hit fails too.
+    let r = s.should(req("charge", vec![desc(&[("debt", "u")])])).await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "debt")]);
+}
+
+#[tokio::test]
+async fn strict_rule_drops_a_debit_past_the_balance() {
+    let s = Server::with_config(CHARGE).await;
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "u")]).hits(4)]))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 6)]);
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "u")]).hits(9)]))
+        .await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "ten")]);
+    let r = s
+        .should(req("charge", vec![desc(&[("k", "u")]).hits(0)]))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 6)]);
+}
+
+#[tokio::test]
+async fn same_bucket_twice_in_one_request_is_charged_sequentially() {
+    let s = Server::with_config(CHARGE).await;
+    let two = || req("charge", vec![desc(&[("three", "a")]), desc(&[("three", "a")])]);
+    let r = s.should(two()).await;
+    assert_response(
+        &r,
+        Code::Ok,
+        &[ok(3, Unit::Minute, "", 2), ok(3, Unit::Minute, "", 1)],
+    );
+    let r = s.should(two()).await;
+    assert_response(
+        &r,
+        Code::OverLimit,
+        &[ok(3, Unit::Minute, "", 0), over(3, Unit::Minute, "")],
+    );
+    let r = s.should(two()).await;
+    assert_response(
+        &r,
+        Code::OverLimit,
+        &[over(3, Unit::Minute, ""), over(3, Unit::Minute, "")],
+    );
+
+    // Different costs: the second occurrence sees what the first left; a failing occurrence
+    // takes nothing, so a later smaller one can still pass.
+    let r = s
+        .should(req(
+            "charge",
+            vec![
+                desc(&[("three", "b")]).hits(2),
+                desc(&[("three", "b")]).hits(2),
+                desc(&[("three", "b")]).hits(1),
+            ],
+        ))
+        .await;
+    assert_response(
+        &r,
+        Code::OverLimit,
+        &[
+            ok(3, Unit::Minute, "", 1),
+            over(3, Unit::Minute, ""),
+            ok(3, Unit::Minute, "", 0),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn blocklist_requests_per_unit_zero_is_always_over_limit() {
+    let s = Server::with_config(CHARGE).await;
+    for _ in 0..3 {
+        let r = s.should(req("charge", vec![desc(&[("block", "x")])])).await;
+        assert_response(&r, Code::OverLimit, &[over(0, Unit::Minute, "blocked")]);
+    }
+    // Check-only calls are blocked too.
+    let r = s
+        .should(req("charge", vec![desc(&[("block", "y")]).hits(0)]))
+        .await;
+    assert_response(&r, Code::OverLimit, &[over(0, Unit::Minute, "blocked")]);
+}
+
+const SHADOW: &str = r#"
+domain: shadow
+descriptors:
+  - key: sh
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1, name: shadowed}
+  - key: k
+    rate_limit: {unit: minute, requests_per_unit: 1, name: enforced}
+"#;
+
+#[tokio::test]
+async fn shadow_mode_rule_reports_ok_when_over() {
+    let s = Server::with_config(SHADOW).await;
+    let r = s.should(req("shadow", vec![desc(&[("sh", "a")])])).await;
+    assert_response(&r, Code::Ok, &[ok(1, Unit::Minute, "shadowed", 0)]);
+    let r = s.should(req("shadow", vec![desc(&[("sh", "a")])])).await;
+    assert_response(&r, Code::Ok, &[shadowed(1, Unit::Minute, "shadowed")]);
+    // Mixed with an enforced rule that is over: overall OVER_LIMIT, the shadow one still OK.
+    let r = s.should(req("shadow", vec![desc(&[("k", "a")])])).await;
+    assert_response(&r, Code::Ok, &[ok(1, Unit::Minute, "enforced", 0)]);
+    let r = s
+        .should(req("shadow", vec![desc(&[("sh", "a")]), desc(&[("k", "a")])]))
+        .await;
+    assert_response(
+        &r,
+        Code::OverLimit,
+        &[
+            shadowed(1, Unit::Minute, "shadowed"),
+            over(1, Unit::Minute, "enforced"),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn global_shadow_mode_keeps_statuses_over_limit_and_overall_ok() {
+    let s = Server::builder()
+        .file("shadow.yaml", SHADOW)
+        .arg("--shadow-mode")
+        .start()
+        .await;
+    let r = s.should(req("shadow", vec![desc(&[("k", "a")])])).await;
+    assert_response(&r, Code::Ok, &[ok(1, Unit::Minute, "enforced", 0)]);
+    let r = s.should(req("shadow", vec![desc(&[("k", "a")])])).await;
+    assert_response(&r, Code::Ok, &[over(1, Unit::Minute, "enforced")]);
+    let r = s
+        .should(req(
+            "shadow",
+            vec![desc(&[("k", "a")]), desc(&[("sh", "b")]), desc(&[("sh", "b")])],
+        ))
+        .await;
+    assert_response(
+        &r,
+        Code::Ok,
+        &[
+            over(1, Unit::Minute, "enforced"),
+            ok(1, Unit::Minute, "shadowed", 0),
+            shadowed(1, Unit::Minute, "shadowed"),
+        ],
+    );
+}
+
+const REPLACES: &str = r#"
+domain: repl
+descriptors:
+  - key: user
+    rate_limit: {unit: minute, requests_per_unit: 2, name: per-user}
+  - key: plan
+    value: gold
+    rate_limit:
+      unit: minute
+      requests_per_unit: 100
+      name: gold
+      replaces:
+        - name: per-user
+        - name: per-ip
+  - key: ip
+    rate_limit: {unit: minute, requests_per_unit: 1, name: per-ip}
+"#;
+
+#[tokio::test]
+async fn replaces_drops_named_limits_without_charging_them() {
+    let s = Server::with_config(REPLACES).await;
+    for remaining in [99, 98, 97] {
+        let r = s
+            .should(req(
+                "repl",
+                vec![
+                    desc(&[("user", "u")]),
+                    desc(&[("plan", "gold")]),
+                    desc(&[("ip", "i")]),
+                ],
+            ))
+            .await;
+        assert_response(
+            &r,
+            Code::Ok,
+            &[
+                no_limit(),
+                ok(100, Unit::Minute, "gold", remaining),
+                no_limit(),
+            ],
+        );
+    }
+    // Replaced limits were not charged.
+    let r = s.should(req("repl", vec![desc(&[("user", "u")])])).await;
+    assert_response(&r, Code::Ok, &[ok(2, Unit::Minute, "per-user", 1)]);
+    let r = s.should(req("repl", vec![desc(&[("ip", "i")])])).await;
+    assert_response(&r, Code::Ok, &[ok(1, Unit::Minute, "per-ip", 0)]);
+    // The replacing limit may come after the replaced one... or before.
+    let r = s
+        .should(req(
+            "repl",
+            vec![desc(&[("plan", "gold")]), desc(&[("ip", "i")])],
+        ))
+        .await;
+    assert_response(
+        &r,
+        Code::Ok,
+        &[ok(100, Unit::Minute, "gold", 96), no_limit()],
+    );
+}
+
+const OVERRIDE: &str = r#"
+domain: ovr
+descriptors:
+  - key: k
+    rate_limit: {unit: minute, requests_per_unit: 10, name: cfg}
+"#;
+
+#[tokio::test]
+async fn override_limit_applies_when_the_domain_exists() {
+    let s = Server::with_config(OVERRIDE).await;
+    let r = s
+        .should(req(
+            "ovr",
+            vec![desc(&[("k", "a")]).limit(5, RateLimitUnit::Minute)],
+        ))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "", 4)]);
+    // Also for entries that match no rule.
+    let r = s
+        .should(req(
+            "ovr",
+            vec![desc(&[("other", "x")]).limit(3, RateLimitUnit::Hour)],
+        ))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(3, Unit::Hour, "", 2)]);
+    for (unit_in, unit_out) in [
+        (RateLimitUnit::Second, Unit::Second),
+        (RateLimitUnit::Day, Unit::Day),
+        (RateLimitUnit::Month, Unit::Month),
+        (RateLimitUnit::Year, Unit::Year),
+    ] {
+        let r = s
+            .should(req(
+                "ovr",
+                vec![desc(&[("u", unit_out.as_str_name())]).limit(7, unit_in)],
+            ))
+            .await;
+        assert_response(&r, Code::Ok, &[ok(7, unit_out, "", 6)]);
+    }
+    // Unknown domain: the override is ignored (no limit).
+    let r = s
+        .should(req(
+            "no-such-domain",
+            vec![desc(&[("k", "a")]).limit(5, RateLimitUnit::Minute)],
+        ))
+        .await;
+    assert_response(&r, Code::Ok, &[no_limit()]);
+    // Override of zero requests: blocked.
+    let r = s
+        .should(req(
+            "ovr",
+            vec![desc(&[("k", "zero")]).limit(0, RateLimitUnit::Minute)],
+        ))
+        .await;
+    assert_response(&r, Code::OverLimit, &[over(0, Unit::Minute, "")]);
+}
+
+#[tokio::test]
+async fn override_shares_the_bucket_of_the_config_limit_on_same_entries_and_unit() {
+    let s = Server::with_config(OVERRIDE).await;
+    let r = s.should(req("ovr", vec![desc(&[("k", "b")])])).await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Minute, "cfg", 9)]);
+    // Same entries and unit, capacity 5: balance clamped to 5, then charged.
+    let r = s
+        .should(req(
+            "ovr",
+            vec![desc(&[("k", "b")]).limit(5, RateLimitUnit::Minute)],
+        ))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "", 4)]);
+    let r = s.should(req("ovr", vec![desc(&[("k", "b")])])).await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Minute, "cfg", 3)]);
+}
+
+#[tokio::test]
+async fn override_with_unknown_unit_is_invalid_argument() {
+    let s = Server::with_config(OVERRIDE).await;
+    let err = s
+        .call(req(
+            "ovr",
+            vec![desc(&[("k", "a")]).limit(5, RateLimitUnit::Unknown)],
+        ))
+        .await
+        .expect_err("override with UNKNOWN unit must be rejected");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        mentions_any(err.message(), &["unit"]),
+        "message should name the unit: {:?}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn descriptors_are_charged_independently() {
+    let s = Server::with_config(CHARGE).await;
+    let r = s.should(req("charge", vec![desc(&[("three", "x")]).hits(3)])).await;
+    assert_response(&r, Code::Ok, &[ok(3, Unit::Minute, "", 0)]);
+    // `three=x` is over; `k=y` is still charged.
+    let r = s
+        .should(req(
+            "charge",
+            vec![desc(&[("three", "x")]), desc(&[("k", "y")])],
+        ))
+        .await;
+    assert_response(
+        &r,
+        Code::OverLimit,
+        &[over(3, Unit::Minute, ""), ok(10, Unit::Hour, "ten", 9)],
+    );
+    let r = s.should(req("charge", vec![desc(&[("k", "y")])])).await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 8)]);
+}
+
+#[tokio::test]
+async fn reset_is_time_until_full_when_ok_and_until_the_cost_is_available_when_over() {
+    let s = Server::with_config(
+        r#"
+domain: reset
+descriptors:
+  - key: fast
+    rate_limit: {unit: minute, requests_per_unit: 60}
+  - key: slow
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: debt
+    allow_debt: true
+    rate_limit: {unit: minute, requests_per_unit: 10}
+"#,
+    )
+    .await;
+    // 60/min = 1 token/s.
+    let r = s.should(req("reset", vec![desc(&[("fast", "a")])])).await;
+    assert_response(&r, Code::Ok, &[ok(60, Unit::Minute, "", 59).reset(1..=1)]);
+    let r = s
+        .should(req("reset", vec![desc(&[("fast", "a")]).hits(11)]))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(60, Unit::Minute, "", 48).reset(11..=12)]);
+
+    // 10/min = one token per 6 s.
+    let r = s
+        .should(req("reset", vec![desc(&[("slow", "a")]).hits(10)]))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Minute, "", 0).reset(59..=60)]);
+    let r = s.should(req("reset", vec![desc(&[("slow", "a")])])).await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Minute, "").reset(5..=6)]);
+    let r = s
+        .should(req("reset", vec![desc(&[("slow", "a")]).hits(4)]))
+        .await;
+    assert_response(
+        &r,
+        Code::OverLimit,
+        &[over(10, Unit::Minute, "").reset(23..=24)],
+    );
+    // A cost above the capacity can never pass: the whole unit.
+    let r = s
+        .should(req("reset", vec![desc(&[("slow", "b")]).hits(11)]))
+        .await;
+    assert_response(
+        &r,
+        Code::OverLimit,
+        &[over(10, Unit::Minute, "").reset(60..=60)],
+    );
+    // In debt: a check-only call reports the time until the balance is back to 0.
+    let r = s
+        .should(req("reset", vec![desc(&[("debt", "a")]).hits(10)]))
+        .await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Minute, "", 0)]);
+    let r = s
+        .should(req("reset", vec![desc(&[("debt", "a")]).hits(5)]))
+        .await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Minute, "")]);
+    let r = s
+        .should(req("reset", vec![desc(&[("debt", "a")]).hits(0)]))
+        .await;
+    assert_response(
+        &r,
+        Code::OverLimit,
+        &[over(10, Unit::Minute, "").reset(29..=30)],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_concurrent_clients_get_exactly_the_capacity() {
+    let s = Server::with_config(
+        r#"
+domain: conc
+descriptors:
+  - key: k
+    rate_limit: {unit: day, requests_per_unit: 100, name: daily}
+"#,
+    )
+    .await;
+    let s = Arc::new(s);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let client = s.rls();
+        tasks.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut out = Vec::new();
+            for _ in 0..25 {
+                let r = client
+                    .should_rate_limit(req("conc", vec![desc(&[("k", "shared")])]))
+                    .await
+                    .map(|r| r.into_inner());
+                out.push(r);
+            }
+            out
+        }));
+    }
+    let mut ok_remaining = Vec::new();
+    let mut over_count = 0;
+    let mut errors = Vec::new();
+    for t in tasks {
+        for r in t.await.expect("task") {
+            match r {
+                Ok(resp) if resp.overall_code == Code::Ok as i32 => {
+                    assert_response(
+                        &resp,
+                        Code::Ok,
+                        &[ok(
+                            100,
+                            Unit::Day,
+                            "daily",
+                            resp.statuses[0].limit_remaining,
+                        )],
+                    );
+                    ok_remaining.push(resp.statuses[0].limit_remaining);
+                }
+                Ok(resp) => {
+                    assert_response(&resp, Code::OverLimit, &[over(100, Unit::Day, "daily")]);
+                    over_count += 1;
+                }
+                Err(e) => errors.push(format!("{:?}: {}", e.code(), e.message())),
+            }
+        }
+    }
+    assert!(errors.is_empty(), "gRPC errors: {errors:?}");
+    assert_eq!(ok_remaining.len(), 100, "OK responses");
+    assert_eq!(over_count, 300, "OVER_LIMIT responses");
+    // Every token was handed out exactly once: remaining values 99..0, each seen once.
+    let distinct: BTreeSet<u32> = ok_remaining.iter().copied().collect();
+    assert_eq!(distinct, (0..100).collect::<BTreeSet<u32>>());
+}
