@@ -18,6 +18,9 @@ Sub-commands:
   h2load-stats SUMMARY LOGFILE
       Parse an h2load summary (stdout) and its --log-file; print one line:
       "rps p50_ms p99_ms total ok2xx non2xx failed".
+  prom-sum FILE METRIC [LABEL=VALUE ...]
+      Sum the samples of a Prometheus counter in a /metrics dump whose labels
+      include every LABEL=VALUE given (0 if none match).
   freeport
       Print a free TCP port on 127.0.0.1.
 
@@ -220,6 +223,30 @@ def h2load_stats(summary_path, log_path):
           f"{non200 + logged_missing} {failed or 0}")
 
 
+def prom_sum(path, metric, wanted):
+    total = 0.0
+    with open(path) as fh:
+        for line in fh:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name_labels, _, value = line.rpartition(" ")
+            if "{" in name_labels:
+                name, _, rest = name_labels.partition("{")
+                labels = {}
+                for part in rest.rstrip("}").split(","):
+                    if "=" in part:
+                        k, v = part.split("=", 1)
+                        labels[k.strip()] = v.strip().strip('"')
+            else:
+                name, labels = name_labels, {}
+            if name != metric:
+                continue
+            if all(labels.get(k) == v for k, v in wanted):
+                total += float(value)
+    print(f"{total:.0f}")
+
+
 def main(argv):
     if len(argv) < 2:
         raise SystemExit(__doc__)
@@ -252,6 +279,9 @@ def main(argv):
         print(status)
     elif cmd == "h2load-stats":
         h2load_stats(argv[2], argv[3])
+    elif cmd == "prom-sum":
+        wanted = [a.split("=", 1) for a in argv[4:]]
+        prom_sum(argv[2], argv[3], wanted)
     elif cmd == "freeport":
         s = socket.socket()
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@
 
 use crate::bucket::{BucketLimit, BucketState, Charge, ChargeOutcome, EpochMillis, Millitokens};
 use crate::config::{RateLimitConfig, RuleLimit, Unit};
-use crate::keys::{BucketKey, encode_entries};
+use crate::keys::{BucketKey, encode_entries, override_resource};
 use crate::store::BucketRequest;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -209,25 +209,32 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Plan {
         return Plan { slots: vec![Slot::NoLimit; request.descriptors.len()], buckets: Vec::new() };
     };
     let request_cost = u64::from(request.hits_addend.max(1));
-    // Each descriptor's rule, with the names its limits replace.
+    // Each descriptor's rule, and the names the limits of non-override descriptors replace.
     let rules: Vec<_> = request
         .descriptors
         .iter()
-        .map(|d| {
-            if d.limit_override.is_some() || d.entries.is_empty() {
-                None
-            } else {
-                domain.lookup(d.entries.iter().copied())
-            }
-        })
+        .map(|d| if d.entries.is_empty() { None } else { domain.lookup(d.entries.iter().copied()) })
         .collect();
-    let replaced: HashSet<&str> = rules.iter().flatten().flat_map(|r| r.replaces.iter().map(String::as_str)).collect();
+    let replaced: HashSet<&str> = request
+        .descriptors
+        .iter()
+        .zip(&rules)
+        .filter(|(d, _)| d.limit_override.is_none())
+        .filter_map(|(_, r)| *r)
+        .flat_map(|r| r.replaces.iter().map(String::as_str))
+        .collect();
 
     let mut plan = Plan { slots: Vec::with_capacity(rules.len()), buckets: Vec::new() };
     for (descriptor, rule) in request.descriptors.iter().zip(rules) {
         let cost = descriptor.hits_addend.unwrap_or(request_cost);
         let (limited, resource, allow_debt) = match (descriptor.limit_override, rule) {
-            (Some(o), _) => {
+            (Some(o), rule) => {
+                // An override shares the bucket of the config limit on the same entries and
+                // unit, so the dynamic limit and the configured one count together.
+                let resource = match rule.map(|r| (&r.limit, &r.resource)) {
+                    Some((RuleLimit::Limited { unit, .. }, resource)) if *unit == o.unit => resource.clone(),
+                    _ => Arc::from(override_resource(o.unit.as_str())),
+                };
                 let limited = Limited {
                     limit: ReportedLimit { requests_per_unit: o.requests_per_unit, unit: o.unit, name: "".into() },
                     bucket_limit: bucket_limit(o.requests_per_unit, None, o.unit),
@@ -235,7 +242,7 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Plan {
                     rule: "override".into(),
                     detailed_metric: false,
                 };
-                (limited, Arc::from(format!("override.{}", o.unit.as_str())), false)
+                (limited, resource, false)
             }
             (None, None) => {
                 plan.slots.push(Slot::NoLimit);

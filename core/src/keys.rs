@@ -94,23 +94,38 @@ pub fn is_valid_resource(name: &str) -> bool {
         && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || b"_.-/:".contains(&b))
 }
 
-/// Resource of a YAML rule: its `name` when that is a valid resource name used by no other
-/// rule of the domain, otherwise `rule.` and 16 hex digits of the SHA-256 of its path in
-/// the config (e.g. `user/path=/api*`), which is stable across reloads.
-pub fn rule_resource(unique_name: Option<&str>, config_path: &str) -> String {
-    match unique_name {
-        Some(name) if is_valid_resource(name) && !name.starts_with("override.") && !name.starts_with("rule.") => {
-            name.to_owned()
+/// Resource of a YAML rule: its place in the config, readable when it fits. Each level is
+/// `key` (default node) or `key:value`, escaped as entity ids are, levels joined with `/`:
+/// `user`, `user:vip`, `remote_5Faddress/path:_2Fapi_2F_2A`. One that does not start with a
+/// letter or is longer than [`MAX_RESOURCE_LEN`] becomes `rule::` and 16 hex digits of its
+/// SHA-256 (`::` never occurs in a readable form). The name of the limit plays no part, so
+/// renaming a limit or changing its numbers keeps its buckets.
+pub fn rule_resource(segments: &[(&str, Option<&str>)]) -> String {
+    let mut out = String::with_capacity(32);
+    for (i, (key, value)) in segments.iter().enumerate() {
+        if i > 0 {
+            out.push('/');
         }
-        _ => {
-            let digest = Sha256::digest(config_path.as_bytes());
-            let mut out = String::from("rule.");
-            for b in &digest[..8] {
-                let _ = write!(out, "{b:02x}");
-            }
-            out
+        push_escaped(&mut out, key);
+        if let Some(value) = value {
+            out.push(':');
+            push_escaped(&mut out, value);
         }
     }
+    if is_valid_resource(&out) {
+        return out;
+    }
+    let digest = Sha256::digest(out.as_bytes());
+    let mut hashed = String::from("rule::");
+    for b in &digest[..8] {
+        let _ = write!(hashed, "{b:02x}");
+    }
+    hashed
+}
+
+/// Resource of a descriptor `limit` override that no config rule of the same unit covers.
+pub fn override_resource(unit_name: &str) -> String {
+    format!("override::{unit_name}")
 }
 
 #[cfg(test)]
@@ -166,11 +181,18 @@ mod tests {
     }
 
     #[test]
-    fn rule_resources() {
-        assert_eq!(rule_resource(Some("per-user"), "user"), "per-user");
-        let hashed = rule_resource(Some("bad name"), "user");
-        assert!(hashed.starts_with("rule.") && hashed.len() == 21 && is_valid_resource(&hashed));
-        assert_eq!(rule_resource(None, "user"), rule_resource(None, "user"));
-        assert_ne!(rule_resource(None, "user"), rule_resource(None, "user=bob"));
+    fn rule_resources_are_readable_paths_or_hashes() {
+        assert_eq!(rule_resource(&[("user", None)]), "user");
+        assert_eq!(rule_resource(&[("user", Some("vip"))]), "user:vip");
+        assert_eq!(
+            rule_resource(&[("remote_address", None), ("path", Some("/api/*"))]),
+            "remote_5Faddress/path:_2Fapi_2F_2A"
+        );
+        let hashed = rule_resource(&[("_x", None)]);
+        assert!(hashed.starts_with("rule::") && hashed.len() == 22 && is_valid_resource(&hashed), "{hashed}");
+        let long = "v".repeat(100);
+        assert!(rule_resource(&[("k", Some(long.as_str()))]).starts_with("rule::"));
+        assert_ne!(rule_resource(&[("a", Some("b"))]), rule_resource(&[("a", None), ("b", None)]));
+        assert!(is_valid_resource(&override_resource("minute")));
     }
 }

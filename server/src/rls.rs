@@ -247,7 +247,8 @@ fn record_metrics(domain: &str, request: &decision::Request<'_>, decision: &Deci
         any_over |= status.kind == StatusKind::OverLimit;
         metrics::counter!(m::DESCRIPTORS, "domain" => domain.to_owned(), "code" => code).increment(1);
         if let Some(rule) = rule_label(status, descriptor) {
-            metrics::counter!(m::RULE_DECISIONS, "domain" => domain.to_owned(), "rule" => rule, "code" => code).increment(1);
+            metrics::counter!(m::RULE_DECISIONS, "domain" => domain.to_owned(), "rule" => rule, "code" => code)
+                .increment(1);
         }
         if status.near_limit {
             metrics::counter!(m::NEAR_LIMIT, "domain" => domain.to_owned()).increment(1);

@@ -12,7 +12,7 @@ use tempfile::TempDir;
 /// The Envoy binary: `$ENVOY_BIN`, else `<workspace>/.venv/bin/envoy`. Panics (the test fails,
 /// it is not skipped) when neither exists.
 pub fn envoy_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+    if let Some(p) = std::env::var_os("ENVOY_BIN").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         assert!(
             p.is_file(),

@@ -26,7 +26,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// 3. `$CARGO_TARGET_DIR/debug/zael-server`;
 /// 4. `<workspace>/target/debug/zael-server`.
 pub fn server_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ZAEL_SERVER_BIN") {
+    if let Some(p) = std::env::var_os("ZAEL_SERVER_BIN").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         assert!(p.is_file(), "ZAEL_SERVER_BIN={} does not exist", p.display());
         return p;
@@ -38,7 +38,7 @@ pub fn server_bin() -> PathBuf {
             candidates.push(profile_dir.join("zael-server"));
         }
     }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|p| !p.is_empty()) {
         let t = PathBuf::from(t);
         let t = if t.is_absolute() { t } else { crate::workspace_root().join(t) };
         candidates.push(t.join("debug").join("zael-server"));
@@ -243,11 +243,14 @@ pub fn run_to_completion(args: &[OsString], limit: Duration) -> Output {
     cmd.stderr(std::fs::File::create(&err_path).unwrap());
     let mut child = cmd.spawn().expect("spawn zael-server");
     let deadline = Instant::now() + limit;
+    let max_polls = limit.as_millis() / 20 + 2;
+    let mut polls = 0u128;
     let status = loop {
         if let Some(st) = child.try_wait().expect("try_wait") {
             break st;
         }
-        if Instant::now() >= deadline {
+        polls += 1;
+        if Instant::now() >= deadline || polls > max_polls {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -385,12 +388,12 @@ impl Server {
 
     /// SIGKILL the server and reap it.
     pub fn kill(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            if self.exit_status.is_none() {
-                let _ = child.kill();
-                if let Ok(st) = child.wait() {
-                    self.exit_status = Some(st);
-                }
+        if let Some(child) = self.child.as_mut()
+            && self.exit_status.is_none()
+        {
+            let _ = child.kill();
+            if let Ok(st) = child.wait() {
+                self.exit_status = Some(st);
             }
         }
     }

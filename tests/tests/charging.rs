@@ -22,34 +22,20 @@ descriptors:
 #[tokio::test]
 async fn request_level_hits_addend_zero_counts_as_one() {
     let s = Server::with_config(CHARGE).await;
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "a")])]).hits(0))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "a")])]).hits(0)).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 9)]);
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "a")])]).hits(0))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "a")])]).hits(0)).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 8)]);
 }
 
 #[tokio::test]
 async fn request_level_hits_addend_applies_to_every_descriptor() {
     let s = Server::with_config(CHARGE).await;
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "a")]), desc(&[("k", "b")])]).hits(5))
-        .await;
-    assert_response(
-        &r,
-        Code::Ok,
-        &[ok(10, Unit::Hour, "ten", 5), ok(10, Unit::Hour, "ten", 5)],
-    );
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "a")])]).hits(5))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "a")]), desc(&[("k", "b")])]).hits(5)).await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 5), ok(10, Unit::Hour, "ten", 5)]);
+    let r = s.should(req("charge", vec![desc(&[("k", "a")])]).hits(5)).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 0)]);
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "a")])]).hits(5))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "a")])]).hits(5)).await;
     assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "ten")]);
 }
 
@@ -57,92 +43,54 @@ async fn request_level_hits_addend_applies_to_every_descriptor() {
 async fn descriptor_hits_addend_zero_is_check_only() {
     let s = Server::with_config(CHARGE).await;
     for _ in 0..3 {
-        let r = s
-            .should(req("charge", vec![desc(&[("k", "a")]).hits(0)]).hits(7))
-            .await;
+        let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(0)]).hits(7)).await;
         // Full bucket, nothing consumed: remaining 10, full again "now" -> minimum 1 s.
         assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 10).reset(1..=1)]);
     }
     let r = s.should(req("charge", vec![desc(&[("k", "a")])])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 9)]);
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "a")]).hits(0)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(0)])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 9)]);
 }
 
 #[tokio::test]
 async fn descriptor_hits_addend_overrides_request_level() {
     let s = Server::with_config(CHARGE).await;
-    let r = s
-        .should(
-            req(
-                "charge",
-                vec![desc(&[("k", "a")]).hits(3), desc(&[("k", "b")])],
-            )
-            .hits(5),
-        )
-        .await;
-    assert_response(
-        &r,
-        Code::Ok,
-        &[ok(10, Unit::Hour, "ten", 7), ok(10, Unit::Hour, "ten", 5)],
-    );
+    let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(3), desc(&[("k", "b")])]).hits(5)).await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 7), ok(10, Unit::Hour, "ten", 5)]);
 }
 
 #[tokio::test]
 async fn rejected_charge_consumes_nothing_on_strict_rules() {
     let s = Server::with_config(CHARGE).await;
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "a")]).hits(8)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(8)])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 2)]);
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "a")]).hits(3)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(3)])).await;
     assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "ten")]);
     // The rejected 3 were not taken: 2 are still there.
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "a")]).hits(0)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(0)])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 2)]);
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "a")]).hits(2)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(2)])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 0)]);
     // A charge above the capacity never passes, even on a full bucket, and takes nothing.
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "fresh")]).hits(11)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "fresh")]).hits(11)])).await;
     assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "ten")]);
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "fresh")]).hits(0)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "fresh")]).hits(0)])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 10)]);
 }
 
 #[tokio::test]
 async fn allow_debt_debit_past_the_balance_drives_it_negative_so_check_only_fails() {
     let s = Server::with_config(CHARGE).await;
-    let r = s
-        .should(req("charge", vec![desc(&[("debt", "u")]).hits(4)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("debt", "u")]).hits(4)])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "debt", 6)]);
     // Debit 9 with 6 left: applied anyway (balance -3), reported OVER_LIMIT.
-    let r = s
-        .should(req("charge", vec![desc(&[("debt", "u")]).hits(9)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("debt", "u")]).hits(9)])).await;
     assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "debt")]);
     // Check only: passes only at a balance >= 0, so it fails now. Back to 0 after 3 tokens
     // at 10/h = 1080 s.
-    let r = s
-        .should(req("charge", vec![desc(&[("debt", "u")]).hits(0)]))
-        .await;
-    assert_response(
-        &r,
-        Code::OverLimit,
-        &[over(10, Unit::Hour, "debt").reset(1079..=1080)],
-    );
+    let r = s.should(req("charge", vec![desc(&[("debt", "u")]).hits(0)])).await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "debt").reset(1079..=1080)]);
     // And a normal hit fails too.
     let r = s.should(req("charge", vec![desc(&[("debt", "u")])])).await;
     assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "debt")]);
@@ -151,17 +99,11 @@ async fn allow_debt_debit_past_the_balance_drives_it_negative_so_check_only_fail
 #[tokio::test]
 async fn strict_rule_drops_a_debit_past_the_balance() {
     let s = Server::with_config(CHARGE).await;
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "u")]).hits(4)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "u")]).hits(4)])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 6)]);
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "u")]).hits(9)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "u")]).hits(9)])).await;
     assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "ten")]);
-    let r = s
-        .should(req("charge", vec![desc(&[("k", "u")]).hits(0)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("k", "u")]).hits(0)])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 6)]);
 }
 
@@ -170,44 +112,24 @@ async fn same_bucket_twice_in_one_request_is_charged_sequentially() {
     let s = Server::with_config(CHARGE).await;
     let two = || req("charge", vec![desc(&[("three", "a")]), desc(&[("three", "a")])]);
     let r = s.should(two()).await;
-    assert_response(
-        &r,
-        Code::Ok,
-        &[ok(3, Unit::Minute, "", 2), ok(3, Unit::Minute, "", 1)],
-    );
+    assert_response(&r, Code::Ok, &[ok(3, Unit::Minute, "", 2), ok(3, Unit::Minute, "", 1)]);
     let r = s.should(two()).await;
-    assert_response(
-        &r,
-        Code::OverLimit,
-        &[ok(3, Unit::Minute, "", 0), over(3, Unit::Minute, "")],
-    );
+    assert_response(&r, Code::OverLimit, &[ok(3, Unit::Minute, "", 0), over(3, Unit::Minute, "")]);
     let r = s.should(two()).await;
-    assert_response(
-        &r,
-        Code::OverLimit,
-        &[over(3, Unit::Minute, ""), over(3, Unit::Minute, "")],
-    );
+    assert_response(&r, Code::OverLimit, &[over(3, Unit::Minute, ""), over(3, Unit::Minute, "")]);
 
     // Different costs: the second occurrence sees what the first left; a failing occurrence
     // takes nothing, so a later smaller one can still pass.
     let r = s
         .should(req(
             "charge",
-            vec![
-                desc(&[("three", "b")]).hits(2),
-                desc(&[("three", "b")]).hits(2),
-                desc(&[("three", "b")]).hits(1),
-            ],
+            vec![desc(&[("three", "b")]).hits(2), desc(&[("three", "b")]).hits(2), desc(&[("three", "b")]).hits(1)],
         ))
         .await;
     assert_response(
         &r,
         Code::OverLimit,
-        &[
-            ok(3, Unit::Minute, "", 1),
-            over(3, Unit::Minute, ""),
-            ok(3, Unit::Minute, "", 0),
-        ],
+        &[ok(3, Unit::Minute, "", 1), over(3, Unit::Minute, ""), ok(3, Unit::Minute, "", 0)],
     );
 }
 
@@ -219,9 +141,7 @@ async fn blocklist_requests_per_unit_zero_is_always_over_limit() {
         assert_response(&r, Code::OverLimit, &[over(0, Unit::Minute, "blocked")]);
     }
     // Check-only calls are blocked too.
-    let r = s
-        .should(req("charge", vec![desc(&[("block", "y")]).hits(0)]))
-        .await;
+    let r = s.should(req("charge", vec![desc(&[("block", "y")]).hits(0)])).await;
     assert_response(&r, Code::OverLimit, &[over(0, Unit::Minute, "blocked")]);
 }
 
@@ -245,44 +165,22 @@ async fn shadow_mode_rule_reports_ok_when_over() {
     // Mixed with an enforced rule that is over: overall OVER_LIMIT, the shadow one still OK.
     let r = s.should(req("shadow", vec![desc(&[("k", "a")])])).await;
     assert_response(&r, Code::Ok, &[ok(1, Unit::Minute, "enforced", 0)]);
-    let r = s
-        .should(req("shadow", vec![desc(&[("sh", "a")]), desc(&[("k", "a")])]))
-        .await;
-    assert_response(
-        &r,
-        Code::OverLimit,
-        &[
-            shadowed(1, Unit::Minute, "shadowed"),
-            over(1, Unit::Minute, "enforced"),
-        ],
-    );
+    let r = s.should(req("shadow", vec![desc(&[("sh", "a")]), desc(&[("k", "a")])])).await;
+    assert_response(&r, Code::OverLimit, &[shadowed(1, Unit::Minute, "shadowed"), over(1, Unit::Minute, "enforced")]);
 }
 
 #[tokio::test]
 async fn global_shadow_mode_keeps_statuses_over_limit_and_overall_ok() {
-    let s = Server::builder()
-        .file("shadow.yaml", SHADOW)
-        .arg("--shadow-mode")
-        .start()
-        .await;
+    let s = Server::builder().file("shadow.yaml", SHADOW).arg("--shadow-mode").start().await;
     let r = s.should(req("shadow", vec![desc(&[("k", "a")])])).await;
     assert_response(&r, Code::Ok, &[ok(1, Unit::Minute, "enforced", 0)]);
     let r = s.should(req("shadow", vec![desc(&[("k", "a")])])).await;
     assert_response(&r, Code::Ok, &[over(1, Unit::Minute, "enforced")]);
-    let r = s
-        .should(req(
-            "shadow",
-            vec![desc(&[("k", "a")]), desc(&[("sh", "b")]), desc(&[("sh", "b")])],
-        ))
-        .await;
+    let r = s.should(req("shadow", vec![desc(&[("k", "a")]), desc(&[("sh", "b")]), desc(&[("sh", "b")])])).await;
     assert_response(
         &r,
         Code::Ok,
-        &[
-            over(1, Unit::Minute, "enforced"),
-            ok(1, Unit::Minute, "shadowed", 0),
-            shadowed(1, Unit::Minute, "shadowed"),
-        ],
+        &[over(1, Unit::Minute, "enforced"), ok(1, Unit::Minute, "shadowed", 0), shadowed(1, Unit::Minute, "shadowed")],
     );
 }
 
@@ -308,25 +206,9 @@ descriptors:
 async fn replaces_drops_named_limits_without_charging_them() {
     let s = Server::with_config(REPLACES).await;
     for remaining in [99, 98, 97] {
-        let r = s
-            .should(req(
-                "repl",
-                vec![
-                    desc(&[("user", "u")]),
-                    desc(&[("plan", "gold")]),
-                    desc(&[("ip", "i")]),
-                ],
-            ))
-            .await;
-        assert_response(
-            &r,
-            Code::Ok,
-            &[
-                no_limit(),
-                ok(100, Unit::Minute, "gold", remaining),
-                no_limit(),
-            ],
-        );
+        let r =
+            s.should(req("repl", vec![desc(&[("user", "u")]), desc(&[("plan", "gold")]), desc(&[("ip", "i")])])).await;
+        assert_response(&r, Code::Ok, &[no_limit(), ok(100, Unit::Minute, "gold", remaining), no_limit()]);
     }
     // Replaced limits were not charged.
     let r = s.should(req("repl", vec![desc(&[("user", "u")])])).await;
@@ -334,17 +216,8 @@ async fn replaces_drops_named_limits_without_charging_them() {
     let r = s.should(req("repl", vec![desc(&[("ip", "i")])])).await;
     assert_response(&r, Code::Ok, &[ok(1, Unit::Minute, "per-ip", 0)]);
     // The replacing limit may come after the replaced one... or before.
-    let r = s
-        .should(req(
-            "repl",
-            vec![desc(&[("plan", "gold")]), desc(&[("ip", "i")])],
-        ))
-        .await;
-    assert_response(
-        &r,
-        Code::Ok,
-        &[ok(100, Unit::Minute, "gold", 96), no_limit()],
-    );
+    let r = s.should(req("repl", vec![desc(&[("plan", "gold")]), desc(&[("ip", "i")])])).await;
+    assert_response(&r, Code::Ok, &[ok(100, Unit::Minute, "gold", 96), no_limit()]);
 }
 
 const OVERRIDE: &str = r#"
@@ -357,20 +230,10 @@ descriptors:
 #[tokio::test]
 async fn override_limit_applies_when_the_domain_exists() {
     let s = Server::with_config(OVERRIDE).await;
-    let r = s
-        .should(req(
-            "ovr",
-            vec![desc(&[("k", "a")]).limit(5, RateLimitUnit::Minute)],
-        ))
-        .await;
+    let r = s.should(req("ovr", vec![desc(&[("k", "a")]).limit(5, RateLimitUnit::Minute)])).await;
     assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "", 4)]);
     // Also for entries that match no rule.
-    let r = s
-        .should(req(
-            "ovr",
-            vec![desc(&[("other", "x")]).limit(3, RateLimitUnit::Hour)],
-        ))
-        .await;
+    let r = s.should(req("ovr", vec![desc(&[("other", "x")]).limit(3, RateLimitUnit::Hour)])).await;
     assert_response(&r, Code::Ok, &[ok(3, Unit::Hour, "", 2)]);
     for (unit_in, unit_out) in [
         (RateLimitUnit::Second, Unit::Second),
@@ -378,29 +241,14 @@ async fn override_limit_applies_when_the_domain_exists() {
         (RateLimitUnit::Month, Unit::Month),
         (RateLimitUnit::Year, Unit::Year),
     ] {
-        let r = s
-            .should(req(
-                "ovr",
-                vec![desc(&[("u", unit_out.as_str_name())]).limit(7, unit_in)],
-            ))
-            .await;
+        let r = s.should(req("ovr", vec![desc(&[("u", unit_out.as_str_name())]).limit(7, unit_in)])).await;
         assert_response(&r, Code::Ok, &[ok(7, unit_out, "", 6)]);
     }
     // Unknown domain: the override is ignored (no limit).
-    let r = s
-        .should(req(
-            "no-such-domain",
-            vec![desc(&[("k", "a")]).limit(5, RateLimitUnit::Minute)],
-        ))
-        .await;
+    let r = s.should(req("no-such-domain", vec![desc(&[("k", "a")]).limit(5, RateLimitUnit::Minute)])).await;
     assert_response(&r, Code::Ok, &[no_limit()]);
     // Override of zero requests: blocked.
-    let r = s
-        .should(req(
-            "ovr",
-            vec![desc(&[("k", "zero")]).limit(0, RateLimitUnit::Minute)],
-        ))
-        .await;
+    let r = s.should(req("ovr", vec![desc(&[("k", "zero")]).limit(0, RateLimitUnit::Minute)])).await;
     assert_response(&r, Code::OverLimit, &[over(0, Unit::Minute, "")]);
 }
 
@@ -410,12 +258,7 @@ async fn override_shares_the_bucket_of_the_config_limit_on_same_entries_and_unit
     let r = s.should(req("ovr", vec![desc(&[("k", "b")])])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Minute, "cfg", 9)]);
     // Same entries and unit, capacity 5: balance clamped to 5, then charged.
-    let r = s
-        .should(req(
-            "ovr",
-            vec![desc(&[("k", "b")]).limit(5, RateLimitUnit::Minute)],
-        ))
-        .await;
+    let r = s.should(req("ovr", vec![desc(&[("k", "b")]).limit(5, RateLimitUnit::Minute)])).await;
     assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "", 4)]);
     let r = s.should(req("ovr", vec![desc(&[("k", "b")])])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Minute, "cfg", 3)]);
@@ -425,18 +268,11 @@ async fn override_shares_the_bucket_of_the_config_limit_on_same_entries_and_unit
 async fn override_with_unknown_unit_is_invalid_argument() {
     let s = Server::with_config(OVERRIDE).await;
     let err = s
-        .call(req(
-            "ovr",
-            vec![desc(&[("k", "a")]).limit(5, RateLimitUnit::Unknown)],
-        ))
+        .call(req("ovr", vec![desc(&[("k", "a")]).limit(5, RateLimitUnit::Unknown)]))
         .await
         .expect_err("override with UNKNOWN unit must be rejected");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
-    assert!(
-        mentions_any(err.message(), &["unit"]),
-        "message should name the unit: {:?}",
-        err.message()
-    );
+    assert!(mentions_any(err.message(), &["unit"]), "message should name the unit: {:?}", err.message());
 }
 
 #[tokio::test]
@@ -445,17 +281,8 @@ async fn descriptors_are_charged_independently() {
     let r = s.should(req("charge", vec![desc(&[("three", "x")]).hits(3)])).await;
     assert_response(&r, Code::Ok, &[ok(3, Unit::Minute, "", 0)]);
     // `three=x` is over; `k=y` is still charged.
-    let r = s
-        .should(req(
-            "charge",
-            vec![desc(&[("three", "x")]), desc(&[("k", "y")])],
-        ))
-        .await;
-    assert_response(
-        &r,
-        Code::OverLimit,
-        &[over(3, Unit::Minute, ""), ok(10, Unit::Hour, "ten", 9)],
-    );
+    let r = s.should(req("charge", vec![desc(&[("three", "x")]), desc(&[("k", "y")])])).await;
+    assert_response(&r, Code::OverLimit, &[over(3, Unit::Minute, ""), ok(10, Unit::Hour, "ten", 9)]);
     let r = s.should(req("charge", vec![desc(&[("k", "y")])])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 8)]);
 }
@@ -479,52 +306,26 @@ descriptors:
     // 60/min = 1 token/s.
     let r = s.should(req("reset", vec![desc(&[("fast", "a")])])).await;
     assert_response(&r, Code::Ok, &[ok(60, Unit::Minute, "", 59).reset(1..=1)]);
-    let r = s
-        .should(req("reset", vec![desc(&[("fast", "a")]).hits(11)]))
-        .await;
+    let r = s.should(req("reset", vec![desc(&[("fast", "a")]).hits(11)])).await;
     assert_response(&r, Code::Ok, &[ok(60, Unit::Minute, "", 48).reset(11..=12)]);
 
     // 10/min = one token per 6 s.
-    let r = s
-        .should(req("reset", vec![desc(&[("slow", "a")]).hits(10)]))
-        .await;
+    let r = s.should(req("reset", vec![desc(&[("slow", "a")]).hits(10)])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Minute, "", 0).reset(59..=60)]);
     let r = s.should(req("reset", vec![desc(&[("slow", "a")])])).await;
     assert_response(&r, Code::OverLimit, &[over(10, Unit::Minute, "").reset(5..=6)]);
-    let r = s
-        .should(req("reset", vec![desc(&[("slow", "a")]).hits(4)]))
-        .await;
-    assert_response(
-        &r,
-        Code::OverLimit,
-        &[over(10, Unit::Minute, "").reset(23..=24)],
-    );
+    let r = s.should(req("reset", vec![desc(&[("slow", "a")]).hits(4)])).await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Minute, "").reset(23..=24)]);
     // A cost above the capacity can never pass: the whole unit.
-    let r = s
-        .should(req("reset", vec![desc(&[("slow", "b")]).hits(11)]))
-        .await;
-    assert_response(
-        &r,
-        Code::OverLimit,
-        &[over(10, Unit::Minute, "").reset(60..=60)],
-    );
+    let r = s.should(req("reset", vec![desc(&[("slow", "b")]).hits(11)])).await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Minute, "").reset(60..=60)]);
     // In debt: a check-only call reports the time until the balance is back to 0.
-    let r = s
-        .should(req("reset", vec![desc(&[("debt", "a")]).hits(10)]))
-        .await;
+    let r = s.should(req("reset", vec![desc(&[("debt", "a")]).hits(10)])).await;
     assert_response(&r, Code::Ok, &[ok(10, Unit::Minute, "", 0)]);
-    let r = s
-        .should(req("reset", vec![desc(&[("debt", "a")]).hits(5)]))
-        .await;
+    let r = s.should(req("reset", vec![desc(&[("debt", "a")]).hits(5)])).await;
     assert_response(&r, Code::OverLimit, &[over(10, Unit::Minute, "")]);
-    let r = s
-        .should(req("reset", vec![desc(&[("debt", "a")]).hits(0)]))
-        .await;
-    assert_response(
-        &r,
-        Code::OverLimit,
-        &[over(10, Unit::Minute, "").reset(29..=30)],
-    );
+    let r = s.should(req("reset", vec![desc(&[("debt", "a")]).hits(0)])).await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Minute, "").reset(29..=30)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -546,10 +347,8 @@ descriptors:
             let mut client = client;
             let mut out = Vec::new();
             for _ in 0..25 {
-                let r = client
-                    .should_rate_limit(req("conc", vec![desc(&[("k", "shared")])]))
-                    .await
-                    .map(|r| r.into_inner());
+                let r =
+                    client.should_rate_limit(req("conc", vec![desc(&[("k", "shared")])])).await.map(|r| r.into_inner());
                 out.push(r);
             }
             out
@@ -562,16 +361,7 @@ descriptors:
         for r in t.await.expect("task") {
             match r {
                 Ok(resp) if resp.overall_code == Code::Ok as i32 => {
-                    assert_response(
-                        &resp,
-                        Code::Ok,
-                        &[ok(
-                            100,
-                            Unit::Day,
-                            "daily",
-                            resp.statuses[0].limit_remaining,
-                        )],
-                    );
+                    assert_response(&resp, Code::Ok, &[ok(100, Unit::Day, "daily", resp.statuses[0].limit_remaining)]);
                     ok_remaining.push(resp.statuses[0].limit_remaining);
                 }
                 Ok(resp) => {
@@ -588,4 +378,84 @@ descriptors:
     // Every token was handed out exactly once: remaining values 99..0, each seen once.
     let distinct: BTreeSet<u32> = ok_remaining.iter().copied().collect();
     assert_eq!(distinct, (0..100).collect::<BTreeSet<u32>>());
+}
+
+#[tokio::test]
+async fn debt_is_floored_at_minus_the_capacity() {
+    let s = Server::with_config(
+        r#"
+domain: floor
+descriptors:
+  - key: d
+    allow_debt: true
+    rate_limit: {unit: second, requests_per_unit: 10}
+"#,
+    )
+    .await;
+    let r = s.should(req("floor", vec![desc(&[("d", "a")]).hits(100)])).await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Second, "")]);
+    let r = s.should(req("floor", vec![desc(&[("d", "a")]).hits(0)])).await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Second, "")]);
+    // Floored at -10, 10 tokens/s: back above 0 after ~1 s (unfloored -90 would need 9 s).
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let r = s.should(req("floor", vec![desc(&[("d", "a")]).hits(0)])).await;
+    assert_eq!(r.overall_code, Code::Ok as i32, "{}", describe(&r));
+}
+
+#[tokio::test]
+async fn extreme_costs_and_limits_do_not_overflow() {
+    let s = Server::with_config(
+        r#"
+domain: big
+descriptors:
+  - key: max
+    rate_limit: {unit: second, requests_per_unit: 4294967295}
+  - key: small
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: debt
+    allow_debt: true
+    rate_limit: {unit: minute, requests_per_unit: 10}
+"#,
+    )
+    .await;
+    let r = s.should(req("big", vec![desc(&[("max", "a")])])).await;
+    assert_response(&r, Code::Ok, &[ok(u32::MAX, Unit::Second, "", u32::MAX - 1).reset(1..=1)]);
+    for cost in [u64::from(u32::MAX) + 1, u64::MAX / 2, u64::MAX] {
+        let r = s.should(req("big", vec![desc(&[("small", "a")]).hits(cost)])).await;
+        assert_response(&r, Code::OverLimit, &[over(10, Unit::Minute, "")]);
+        let r = s.should(req("big", vec![desc(&[("debt", "a")]).hits(cost)])).await;
+        assert_response(&r, Code::OverLimit, &[over(10, Unit::Minute, "")]);
+    }
+    // Strict: nothing was taken.
+    let r = s.should(req("big", vec![desc(&[("small", "a")]).hits(0)])).await;
+    assert_response(&r, Code::Ok, &[ok(10, Unit::Minute, "", 10)]);
+    let r = s.should(req("big", vec![desc(&[("small", "b")])]).hits(u32::MAX)).await;
+    assert_response(&r, Code::OverLimit, &[over(10, Unit::Minute, "")]);
+    let logs = s.logs();
+    assert!(!logs.contains("panicked"), "server panicked:\n{logs}");
+}
+
+#[tokio::test]
+async fn override_is_never_shadowed_and_never_replaced() {
+    let s = Server::with_config(
+        r#"
+domain: ovs
+descriptors:
+  - key: sh
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1, name: sh}
+  - key: boss
+    rate_limit: {unit: minute, requests_per_unit: 100, name: boss, replaces: [{name: sh}]}
+"#,
+    )
+    .await;
+    let d = || desc(&[("sh", "a")]).limit(1, RateLimitUnit::Minute);
+    let r = s.should(req("ovs", vec![d()])).await;
+    assert_response(&r, Code::Ok, &[ok(1, Unit::Minute, "", 0)]);
+    // The matched rule is in shadow mode, but the override is enforced.
+    let r = s.should(req("ovs", vec![d()])).await;
+    assert_response(&r, Code::OverLimit, &[over(1, Unit::Minute, "")]);
+    // `replaces: sh` does not drop the override (it has no name).
+    let r = s.should(req("ovs", vec![desc(&[("boss", "x")]), d()])).await;
+    assert_response(&r, Code::OverLimit, &[ok(100, Unit::Minute, "boss", 99), over(1, Unit::Minute, "")]);
 }

@@ -14,17 +14,9 @@ descriptors:
 #[track_caller]
 fn assert_invalid(result: Result<RateLimitResponse, tonic::Status>, what: &str, groups: &[&[&str]]) {
     match result {
-        Ok(resp) => panic!(
-            "{what}: expected INVALID_ARGUMENT, got a response:\n{}",
-            describe(&resp)
-        ),
+        Ok(resp) => panic!("{what}: expected INVALID_ARGUMENT, got a response:\n{}", describe(&resp)),
         Err(st) => {
-            assert_eq!(
-                st.code(),
-                GrpcCode::InvalidArgument,
-                "{what}: wrong gRPC code (message {:?})",
-                st.message()
-            );
+            assert_eq!(st.code(), GrpcCode::InvalidArgument, "{what}: wrong gRPC code (message {:?})", st.message());
             for g in groups {
                 assert!(
                     mentions_any(st.message(), g),
@@ -41,42 +33,27 @@ async fn assert_still_healthy(s: &Server) {
     let r = s.should(req("err", vec![desc(&[("k", "alive")])])).await;
     assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "", 4)]);
     let logs = s.logs();
-    assert!(
-        !logs.contains("panicked"),
-        "server log shows a panic:\n{logs}"
-    );
+    assert!(!logs.contains("panicked"), "server log shows a panic:\n{logs}");
 }
 
 #[tokio::test]
 async fn empty_domain_is_invalid_argument() {
     let s = Server::with_config(CONFIG).await;
-    assert_invalid(
-        s.call(req("", vec![desc(&[("k", "a")])])).await,
-        "empty domain",
-        &[&["domain"]],
-    );
+    assert_invalid(s.call(req("", vec![desc(&[("k", "a")])])).await, "empty domain", &[&["domain"]]);
     assert_still_healthy(&s).await;
 }
 
 #[tokio::test]
 async fn empty_descriptor_list_is_invalid_argument() {
     let s = Server::with_config(CONFIG).await;
-    assert_invalid(
-        s.call(req("err", vec![])).await,
-        "no descriptors",
-        &[&["descriptor"]],
-    );
+    assert_invalid(s.call(req("err", vec![])).await, "no descriptors", &[&["descriptor"]]);
     assert_still_healthy(&s).await;
 }
 
 #[tokio::test]
 async fn entry_with_empty_key_is_invalid_argument() {
     let s = Server::with_config(CONFIG).await;
-    assert_invalid(
-        s.call(req("err", vec![desc(&[("k", "a"), ("", "v")])])).await,
-        "empty entry key",
-        &[&["key"]],
-    );
+    assert_invalid(s.call(req("err", vec![desc(&[("k", "a"), ("", "v")])])).await, "empty entry key", &[&["key"]]);
     assert_still_healthy(&s).await;
 }
 
@@ -84,36 +61,22 @@ async fn entry_with_empty_key_is_invalid_argument() {
 async fn override_with_unknown_unit_is_invalid_argument() {
     let s = Server::with_config(CONFIG).await;
     assert_invalid(
-        s.call(req(
-            "err",
-            vec![desc(&[("k", "a")]).limit(3, RateLimitUnit::Unknown)],
-        ))
-        .await,
+        s.call(req("err", vec![desc(&[("k", "a")]).limit(3, RateLimitUnit::Unknown)])).await,
         "override unit UNKNOWN",
         &[&["unit"]],
     );
     // Also an out-of-range enum value.
     let mut d = desc(&[("k", "a")]);
-    d.limit = Some(RateLimitOverride {
-        requests_per_unit: 3,
-        unit: 99,
-    });
-    assert_invalid(
-        s.call(req("err", vec![d])).await,
-        "override unit 99",
-        &[&["unit"]],
-    );
+    d.limit = Some(RateLimitOverride { requests_per_unit: 3, unit: 99 });
+    assert_invalid(s.call(req("err", vec![d])).await, "override unit 99", &[&["unit"]]);
     assert_still_healthy(&s).await;
 }
 
 #[tokio::test]
 async fn more_than_64_descriptors_is_invalid_argument_and_64_is_fine() {
     let s = Server::with_config(CONFIG).await;
-    let many = |n: usize| -> Vec<RateLimitDescriptor> {
-        (0..n)
-            .map(|i| desc(&[("nomatch", &format!("v{i}"))]))
-            .collect()
-    };
+    let many =
+        |n: usize| -> Vec<RateLimitDescriptor> { (0..n).map(|i| desc(&[("nomatch", &format!("v{i}"))])).collect() };
     let r = s.should(req("err", many(64))).await;
     assert_response(&r, Code::Ok, &vec![no_limit(); 64]);
     assert_invalid(
@@ -127,9 +90,7 @@ async fn more_than_64_descriptors_is_invalid_argument_and_64_is_fine() {
 #[tokio::test]
 async fn more_than_32_entries_is_invalid_argument_and_32_is_fine() {
     let s = Server::with_config(CONFIG).await;
-    let entries = |n: usize| -> Vec<(String, String)> {
-        (0..n).map(|i| (format!("k{i}"), format!("v{i}"))).collect()
-    };
+    let entries = |n: usize| -> Vec<(String, String)> { (0..n).map(|i| (format!("k{i}"), format!("v{i}"))).collect() };
     let to_desc = |e: &[(String, String)]| {
         let refs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         desc(&refs)
@@ -151,14 +112,10 @@ async fn key_or_value_over_1024_bytes_is_invalid_argument_and_1024_is_fine() {
     let v1024 = "v".repeat(1024);
     let k1025 = "k".repeat(1025);
     let v1025 = "v".repeat(1025);
-    let r = s
-        .should(req("err", vec![desc(&[(k1024.as_str(), v1024.as_str())])]))
-        .await;
+    let r = s.should(req("err", vec![desc(&[(k1024.as_str(), v1024.as_str())])])).await;
     assert_response(&r, Code::Ok, &[no_limit()]);
     // A 1024-byte value on a limited key is charged normally.
-    let r = s
-        .should(req("err", vec![desc(&[("k", v1024.as_str())])]))
-        .await;
+    let r = s.should(req("err", vec![desc(&[("k", v1024.as_str())])])).await;
     assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "", 4)]);
     assert_invalid(
         s.call(req("err", vec![desc(&[(k1025.as_str(), "v")])])).await,
@@ -188,14 +145,8 @@ async fn request_errors_are_counted_and_never_crash_the_server() {
         req("", vec![desc(&[("k", "a")])]),
         req("err", vec![]),
         req("err", vec![desc(&[("", "a")])]),
-        req(
-            "err",
-            vec![desc(&[("k", "a")]).limit(1, RateLimitUnit::Unknown)],
-        ),
-        req(
-            "err",
-            (0..65).map(|i| desc(&[("k", &format!("{i}"))])).collect(),
-        ),
+        req("err", vec![desc(&[("k", "a")]).limit(1, RateLimitUnit::Unknown)]),
+        req("err", (0..65).map(|i| desc(&[("k", &format!("{i}"))])).collect()),
         req("err", vec![desc(&[(long.as_str(), "a")])]),
     ];
     let n = bad.len() as f64;
@@ -207,18 +158,10 @@ async fn request_errors_are_counted_and_never_crash_the_server() {
         );
     }
     let m = s.metrics().await;
-    assert_eq!(
-        m.sum("zael_request_errors_total", &[]),
-        n,
-        "zael_request_errors_total over all reasons\n{}",
-        m.text
-    );
+    assert_eq!(m.sum("zael_request_errors_total", &[]), n, "zael_request_errors_total over all reasons\n{}", m.text);
     // Nothing was charged by the failed requests (the 65-descriptor one included k=0..64).
     let r = s.should(req("err", vec![desc(&[("k", "0")])])).await;
     assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "", 4)]);
-    assert_eq!(
-        s.grpc_health("").await.ok(),
-        Some(tonic_health::pb::health_check_response::ServingStatus::Serving)
-    );
+    assert_eq!(s.grpc_health("").await.ok(), Some(tonic_health::pb::health_check_response::ServingStatus::Serving));
     assert_still_healthy(&s).await;
 }

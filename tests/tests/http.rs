@@ -25,17 +25,12 @@ fn strip_defaults(v: &Value) -> Option<Value> {
         Value::Number(n) if n.as_f64() == Some(0.0) => None,
         Value::String(s) if s.is_empty() => None,
         Value::Array(a) => {
-            let items: Vec<Value> = a
-                .iter()
-                .map(|x| strip_defaults(x).unwrap_or_else(|| json!({})))
-                .collect();
+            let items: Vec<Value> = a.iter().map(|x| strip_defaults(x).unwrap_or_else(|| json!({}))).collect();
             (!items.is_empty()).then_some(Value::Array(items))
         }
         Value::Object(o) => {
-            let m: serde_json::Map<String, Value> = o
-                .iter()
-                .filter_map(|(k, x)| strip_defaults(x).map(|x| (k.clone(), x)))
-                .collect();
+            let m: serde_json::Map<String, Value> =
+                o.iter().filter_map(|(k, x)| strip_defaults(x).map(|x| (k.clone(), x))).collect();
             (!m.is_empty()).then_some(Value::Object(m))
         }
         other => Some(other.clone()),
@@ -116,20 +111,14 @@ async fn healthcheck_answers_200_ok() {
 async fn grpc_health_is_serving_for_empty_and_ratelimit_service() {
     let s = Server::with_config(CONFIG).await;
     assert_eq!(s.grpc_health("").await.ok(), Some(ServingStatus::Serving));
-    assert_eq!(
-        s.grpc_health("ratelimit").await.ok(),
-        Some(ServingStatus::Serving)
-    );
+    assert_eq!(s.grpc_health("ratelimit").await.ok(), Some(ServingStatus::Serving));
 }
 
 #[tokio::test]
 async fn json_endpoint_answers_200_with_the_protojson_response() {
     let s = Server::with_config(CONFIG).await;
     let r = s
-        .http_post_json(
-            "/json",
-            r#"{"domain":"web","descriptors":[{"entries":[{"key":"k","value":"a"}]}]}"#,
-        )
+        .http_post_json("/json", r#"{"domain":"web","descriptors":[{"entries":[{"key":"k","value":"a"}]}]}"#)
         .await
         .unwrap();
     assert_json_response(
@@ -208,29 +197,21 @@ async fn json_endpoint_answers_429_when_over_limit() {
 #[tokio::test]
 async fn json_endpoint_answers_400_on_bad_json_and_bad_requests() {
     let s = Server::with_config(CONFIG).await;
-    for (what, body) in [
-        ("not JSON", "{nope"),
-        ("empty body", ""),
-        ("wrong type", r#"{"domain": 5, "descriptors": []}"#),
-    ] {
+    for (what, body) in
+        [("not JSON", "{nope"), ("empty body", ""), ("wrong type", r#"{"domain": 5, "descriptors": []}"#)]
+    {
         let r = s.http_post_json("/json", body).await.unwrap();
         assert_eq!(r.status, 400, "{what}: body {:?}", r.body);
         assert!(!r.body.trim().is_empty(), "{what}: 400 without a message");
     }
     // Valid JSON, invalid request: the message names the problem.
     let r = s
-        .http_post_json(
-            "/json",
-            r#"{"domain":"","descriptors":[{"entries":[{"key":"k","value":"a"}]}]}"#,
-        )
+        .http_post_json("/json", r#"{"domain":"","descriptors":[{"entries":[{"key":"k","value":"a"}]}]}"#)
         .await
         .unwrap();
     assert_eq!(r.status, 400, "empty domain: {:?}", r.body);
     assert!(mentions_any(&r.body, &["domain"]), "body: {:?}", r.body);
-    let r = s
-        .http_post_json("/json", r#"{"domain":"web","descriptors":[]}"#)
-        .await
-        .unwrap();
+    let r = s.http_post_json("/json", r#"{"domain":"web","descriptors":[]}"#).await.unwrap();
     assert_eq!(r.status, 400, "no descriptors: {:?}", r.body);
     assert!(mentions_any(&r.body, &["descriptor"]), "body: {:?}", r.body);
     let r = s
@@ -244,10 +225,7 @@ async fn json_endpoint_answers_400_on_bad_json_and_bad_requests() {
     assert!(mentions_any(&r.body, &["unit"]), "body: {:?}", r.body);
     // Still serving.
     let r = s
-        .http_post_json(
-            "/json",
-            r#"{"domain":"web","descriptors":[{"entries":[{"key":"k","value":"z"}]}]}"#,
-        )
+        .http_post_json("/json", r#"{"domain":"web","descriptors":[{"entries":[{"key":"k","value":"z"}]}]}"#)
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
@@ -318,11 +296,7 @@ async fn rlconfig_shows_the_loaded_config() {
     let r = s.http_get("/rlconfig").await.unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     for needle in ["web", "two-per-minute", "free", "2", "5"] {
-        assert!(
-            r.body.contains(needle),
-            "/rlconfig should mention {needle:?}:\n{}",
-            r.body
-        );
+        assert!(r.body.contains(needle), "/rlconfig should mention {needle:?}:\n{}", r.body);
     }
     assert!(
         mentions_any(&r.body, &["minute"]) && mentions_any(&r.body, &["hour"]),
@@ -358,12 +332,7 @@ async fn metrics_count_decisions_descriptors_and_config_loads() {
     let m = s.metrics().await;
     let dom = |code: &'static str| [("domain", "m"), ("code", code)];
     let check = |name: &str, labels: &[(&str, &str)], want: f64| {
-        assert_eq!(
-            m.get_or_zero(name, labels),
-            want,
-            "{name}{labels:?}\n---- /metrics ----\n{}",
-            m.text
-        );
+        assert_eq!(m.get_or_zero(name, labels), want, "{name}{labels:?}\n---- /metrics ----\n{}", m.text);
     };
     check("zael_decisions_total", &dom("ok"), 7.0);
     check("zael_decisions_total", &dom("over_limit"), 2.0);
@@ -372,87 +341,66 @@ async fn metrics_count_decisions_descriptors_and_config_loads() {
     check("zael_descriptors_total", &dom("shadow"), 1.0);
     check("zael_descriptors_total", &dom("no_limit"), 1.0);
     check("zael_descriptors_total", &dom("unlimited"), 1.0);
-    assert_eq!(
-        m.sum("zael_decisions_total", &[]),
-        9.0,
-        "decisions over all labels\n{}",
-        m.text
-    );
+    assert_eq!(m.sum("zael_decisions_total", &[]), 9.0, "decisions over all labels\n{}", m.text);
     assert!(
         m.get_or_zero("zael_near_limit_total", &[("domain", "m")]) >= 1.0,
         "zael_near_limit_total{{domain=m}} after draining a bucket\n{}",
         m.text
     );
-    assert_eq!(
-        m.type_of("zael_decision_duration_seconds").as_deref(),
-        Some("histogram"),
-        "\n{}",
-        m.text
-    );
-    assert_eq!(
-        m.sum("zael_decision_duration_seconds_count", &[]),
-        9.0,
-        "histogram count\n{}",
-        m.text
-    );
+    assert_eq!(m.type_of("zael_decision_duration_seconds").as_deref(), Some("histogram"), "\n{}", m.text);
+    assert_eq!(m.sum("zael_decision_duration_seconds_count", &[]), 9.0, "histogram count\n{}", m.text);
     assert!(
         m.sum("zael_decision_duration_seconds_bucket", &[("le", "+Inf")]) == 9.0,
         "histogram +Inf bucket\n{}",
         m.text
     );
-    assert!(
-        m.get_or_zero("zael_config_loads_total", &[("result", "success")]) >= 1.0,
-        "config loads\n{}",
-        m.text
-    );
+    assert!(m.get_or_zero("zael_config_loads_total", &[("result", "success")]) >= 1.0, "config loads\n{}", m.text);
     check("zael_config_loads_total", &[("result", "error")], 0.0);
     check("zael_store_errors_total", &[], 0.0);
     check("zael_request_errors_total", &[], 0.0);
     // One bad request shows up under zael_request_errors_total.
     let _ = s.call(req("", vec![desc(&[("lim", "a")])])).await;
     let m = s.metrics().await;
-    assert_eq!(
-        m.sum("zael_request_errors_total", &[]),
-        1.0,
-        "request errors\n{}",
-        m.text
-    );
+    assert_eq!(m.sum("zael_request_errors_total", &[]), 1.0, "request errors\n{}", m.text);
 }
 
-fn header<'a>(resp: &'a RateLimitResponse, name: &str) -> Option<String> {
+/// A limit header is the chosen status's requests_per_unit, either bare ([ref]'s form, "2") or
+/// followed by draft-03 quota policies ("2, 2;w=60"), which must then include that limit's
+/// own policy.
+#[track_caller]
+fn assert_limit_header(value: Option<String>, rpu: u32, window: i64) {
+    let v = value.expect("limit header present");
+    let mut parts = v.split(',').map(str::trim);
+    assert_eq!(parts.next(), Some(rpu.to_string().as_str()), "limit header {v:?}");
+    let policies: Vec<&str> = parts.collect();
+    if !policies.is_empty() {
+        let own = format!("{rpu};w={window}");
+        assert!(
+            policies.iter().any(|p| *p == own || p.starts_with(&format!("{own};"))),
+            "limit header {v:?} lacks the policy {own:?}"
+        );
+    }
+}
+
+fn header(resp: &RateLimitResponse, name: &str) -> Option<String> {
     resp.response_headers_to_add
         .iter()
         .find(|h| h.key.eq_ignore_ascii_case(name))
-        .map(|h| {
-            if h.value.is_empty() {
-                String::from_utf8_lossy(&h.raw_value).into_owned()
-            } else {
-                h.value.clone()
-            }
-        })
+        .map(|h| if h.value.is_empty() { String::from_utf8_lossy(&h.raw_value).into_owned() } else { h.value.clone() })
 }
 
 #[tokio::test]
 async fn response_headers_report_the_most_constrained_status() {
-    let s = Server::builder()
-        .file("c.yaml", CONFIG)
-        .arg("--response-headers")
-        .start()
-        .await;
+    let s = Server::builder().file("c.yaml", CONFIG).arg("--response-headers").start().await;
     // k: 2/min, h: 5/h. The smallest remaining wins: k (1 left).
-    let r = s
-        .should(req("web", vec![desc(&[("h", "a")]), desc(&[("k", "a")])]))
-        .await;
+    let r = s.should(req("web", vec![desc(&[("h", "a")]), desc(&[("k", "a")])])).await;
     assert_response_ignoring_headers(
         &r,
         Code::Ok,
-        &[
-            ok(5, Unit::Hour, "", 4),
-            ok(2, Unit::Minute, "two-per-minute", 1),
-        ],
+        &[ok(5, Unit::Hour, "", 4), ok(2, Unit::Minute, "two-per-minute", 1)],
     );
     assert_eq!(r.response_headers_to_add.len(), 3, "{}", describe(&r));
-    assert_eq!(header(&r, "RateLimit-Limit").as_deref(), Some("2"));
+    assert_limit_header(header(&r, "RateLimit-Limit"), 2, 60);
     assert_eq!(header(&r, "RateLimit-Remaining").as_deref(), Some("1"));
     assert_eq!(
         header(&r, "RateLimit-Reset"),
@@ -461,27 +409,17 @@ async fn response_headers_report_the_most_constrained_status() {
     );
     // Over: the over status is reported.
     s.should(req("web", vec![desc(&[("k", "a")])])).await;
-    let r = s
-        .should(req("web", vec![desc(&[("h", "a")]), desc(&[("k", "a")])]))
-        .await;
+    let r = s.should(req("web", vec![desc(&[("h", "a")]), desc(&[("k", "a")])])).await;
     assert_response_ignoring_headers(
         &r,
         Code::OverLimit,
-        &[
-            ok(5, Unit::Hour, "", 3),
-            over(2, Unit::Minute, "two-per-minute"),
-        ],
+        &[ok(5, Unit::Hour, "", 3), over(2, Unit::Minute, "two-per-minute")],
     );
-    assert_eq!(header(&r, "RateLimit-Limit").as_deref(), Some("2"));
+    assert_limit_header(header(&r, "RateLimit-Limit"), 2, 60);
     assert_eq!(header(&r, "RateLimit-Remaining").as_deref(), Some("0"));
-    assert_eq!(
-        header(&r, "RateLimit-Reset"),
-        Some(reset_secs(&r, 1).to_string())
-    );
+    assert_eq!(header(&r, "RateLimit-Reset"), Some(reset_secs(&r, 1).to_string()));
     // No status with a limit: no headers.
-    let r = s
-        .should(req("web", vec![desc(&[("nomatch", "a")]), desc(&[("free", "a")])]))
-        .await;
+    let r = s.should(req("web", vec![desc(&[("nomatch", "a")]), desc(&[("free", "a")])])).await;
     assert_response(&r, Code::Ok, &[no_limit(), unlimited()]);
 }
 
@@ -503,7 +441,7 @@ async fn response_header_names_are_configurable() {
     let r = s.should(req("web", vec![desc(&[("h", "b")])])).await;
     assert_response_ignoring_headers(&r, Code::Ok, &[ok(5, Unit::Hour, "", 4)]);
     assert_eq!(r.response_headers_to_add.len(), 3, "{}", describe(&r));
-    assert_eq!(header(&r, "X-Lim").as_deref(), Some("5"));
+    assert_limit_header(header(&r, "X-Lim"), 5, 3600);
     assert_eq!(header(&r, "X-Rem").as_deref(), Some("4"));
     assert_eq!(header(&r, "X-Reset"), Some(reset_secs(&r, 0).to_string()));
 }

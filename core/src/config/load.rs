@@ -139,24 +139,13 @@ fn compile_file(text: &str, report: &mut Report<'_>) -> Option<Domain> {
         Some(ns) => ns,
         None => name.clone(),
     };
-    let mut name_counts = HashMap::new();
-    count_names(&parsed.descriptors, &mut name_counts);
     let errors_before = report.errors.len();
-    let mut builder = Builder { report, name_counts };
-    let root = builder.level(&parsed.descriptors, "descriptors", "");
+    let mut builder = Builder { report };
+    let root = builder.level(&parsed.descriptors, "descriptors", "", &[]);
     if builder.report.errors.len() > errors_before {
         return None;
     }
     Some(Domain { name: name.into(), namespace: namespace.into(), source: builder.report.file.to_owned(), root })
-}
-
-fn count_names(nodes: &[DescriptorNode], counts: &mut HashMap<String, usize>) {
-    for node in nodes {
-        if let Some(name) = node.rate_limit.as_ref().and_then(|r| r.name.as_ref()) {
-            *counts.entry(name.clone()).or_default() += 1;
-        }
-        count_names(&node.descriptors, counts);
-    }
 }
 
 /// Escapes `/`, `=` and `%` so a node path names exactly one node.
@@ -173,11 +162,16 @@ fn path_segment(out: &mut String, s: &str) {
 
 struct Builder<'r, 'a> {
     report: &'r mut Report<'a>,
-    name_counts: HashMap<String, usize>,
 }
 
 impl Builder<'_, '_> {
-    fn level(&mut self, nodes: &[DescriptorNode], at: &str, parent_path: &str) -> Level {
+    fn level(
+        &mut self,
+        nodes: &[DescriptorNode],
+        at: &str,
+        parent_path: &str,
+        parent: &[(&str, Option<&str>)],
+    ) -> Level {
         let mut level = Level::default();
         let mut seen = HashSet::new();
         for (i, raw) in nodes.iter().enumerate() {
@@ -204,15 +198,17 @@ impl Builder<'_, '_> {
                 path.push('=');
                 path_segment(&mut path, v);
             }
+            let mut segments = parent.to_vec();
+            segments.push((key.as_str(), raw.value.as_deref()));
             self.warn_unimplemented(raw, &at);
             if raw.share_threshold && !raw.value.as_deref().is_some_and(|v| v.contains('*')) {
                 self.report.error(format!("{at}: share_threshold needs a value containing '*'"));
             }
-            let rule = raw.rate_limit.as_ref().and_then(|rl| self.rule(rl, raw, &at, &path));
+            let rule = raw.rate_limit.as_ref().and_then(|rl| self.rule(rl, raw, &at, &path, &segments));
             if raw.allow_debt && raw.rate_limit.is_none() {
                 self.report.warn(format!("{at}: allow_debt has no effect without a rate_limit"));
             }
-            let children = self.level(&raw.descriptors, &format!("{at}.descriptors"), &path);
+            let children = self.level(&raw.descriptors, &format!("{at}.descriptors"), &path, &segments);
             let node = Node { rule, children };
             let nodes = level.keys.entry(key).or_insert_with(KeyNodes::default);
             match &raw.value {
@@ -239,7 +235,14 @@ impl Builder<'_, '_> {
         }
     }
 
-    fn rule(&mut self, rl: &RateLimit, raw: &DescriptorNode, at: &str, path: &str) -> Option<Rule> {
+    fn rule(
+        &mut self,
+        rl: &RateLimit,
+        raw: &DescriptorNode,
+        at: &str,
+        path: &str,
+        segments: &[(&str, Option<&str>)],
+    ) -> Option<Rule> {
         let at = format!("{at}.rate_limit");
         let errors_before = self.report.errors.len();
         let unit = match rl.unit.as_deref() {
@@ -291,7 +294,6 @@ impl Builder<'_, '_> {
             Some(unit) => RuleLimit::Limited { unit, requests_per_unit: rl.requests_per_unit, burst: rl.burst },
             None => return None,
         };
-        let unique_name = rl.name.as_deref().filter(|n| self.name_counts.get(*n) == Some(&1));
         Some(Rule {
             limit,
             name: name.into(),
@@ -299,7 +301,7 @@ impl Builder<'_, '_> {
             shadow_mode: raw.shadow_mode,
             allow_debt: raw.allow_debt,
             detailed_metric: raw.detailed_metric,
-            resource: rule_resource(unique_name, path).into(),
+            resource: rule_resource(segments).into(),
             path: path.into(),
         })
     }

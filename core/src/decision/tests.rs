@@ -201,6 +201,25 @@ fn override_uses_its_own_limit_when_the_domain_exists() {
 }
 
 #[test]
+fn override_shares_the_bucket_of_the_rule_with_the_same_unit() {
+    let h = Harness::new();
+    h.one(&[("user", "shared")]); // the config limit: 3/min, 2 left
+    let with_unit = |unit| Descriptor {
+        entries: vec![("user", "shared")],
+        limit_override: Some(LimitOverride { requests_per_unit: 10, unit }),
+        hits_addend: None,
+    };
+    let p = plan(&h.config, &req(&[with_unit(Unit::Minute)]));
+    assert_eq!(&*p.bucket_requests()[0].key.resource, "user");
+    // Same bucket, new capacity 10: 2 left before, 1 after.
+    assert_eq!(h.run(&req(&[with_unit(Unit::Minute)]), false).statuses[0].limit_remaining, 1);
+    // Another unit: a bucket of its own.
+    let p = plan(&h.config, &req(&[with_unit(Unit::Hour)]));
+    assert_eq!(&*p.bucket_requests()[0].key.resource, "override::hour");
+    assert_eq!(h.run(&req(&[with_unit(Unit::Hour)]), false).statuses[0].limit_remaining, 9);
+}
+
+#[test]
 fn hits_addend_forms() {
     let h = Harness::new();
     let mut r = req(&[desc(&[("path", "/x")])]);

@@ -1,0 +1,307 @@
+//! The DynamoDB calls of the store: counted, and retried on throttling, transient failures
+//! and transaction conflicts with full-jitter backoff. The caller's deadline
+//! (`DynamoStoreOptions::call_timeout`) bounds every retry loop from outside.
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
+use rand::Rng;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::item::Item;
+
+/// Most re-sends of a write that lost to a transaction (the library's `_ITEM_CONFLICT_MAX_RETRIES`).
+const CONFLICT_RETRIES: u32 = 3;
+/// Full-jitter cap of the first throttling retry; doubles per retry up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_millis(2);
+const MAX_BACKOFF: Duration = Duration::from_millis(25);
+
+/// How many DynamoDB requests a store has sent, by operation (every attempt counts).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    pub get_item: u64,
+    pub update_item: u64,
+    pub transact_write_items: u64,
+}
+
+impl CallCounts {
+    pub fn total(&self) -> u64 {
+        self.get_item + self.update_item + self.transact_write_items
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    get_item: AtomicU64,
+    update_item: AtomicU64,
+    transact_write_items: AtomicU64,
+}
+
+#[derive(Copy, Clone, Debug)]
+enum Op {
+    GetItem,
+    UpdateItem,
+    TransactWriteItems,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::GetItem => "GetItem",
+            Op::UpdateItem => "UpdateItem",
+            Op::TransactWriteItems => "TransactWriteItems",
+        }
+    }
+}
+
+/// Why a call failed after its retries.
+#[derive(Debug)]
+pub(crate) enum DbError {
+    /// Still losing to transactions after [`CONFLICT_RETRIES`] re-sends: nothing was written.
+    Conflict,
+    /// Anything else, as a message.
+    Other(String),
+}
+
+/// The answer to a conditional UpdateItem.
+pub(crate) enum Update {
+    /// Written; the `ALL_NEW` image.
+    Done(Item),
+    /// The condition failed; the `ALL_OLD` image when the item exists.
+    ConditionFailed(Option<Item>),
+}
+
+/// The answer to a TransactWriteItems.
+pub(crate) enum Transact {
+    Done,
+    /// Cancelled: one reason code per item (`None`, `ConditionalCheckFailed`, ...).
+    Canceled(Vec<String>),
+}
+
+/// An UpdateItem request.
+pub(crate) struct UpdateReq {
+    pub pk: String,
+    pub update: String,
+    pub condition: Option<String>,
+    pub names: HashMap<String, String>,
+    pub values: HashMap<String, AttributeValue>,
+}
+
+enum Class {
+    Transient,
+    Conflict,
+    Fatal,
+}
+
+fn classify<E: ProvideErrorMetadata>(err: &SdkError<E>) -> Class {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => Class::Transient,
+        SdkError::ServiceError(ctx) => {
+            let code = ctx.err().code().unwrap_or("");
+            match code {
+                "TransactionConflictException" => Class::Conflict,
+                "ProvisionedThroughputExceededException"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "InternalServerError"
+                | "ServiceUnavailable"
+                | "TransactionInProgressException" => Class::Transient,
+                _ if ctx.raw().status().as_u16() >= 500 => Class::Transient,
+                _ => Class::Fatal,
+            }
+        }
+        _ => Class::Fatal,
+    }
+}
+
+fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(op: Op, err: &SdkError<E>) -> String {
+    match err {
+        SdkError::ServiceError(ctx) => format!(
+            "{} failed: {}: {}",
+            op.name(),
+            ctx.err().code().unwrap_or("unknown error"),
+            ctx.err().message().unwrap_or("")
+        ),
+        other => format!("{} failed: {}", op.name(), aws_sdk_dynamodb::error::DisplayErrorContext(other)),
+    }
+}
+
+fn jitter(attempt: u32) -> Duration {
+    let cap = BASE_BACKOFF.saturating_mul(1 << attempt.min(8)).min(MAX_BACKOFF);
+    let micros = rand::rng().random_range(0..=cap.as_micros() as u64);
+    Duration::from_micros(micros)
+}
+
+/// The table and the client.
+pub(crate) struct Db {
+    pub client: Client,
+    pub table: String,
+    counters: Counters,
+}
+
+impl Db {
+    pub fn new(client: Client, table: String) -> Self {
+        Db { client, table, counters: Counters::default() }
+    }
+
+    pub fn calls(&self) -> CallCounts {
+        CallCounts {
+            get_item: self.counters.get_item.load(Ordering::Relaxed),
+            update_item: self.counters.update_item.load(Ordering::Relaxed),
+            transact_write_items: self.counters.transact_write_items.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, op: Op) {
+        let counter = match op {
+            Op::GetItem => &self.counters.get_item,
+            Op::UpdateItem => &self.counters.update_item,
+            Op::TransactWriteItems => &self.counters.transact_write_items,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("zael_dynamodb_requests_total", "operation" => op.name()).increment(1);
+    }
+
+    /// Sends `send()` until it answers, a fatal error, or (for conflicts) the retry budget.
+    /// `Err(Ok(e))` is a fatal service error for the caller to inspect.
+    async fn retrying<T, E, F, Fut>(&self, op: Op, mut send: F) -> Result<T, Result<SdkError<E>, DbError>>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E>>>,
+    {
+        let mut transient = 0u32;
+        let mut conflicts = 0u32;
+        loop {
+            self.count(op);
+            match send().await {
+                Ok(v) => return Ok(v),
+                Err(err) => match classify(&err) {
+                    Class::Transient => {
+                        metrics::counter!("zael_dynamodb_retries_total", "operation" => op.name(), "reason" => "transient")
+                            .increment(1);
+                        tracing::debug!(error = %describe(op, &err), "retrying DynamoDB call");
+                        tokio::time::sleep(jitter(transient)).await;
+                        transient = transient.saturating_add(1);
+                    }
+                    Class::Conflict if conflicts < CONFLICT_RETRIES => {
+                        metrics::counter!("zael_dynamodb_retries_total", "operation" => op.name(), "reason" => "conflict")
+                            .increment(1);
+                        tokio::time::sleep(jitter(conflicts)).await;
+                        conflicts += 1;
+                    }
+                    Class::Conflict => return Err(Err(DbError::Conflict)),
+                    Class::Fatal => return Err(Ok(err)),
+                },
+            }
+        }
+    }
+
+    /// GetItem on `(pk, sk)`.
+    pub async fn get(&self, pk: &str, sk: &str, consistent: bool) -> Result<Option<Item>, DbError> {
+        let key = HashMap::from([
+            ("PK".to_owned(), AttributeValue::S(pk.to_owned())),
+            ("SK".to_owned(), AttributeValue::S(sk.to_owned())),
+        ]);
+        let out = self
+            .retrying(Op::GetItem, || {
+                self.client
+                    .get_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key.clone()))
+                    .consistent_read(consistent)
+                    .send()
+            })
+            .await
+            .map_err(|e| match e {
+                Ok(err) => DbError::Other(describe(Op::GetItem, &err)),
+                Err(e) => e,
+            })?;
+        Ok(out.item)
+    }
+
+    /// A conditional UpdateItem on `(pk, #STATE)`, `ALL_NEW` on success and `ALL_OLD` on a
+    /// failed condition.
+    pub async fn update(&self, req: UpdateReq) -> Result<Update, DbError> {
+        let key = HashMap::from([
+            ("PK".to_owned(), AttributeValue::S(req.pk.clone())),
+            ("SK".to_owned(), AttributeValue::S(crate::keys::SK_STATE.to_owned())),
+        ]);
+        let names = (!req.names.is_empty()).then_some(req.names);
+        let values = (!req.values.is_empty()).then_some(req.values);
+        let result = self
+            .retrying(Op::UpdateItem, || {
+                self.client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key.clone()))
+                    .update_expression(&req.update)
+                    .set_condition_expression(req.condition.clone())
+                    .set_expression_attribute_names(names.clone())
+                    .set_expression_attribute_values(values.clone())
+                    .return_values(ReturnValue::AllNew)
+                    .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                    .send()
+            })
+            .await;
+        match result {
+            Ok(out) => Ok(Update::Done(out.attributes.unwrap_or_default())),
+            Err(Err(e)) => Err(e),
+            Err(Ok(err)) => {
+                let text = describe(Op::UpdateItem, &err);
+                match err.into_service_error() {
+                    UpdateItemError::ConditionalCheckFailedException(e) => {
+                        Ok(Update::ConditionFailed(e.item.filter(|i| !i.is_empty())))
+                    }
+                    _ => Err(DbError::Other(text)),
+                }
+            }
+        }
+    }
+
+    /// TransactWriteItems; a cancellation whose reasons include a transaction conflict is
+    /// re-sent like a conflicted single-item write.
+    pub async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Transact, DbError> {
+        let mut conflicts = 0u32;
+        loop {
+            let result = self
+                .retrying(Op::TransactWriteItems, || {
+                    self.client.transact_write_items().set_transact_items(Some(items.clone())).send()
+                })
+                .await;
+            match result {
+                Ok(_) => return Ok(Transact::Done),
+                Err(Err(e)) => return Err(e),
+                Err(Ok(err)) => {
+                    let text = describe(Op::TransactWriteItems, &err);
+                    match err.into_service_error() {
+                        TransactWriteItemsError::TransactionCanceledException(e) => {
+                            let codes: Vec<String> = e
+                                .cancellation_reasons()
+                                .iter()
+                                .map(|r| r.code().unwrap_or("None").to_owned())
+                                .collect();
+                            let conflicted = codes.iter().any(|c| c == "TransactionConflict");
+                            let failed = codes.iter().any(|c| c == "ConditionalCheckFailed");
+                            if conflicted && !failed {
+                                if conflicts >= CONFLICT_RETRIES {
+                                    return Err(DbError::Conflict);
+                                }
+                                tokio::time::sleep(jitter(conflicts)).await;
+                                conflicts += 1;
+                                continue;
+                            }
+                            return Ok(Transact::Canceled(codes));
+                        }
+                        _ => return Err(DbError::Other(text)),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! zael-table: the DynamoDB bucket store of zael, on a table in exactly the format of the
+//! Python library zae-limiter 0.17.0 (`table-format.md`), shared with Python applications.
+//!
+//! [`DynamoStore`] implements [`zael_core::store::BucketStore`].
+//!
+//! # Mapping
+//!
+//! A [`BucketRequest`](zael_core::store::BucketRequest) is one bucket of a YAML rule:
+//!
+//! * `key.namespace` is a namespace **name**, resolved to its opaque id through the registry
+//!   record `_/SYSTEM#` `#NAMESPACE#{name}` and cached for `namespace_cache_ttl` (60 s by
+//!   default, failures included). A missing record, or a `status` other than `active`,
+//!   answers `StoreError::Unavailable` naming the namespace. zael never registers one.
+//! * `key.entity` is the zae-limiter entity id, `key.resource` the resource, and the bucket
+//!   holds one limit named [`LIMIT_NAME`] (`hits`) with `cp`/`ra`/`rp` = the YAML limit
+//!   (millitokens and ms, undivided). These entities have no `#META`: every create carries
+//!   the `attribute_not_exists(PK)` ConditionCheck on it, nothing cascades, and the limits
+//!   behave like an `acquire(limits=...)` override, so every create and slow-path write
+//!   stamps `ttl = now_s + int(7 × max(time to fill))` (§11.12; `wcu` and carried limits count
+//!   on normal writes, as in the library).
+//!
+//! # The algorithm (§11)
+//!
+//! * **Fast path**: one conditional UpdateItem on a shard drawn uniformly from the cached
+//!   shard count, with every condition term of §11.2 and the library's expression tokens
+//!   (`#t0`, `:h0`, `#wcu_tk`, ...), `ALL_NEW`, and `ALL_OLD` on failure. Decision: it also
+//!   pins `b_hits_cp/ra/rp` to the YAML values, so a changed YAML limit sends the next request
+//!   through the slow path that syncs it (stricter than the library, never looser).
+//! * **Failure classification** from the `ALL_OLD` image in the library's order (missing,
+//!   disabled, expired stamp, cleared bypass, exhausted...), plus `Unsupported` and
+//!   `ParamsChanged`. Fast rejection projects the image to now and rejects with no read when
+//!   refill would not help; sharded buckets first probe up to 2 other shards; an exhausted
+//!   `wcu` that refill would not restore doubles `shard_count` through shard 0 (loser adopts
+//!   the winner's count, winner propagates) and takes the slow path on a new shard.
+//! * **Slow path**: a strongly consistent GetItem of the shard, then shape (a) create
+//!   (TransactWriteItems: complete Put under `attribute_not_exists(PK)` + META
+//!   ConditionCheck), (b) the `rf`-locked normal update (refill of every limit on the item,
+//!   `tk <= :read` pins, the balance guard, `REMOVE vu` pinned on the `vu` read, `SET ttl`), or
+//!   (c) the consumption-only retry when (a) or (b) lost a race; a failed (c) is a rejection.
+//!   A limit missing from an existing item is seeded. Param sync: when the item's
+//!   `cp/ra/rp` differ from the YAML, the normal write SETs them and refills/clamps with
+//!   them (what the library's sync followed by its forced slow pass does, in one write).
+//! * **Stamps**: `disabled = true` rejects every charge (OVER_LIMIT, nothing written). A live
+//!   `bypass` admits without a `tk` debit (the bypass-shaped write, learned per bucket; a
+//!   normal-shape debit that lands on a live stamp is refunded with the library's
+//!   self-trimming credit). A live `b_hits_soft` admits whatever the balance, debiting into
+//!   debt (decision: as a config-driven soft limit in the library; the library's override
+//!   path would ignore the stamp). Expired stamps send the request to the slow path, which
+//!   removes them (zael's YAML says neither soft nor bypassed), pinned on the stamp as read.
+//! * **Unsupported features** (schedules, quotas, duration windows, `vu` other than 0, a
+//!   cascade to a parent; §12 markers) on an item: logged once per bucket (without the
+//!   entity id, which carries request data) and answered `StoreError::Unavailable`. A `vu = 0`
+//!   (forced slow pass) is supported. An entity that has a `#META` item is refused when a
+//!   create finds it.
+//! * **Version gate**: `_/SYSTEM#` `#VERSION` is read at connect and re-read after
+//!   `namespace_cache_ttl`; a missing record, a `client_min_version` above 0.17.0 or another
+//!   schema major refuses every write (Unavailable). zael declares 0.17.0 because it fails
+//!   closed on every §12 marker it does not implement.
+//!
+//! # Charges
+//!
+//! Several charges on one bucket are decided in order, each seeing the balance the previous
+//! left (`BucketState::charge_all`). The fast path speculates that all of them fit (one
+//! write of their sum). Otherwise the decision is taken on the refilled balance and written
+//! as **one** update per bucket item, guarded so that every admitted strict charge stays valid
+//! against concurrent debits (never over-admit). Debt charges (`allow_debt`) that do not fit
+//! are applied anyway, floored at `-share` from the balance read, as an unconditional `ADD`
+//! (the library's lease-adjust shape) and reported OVER_LIMIT; concurrent writers can push such
+//! a balance a little below the floor. A rejection that records debt costs one more write.
+//!
+//! # Outcomes
+//!
+//! `ChargeOutcome::tokens` is the balance after the charge as a slow pass would see it (the
+//! stored balance refilled to `now`), and `refilled_at` the `rf` it refers to. For a sharded
+//! bucket the shard's balance is multiplied by the shard count: an estimate of the whole
+//! bucket that makes the server's full-capacity arithmetic give the shard's own reset time.
+//!
+//! # Time, deadlines, retries
+//!
+//! One clock reading per call: the caller's `now` is used for the fast-path terms, planning
+//! and the `rf` a slow pass stamps (`max(now, stored rf)`). Every `charge` call runs under
+//! `call_timeout` (40 ms by default); throttling, 5xx and transport errors are retried with
+//! full-jitter backoff (2 ms doubling, capped at 25 ms) until then, transaction conflicts up
+//! to 3 times. Past the deadline the call fails with `StoreError::Timeout`; a write may have
+//! landed by then (like any lost response). The SDK's own retries are disabled.
+//!
+//! # Caches (in process, bounded)
+//!
+//! Namespace ids and the version verdict (TTL), shard counts above 1 (monotonic, from
+//! images), buckets seen stamped `bypass`, buckets already logged as unsupported.
+
+mod db;
+mod item;
+pub mod keys;
+mod plan;
+mod store;
+pub mod testing;
+pub mod version;
+
+pub use db::CallCounts;
+pub use store::{
+    CommitHook, ConnectError, DEFAULT_CALL_TIMEOUT, DEFAULT_NAMESPACE_CACHE_TTL, DynamoStore, DynamoStoreOptions,
+    LIMIT_NAME,
+};
+
+/// Registers the descriptions of the metrics this crate emits (call after installing the
+/// recorder):
+///
+/// * `zael_dynamodb_requests_total{operation}`: DynamoDB requests sent (every attempt);
+/// * `zael_dynamodb_retries_total{operation, reason}`: re-sends after throttling, transient
+///   errors (`transient`) or transaction conflicts (`conflict`);
+/// * `zael_dynamodb_decisions_total{path}`: bucket decisions by path (`fast_admit`,
+///   `fast_bypass`, `fast_reject`, `slow_create`, `slow_update`, `slow_retry`,
+///   `slow_retry_reject`, `slow_reject`, `slow_bypass`, `disabled`, `debt`, `double`,
+///   `param_sync`, `unsupported`);
+/// * `zael_dynamodb_timeouts_total`: `charge` calls past their deadline.
+pub fn describe_metrics() {
+    metrics::describe_counter!("zael_dynamodb_requests_total", "DynamoDB requests sent, by operation (every attempt).");
+    metrics::describe_counter!("zael_dynamodb_retries_total", "DynamoDB requests re-sent, by operation and reason.");
+    metrics::describe_counter!("zael_dynamodb_decisions_total", "Bucket decisions of the DynamoDB store, by path.");
+    metrics::describe_counter!("zael_dynamodb_timeouts_total", "DynamoDB store calls past their deadline.");
+}
