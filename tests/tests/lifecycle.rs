@@ -331,10 +331,16 @@ descriptors:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_in_flight_calls_reports_not_serving_and_exits_zero() {
-    let mut s = Server::with_config(
-        "domain: drain\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1000000}\n",
-    )
-    .await;
+    // A drain delay long enough for the observer to see NOT_SERVING / 500 while the
+    // listeners still serve.
+    let mut s = Server::builder()
+        .file(
+            "drain.yaml",
+            "domain: drain\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1000000}\n",
+        )
+        .args(["--drain-delay", "1s"])
+        .start()
+        .await;
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let oks = Arc::new(AtomicU64::new(0));
@@ -441,10 +447,10 @@ async fn sigterm_drains_in_flight_calls_reports_not_serving_and_exits_zero() {
     for kind in ["grpc", "http"] {
         let (down, up) = if kind == "grpc" { ("NotServing", "Serving") } else { ("500", "200") };
         let obs: Vec<&str> = after.iter().filter(|(_, k, _)| *k == kind).map(|(_, _, v)| v.as_str()).collect();
-        if let Some(first_down) = obs.iter().position(|v| *v == down) {
-            assert!(!obs[first_down..].contains(&up), "{kind} health went back to {up} after {down}: {obs:?}");
-        }
-        eprintln!("{kind} health after SIGTERM: {} (NOT_SERVING observed: {})", obs.join(","), obs.contains(&down));
+        let first_down = obs.iter().position(|v| *v == down);
+        let first_down =
+            first_down.unwrap_or_else(|| panic!("{kind} health never reported {down} during the drain delay: {obs:?}"));
+        assert!(!obs[first_down..].contains(&up), "{kind} health went back to {up} after {down}: {obs:?}");
     }
 }
 
