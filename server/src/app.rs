@@ -46,8 +46,8 @@ pub fn validate(config: Option<&Path>) -> ExitCode {
     }
 }
 
-fn open_store(cli: &Cli) -> Arc<dyn BucketStore> {
-    match cli.store {
+async fn open_store(cli: &Cli) -> anyhow::Result<Arc<dyn BucketStore>> {
+    Ok(match cli.store {
         StoreKind::Memory => {
             let store = Arc::new(MemoryStore::new());
             let evicting = store.clone();
@@ -63,12 +63,22 @@ fn open_store(cli: &Cli) -> Arc<dyn BucketStore> {
             });
             store
         }
-    }
+        StoreKind::Dynamodb => {
+            let table = cli.table.clone().context("--store dynamodb needs --table")?;
+            let options = zael_table::DynamoStoreOptions {
+                region: cli.region.clone(),
+                endpoint_url: cli.endpoint_url.clone(),
+                call_timeout: cli.store_timeout,
+                ..zael_table::DynamoStoreOptions::new(table)
+            };
+            Arc::new(zael_table::DynamoStore::connect(options).await?)
+        }
+    })
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(cli.log_format, &cli.log_level, cli.otlp_endpoint.as_deref())?;
-    let store = open_store(&cli);
+    let store = open_store(&cli).await?;
     let prometheus = m::install(store.name())?;
     let upkeep = prometheus.clone();
     tokio::spawn(async move {

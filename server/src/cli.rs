@@ -10,6 +10,8 @@ use std::time::Duration;
 pub enum StoreKind {
     /// Buckets in this process's memory (no set-up; not shared between instances).
     Memory,
+    /// A zae-limiter 0.17.0 DynamoDB table (--table), shared with Python applications.
+    Dynamodb,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,6 +101,22 @@ pub struct Cli {
     /// How often the embedded store drops buckets that have refilled to full.
     #[arg(long, env = "ZAEL_EVICT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub evict_interval: Duration,
+
+    /// DynamoDB table (the zae-limiter stack name) of `--store dynamodb`.
+    #[arg(long, env = "ZAEL_TABLE", required_if_eq("store", "dynamodb"))]
+    pub table: Option<String>,
+
+    /// AWS region of the table (default: the AWS SDK's standard chain, e.g. AWS_REGION).
+    #[arg(long, env = "ZAEL_REGION")]
+    pub region: Option<String>,
+
+    /// DynamoDB endpoint instead of AWS's, e.g. http://127.0.0.1:5000 (moto, DynamoDB Local).
+    #[arg(long, env = "ZAEL_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+
+    /// Deadline of one store call, retries included; past it the request is answered UNAVAILABLE.
+    #[arg(long, env = "ZAEL_STORE_TIMEOUT", default_value = "40ms", value_parser = parse_duration)]
+    pub store_timeout: Duration,
 }
 
 /// Parses `250ms`, `2s`, `1m` or a plain number of seconds.
@@ -140,5 +158,13 @@ mod tests {
         assert!(cli.shadow_mode);
         assert_eq!(cli.store, StoreKind::Memory);
         assert!(Cli::try_parse_from(["zael-server", "--tls-cert", "c"]).is_err());
+    }
+
+    #[test]
+    fn dynamodb_flags_parse() {
+        let cli = Cli::try_parse_from(["zael-server", "--store", "dynamodb", "--table", "zae-limiter"]).unwrap();
+        assert_eq!((cli.store, cli.table.as_deref()), (StoreKind::Dynamodb, Some("zae-limiter")));
+        assert_eq!(cli.store_timeout, Duration::from_millis(40));
+        assert!(Cli::try_parse_from(["zael-server", "--store", "dynamodb"]).is_err(), "--table is required");
     }
 }

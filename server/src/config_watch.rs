@@ -7,7 +7,7 @@ use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use zael_core::config::{ConfigErrors, RateLimitConfig, load_path};
+use zael_core::config::{ConfigErrors, RateLimitConfig, compile, read_sources};
 
 /// Quiet time after the last file event before reloading, so an editor's or Kubernetes'
 /// several writes make one reload.
@@ -26,7 +26,11 @@ impl ConfigHolder {
 
     /// Loads `path`; on success it replaces the config in force.
     pub fn reload(&self, path: &Path) -> Result<(), ConfigErrors> {
-        match load_path(path) {
+        self.apply(path, read_sources(path).and_then(compile))
+    }
+
+    fn apply(&self, path: &Path, loaded: Result<RateLimitConfig, ConfigErrors>) -> Result<(), ConfigErrors> {
+        match loaded {
             Ok(config) => {
                 for warning in config.warnings() {
                     tracing::warn!("{warning}");
@@ -49,8 +53,9 @@ impl ConfigHolder {
 }
 
 /// Watches `path` (a directory, or the directory holding a file, so that replaced files and
-/// Kubernetes' symlink swaps are seen) and reloads on every change. The returned watcher
-/// must be kept alive.
+/// Kubernetes' symlink swaps are seen) and reloads when the config files' contents change
+/// (other files in the directory, such as logs, are ignored). The returned watcher must be
+/// kept alive.
 pub fn watch(holder: Arc<ConfigHolder>, path: PathBuf) -> anyhow::Result<notify::RecommendedWatcher> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -61,6 +66,8 @@ pub fn watch(holder: Arc<ConfigHolder>, path: PathBuf) -> anyhow::Result<notify:
     let watched =
         if path.is_dir() { path.clone() } else { path.parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into()) };
     watcher.watch(&watched, RecursiveMode::NonRecursive)?;
+    // The files as last read, so that events which change nothing are ignored.
+    let last_seen = Arc::new(std::sync::Mutex::new(holder.current().map(|c| c.sources().to_vec())));
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Debounce: wait until the events stop for a moment.
@@ -71,9 +78,19 @@ pub fn watch(holder: Arc<ConfigHolder>, path: PathBuf) -> anyhow::Result<notify:
                     Err(_) => break,
                 }
             }
-            let holder = holder.clone();
-            let path = path.clone();
-            let reloaded = tokio::task::spawn_blocking(move || holder.reload(&path)).await;
+            let (holder, path, last) = (holder.clone(), path.clone(), last_seen.clone());
+            let reloaded = tokio::task::spawn_blocking(move || {
+                let sources = read_sources(&path);
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                if let Ok(sources) = &sources {
+                    if last.as_ref() == Some(sources) {
+                        return Ok(());
+                    }
+                    *last = Some(sources.clone());
+                }
+                holder.apply(&path, sources.and_then(compile))
+            })
+            .await;
             if let Ok(Err(_)) = reloaded {
                 tracing::warn!("config reload failed; keeping the last good config");
             }

@@ -88,6 +88,26 @@
 //!
 //! Namespace ids and the version verdict (TTL), shard counts above 1 (monotonic, from
 //! images), buckets seen stamped `bypass`, buckets already logged as unsupported.
+//!
+//! # Not implemented (yet)
+//!
+//! * Schedules, calendar quotas, duration windows, quota grants and top-ups: detected and
+//!   answered Unavailable (above).
+//! * Entities with `#META` (parents, cascade, owner stamps `pgen`/`pinc`): a create that finds
+//!   META is refused; an item stamped `cascade = true` with a `parent_id` is unsupported.
+//! * The config access walk: `disabled`/bypass set on Python's config items
+//!   (`{ns}/RESOURCE#{r}` `#CONFIG`, `{ns}/ENTITY#{e}` `#CONFIG#...`) are honoured only through
+//!   the stamps the library's fan-out writes on existing buckets; a bucket zael creates
+//!   afterwards is not stamped. Stamps are never renewed, only honoured or removed when expired.
+//! * The library's rejection cache (ADR-147): every rejection costs one failed write.
+//!
+//! # Tests
+//!
+//! `tests/` runs against moto's server application started on a free port
+//! (`tests/py/moto_locked.py`): moto's in-memory DynamoDB checks a condition and applies the
+//! update without a lock across its request threads, so the launcher serialises requests,
+//! as DynamoDB's per-item atomicity requires; and against the Python library 0.17.0 as the
+//! oracle (`tests/py/oracle.py`), from the venv at `$ZAEL_VENV` or `<repo>/.venv`.
 
 mod db;
 mod item;

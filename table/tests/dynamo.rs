@@ -634,3 +634,131 @@ async fn entities_with_metadata_are_refused_on_create() {
     }
     assert!(get_item(&table, &pk(&ns, "child", "r", 0)).await.is_none(), "the create was cancelled");
 }
+
+#[tokio::test]
+async fn a_limit_missing_from_the_item_is_seeded_and_others_are_carried() {
+    let table = table_name("seed");
+    let ns = setup(&table, &["ns"]).await.remove(0);
+    let a = store(&table).await;
+    let t0 = now();
+    let one = request("ns", "e", "r", per_hour(10), &[strict(1)]);
+    assert_eq!(admitted(&charge_one(&a, &one, t0).await), [true]);
+    // Make it an item of another client's limit `rpm` (half empty), without `hits`.
+    let bpk = pk(&ns, "e", "r", 0);
+    stamp(
+        &table,
+        &bpk,
+        &[
+            ("b_rpm_tk", n(2000)),
+            ("b_rpm_cp", n(5000)),
+            ("b_rpm_ra", n(5000)),
+            ("b_rpm_rp", n(60_000)),
+            ("b_rpm_tc", n(0)),
+        ],
+    )
+    .await;
+    remove_attrs(&table, &bpk, &["b_hits_tk", "b_hits_cp", "b_hits_ra", "b_hits_rp", "b_hits_tc"]).await;
+    let t1 = EpochMillis(t0.0 + 12_000);
+    let out = charge_one(&a, &one, t1).await;
+    assert_eq!((admitted(&out), out[0].tokens), (vec![true], Millitokens(9000)));
+    let item = get_item(&table, &bpk).await.expect("bucket");
+    assert_eq!(
+        (
+            num(&item, "b_hits_tk"),
+            num(&item, "b_hits_cp"),
+            num(&item, "b_hits_ra"),
+            num(&item, "b_hits_rp"),
+            num(&item, "b_hits_tc")
+        ),
+        (9000, 10_000, 10_000, 3_600_000, 1000)
+    );
+    assert_eq!(num(&item, "b_rpm_tk"), 3000, "the other limit is refilled under the same rf lock");
+    assert_eq!(num(&item, "rf"), t1.0);
+    // 7 x max(3600 s, 60 s, 1 s).
+    assert_eq!(num(&item, "ttl"), t1.0.div_euclid(1000) + 25_200);
+
+    // The same, losing the rf lock to another seeder: the retry debits the seeded balance.
+    remove_attrs(&table, &bpk, &["b_hits_tk", "b_hits_cp", "b_hits_ra", "b_hits_rp", "b_hits_tc"]).await;
+    let b = store(&table).await;
+    let fired = Arc::new(AtomicBool::new(false));
+    let t2 = EpochMillis(t1.0 + 1000);
+    {
+        let (b, one, fired) = (b.clone(), one.clone(), fired.clone());
+        a.set_before_commit_hook(Some(hook(move |_pk| {
+            let (b, one, fired) = (b.clone(), one.clone(), fired.clone());
+            Box::pin(async move {
+                if !fired.swap(true, Ordering::SeqCst) {
+                    assert_eq!(admitted(&charge_one(&b, &one, t2).await), [true]);
+                }
+            })
+        })));
+    }
+    let out = charge_one(&a, &one, t2).await;
+    assert_eq!((admitted(&out), out[0].tokens), (vec![true], Millitokens(8000)));
+    let item = get_item(&table, &bpk).await.expect("bucket");
+    assert_eq!((num(&item, "b_hits_tk"), num(&item, "b_hits_tc")), (8000, 2000));
+}
+
+#[tokio::test]
+async fn stamps_on_the_slow_path() {
+    let table = table_name("slowstamps");
+    let ns = setup(&table, &["ns"]).await.remove(0);
+    let store = store(&table).await;
+    let t0 = now();
+    let one = |e: &str| request("ns", e, "r", per_hour(5), &[strict(1)]);
+
+    // A live bypass on an item whose ttl has passed: the slow path counts tc only.
+    assert_eq!(admitted(&charge_one(&store, &one("b"), t0).await), [true]);
+    let bpk = pk(&ns, "b", "r", 0);
+    stamp(&table, &bpk, &[("bypass", n(t0.0 + 60_000)), ("ttl", n(1))]).await;
+    let fresh = store_with(options(&table)).await;
+    let out = charge_one(&fresh, &one("b"), t0).await;
+    assert_eq!((admitted(&out), out[0].tokens), (vec![true], Millitokens(4000)));
+    let item = get_item(&table, &bpk).await.expect("bucket");
+    assert_eq!((num(&item, "b_hits_tk"), num(&item, "b_hits_tc"), num(&item, "ttl")), (4000, 2000, 1));
+
+    // An expired soft stamp with room: admitted by the slow path, which removes the stamp.
+    assert_eq!(admitted(&charge_one(&store, &one("s"), t0).await), [true]);
+    let spk = pk(&ns, "s", "r", 0);
+    stamp(&table, &spk, &[("b_hits_soft", n(t0.0 - 1))]).await;
+    let out = charge_one(&store, &one("s"), t0).await;
+    assert_eq!((admitted(&out), out[0].tokens), (vec![true], Millitokens(3000)));
+    let item = get_item(&table, &spk).await.expect("bucket");
+    assert!(!item.contains_key("b_hits_soft"));
+    assert_eq!((num(&item, "b_hits_tk"), num(&item, "b_hits_tc")), (3000, 2000));
+}
+
+#[tokio::test]
+async fn doubling_propagates_the_new_count_to_existing_shards() {
+    let table = table_name("propagate");
+    let ns = setup(&table, &["ns"]).await.remove(0);
+    let store = store(&table).await;
+    let t0 = now();
+    let one = request("ns", "hot", "r", per_hour(100), &[strict(1)]);
+    assert!(charge_one(&store, &one, t0).await[0].admitted);
+    let pk0 = pk(&ns, "hot", "r", 0);
+    stamp(&table, &pk0, &[("b_wcu_tk", n(-1_000_000_000))]).await;
+    assert!(charge_one(&store, &one, t0).await[0].admitted);
+    assert_eq!(num(&get_item(&table, &pk(&ns, "hot", "r", 1)).await.expect("shard 1"), "shard_count"), 2);
+    // Shard 0 is still out of writes: the next request drawn there doubles 2 -> 4.
+    for _ in 0..60 {
+        assert!(charge_one(&store, &one, t0).await[0].admitted);
+        if num(&get_item(&table, &pk0).await.expect("shard 0"), "shard_count") == 4 {
+            break;
+        }
+    }
+    assert_eq!(num(&get_item(&table, &pk0).await.expect("shard 0"), "shard_count"), 4);
+    assert_eq!(num(&get_item(&table, &pk(&ns, "hot", "r", 1)).await.expect("shard 1"), "shard_count"), 4, "propagated");
+    let created: Vec<i64> = {
+        let mut v = Vec::new();
+        for s in 2..6 {
+            if let Some(item) = get_item(&table, &pk(&ns, "hot", "r", s)).await {
+                assert_eq!(num(&item, "shard_count"), 4);
+                assert_eq!(num(&item, "b_hits_cp"), 100_000, "cp stays undivided");
+                v.push(s);
+            }
+        }
+        v
+    };
+    assert!(!created.is_empty() && created.iter().all(|s| *s < 4), "{created:?}");
+}

@@ -586,3 +586,28 @@ async fn reload_keeps_bucket_balances_and_clamps_them_to_a_smaller_capacity() {
     let r = s.should(req("reload", vec![desc(&[("k", "a")])])).await;
     assert_response(&r, Code::Ok, &[ok(2, Unit::Minute, "v3", 1)]);
 }
+
+#[tokio::test]
+async fn only_changes_to_config_contents_reload() {
+    let yaml = "domain: quiet\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 1}\n";
+    let s = Server::builder().file("quiet.yaml", yaml).config_is_file("quiet.yaml").start().await;
+    let loads = |m: &Metrics| m.get_or_zero("zael_config_loads_total", &[("result", "success")]);
+    assert_eq!(loads(&s.metrics().await), 1.0);
+    // Other files in the watched directory (logs, notes) and rewriting the same text: no reload.
+    for i in 0..5 {
+        s.write_config("server.log", &format!("line {i}\n"));
+        s.write_config("quiet.yaml", yaml);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(loads(&s.metrics().await), 1.0, "reloaded without a change:\n{}", s.log_tail());
+    // A real change reloads once.
+    s.write_config("quiet.yaml", &yaml.replace("requests_per_unit: 1", "requests_per_unit: 2"));
+    let reloaded = poll_until(Duration::from_secs(10), Duration::from_millis(50), || async {
+        (loads(&s.metrics().await) == 2.0).then_some(())
+    })
+    .await;
+    assert!(reloaded.is_some(), "no reload after a change:\n{}", s.log_tail());
+    let r = s.should(req("quiet", vec![desc(&[("k", "a")])])).await;
+    assert_response(&r, Code::Ok, &[ok(2, Unit::Minute, "", 1)]);
+}

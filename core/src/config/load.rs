@@ -45,6 +45,11 @@ fn is_yaml(path: &Path) -> bool {
 /// Loads a YAML file, or every `*.yaml`/`*.yml` file of a directory (not recursing, skipping
 /// hidden files such as editors' swap files), in name order.
 pub fn load_path(path: &Path) -> Result<RateLimitConfig, ConfigErrors> {
+    compile(read_sources(path)?)
+}
+
+/// The config files [`load_path`] would load, as `(file name, text)` in load order.
+pub fn read_sources(path: &Path) -> Result<Vec<(String, String)>, ConfigErrors> {
     let display = path.display().to_string();
     let io_error =
         |e: std::io::Error| ConfigErrors(vec![ConfigError { file: display.clone(), message: e.to_string() }]);
@@ -73,7 +78,7 @@ pub fn load_path(path: &Path) -> Result<RateLimitConfig, ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    compile(sources)
+    Ok(sources)
 }
 
 /// Parses and validates one domain file's text.
@@ -81,7 +86,8 @@ pub fn parse_domain(file: &str, text: &str) -> Result<RateLimitConfig, ConfigErr
     compile(vec![(file.to_owned(), text.to_owned())])
 }
 
-fn compile(sources: Vec<(String, String)>) -> Result<RateLimitConfig, ConfigErrors> {
+/// Parses, validates and compiles `(file name, text)` pairs, one domain each.
+pub fn compile(sources: Vec<(String, String)>) -> Result<RateLimitConfig, ConfigErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut domains: HashMap<String, Domain> = HashMap::new();

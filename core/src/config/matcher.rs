@@ -22,6 +22,11 @@ impl RateLimitConfig {
         self.domains.values()
     }
 
+    /// The files this config was compiled from, as `(file name, text)`.
+    pub fn sources(&self) -> &[(String, String)] {
+        &self.sources
+    }
+
     /// Things that load but are not implemented yet (e.g. `quota_mode`), one line each.
     pub fn warnings(&self) -> &[String] {
         &self.warnings

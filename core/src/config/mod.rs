@@ -8,7 +8,7 @@ mod load;
 mod matcher;
 mod model;
 
-pub use load::{ConfigError, ConfigErrors, load_path, parse_domain};
+pub use load::{ConfigError, ConfigErrors, compile, load_path, parse_domain, read_sources};
 pub use matcher::{Domain, RateLimitConfig, Rule, RuleLimit};
 
 /// The units of the config format, with the lengths envoyproxy/ratelimit uses.
