@@ -18,6 +18,9 @@ Sub-commands:
   h2load-stats SUMMARY LOGFILE
       Parse an h2load summary (stdout) and its --log-file; print one line:
       "rps p50_ms p99_ms total ok2xx non2xx failed".
+  agg < LINES
+      Read h2load-stats lines (one per round) and print
+      "med_rps min_rps max_rps med_p50 med_p99 rounds total ok2xx non200 failed".
   prom-sum FILE METRIC [LABEL=VALUE ...]
       Sum the samples of a Prometheus counter in a /metrics dump whose labels
       include every LABEL=VALUE given (0 if none match).
@@ -223,6 +226,23 @@ def h2load_stats(summary_path, log_path):
           f"{non200 + logged_missing} {failed or 0}")
 
 
+def agg(lines):
+    rows = [line.split() for line in lines if line.strip()]
+    if not rows:
+        raise SystemExit("agg: no input")
+
+    def median(col, fmt):
+        vals = sorted(float(r[col]) for r in rows)
+        n = len(vals)
+        m = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
+        return fmt.format(m)
+
+    rps = [float(r[0]) for r in rows]
+    sums = [sum(int(r[c]) for r in rows) for c in (3, 4, 5, 6)]
+    print(median(0, "{:.0f}"), f"{min(rps):.0f}", f"{max(rps):.0f}",
+          median(1, "{:.3f}"), median(2, "{:.3f}"), len(rows), *sums)
+
+
 def prom_sum(path, metric, wanted):
     total = 0.0
     with open(path) as fh:
@@ -279,6 +299,8 @@ def main(argv):
         print(status)
     elif cmd == "h2load-stats":
         h2load_stats(argv[2], argv[3])
+    elif cmd == "agg":
+        agg(sys.stdin.read().splitlines())
     elif cmd == "prom-sum":
         wanted = [a.split("=", 1) for a in argv[4:]]
         prom_sum(argv[2], argv[3], wanted)

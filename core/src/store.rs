@@ -3,6 +3,16 @@
 //! The decision hands a store every bucket a request touches, each with its charges in
 //! request order; the store applies each bucket's charges in one atomic step (so two
 //! occurrences of one bucket never race each other) and answers with one outcome per charge.
+//!
+//! # When a store fails
+//!
+//! A failed call says how it failed ([`StoreError`]): whether the store could not answer
+//! (a timeout, an error, a stored feature it does not implement) or refused the request
+//! whatever the failure policy (an incompatible table version, an unknown namespace, denied
+//! access), and which buckets were charged anyway ([`StoreError::Partial`]). The server then
+//! applies the failure policy ([`OnUnavailable`]): its own flag when set, else what the store
+//! knows of the namespace ([`BucketStore::on_unavailable`], zae-limiter's system config),
+//! else [`OnUnavailable::Block`].
 
 use crate::bucket::{BucketLimit, Charge, ChargeOutcome, EpochMillis};
 use crate::keys::BucketKey;
@@ -17,13 +27,83 @@ pub struct BucketRequest {
     pub charges: Vec<Charge>,
 }
 
-/// Why a store could not answer. The server turns this into gRPC UNAVAILABLE.
+/// Why a store could not answer. The server turns this into gRPC UNAVAILABLE, unless the
+/// failure policy is [`OnUnavailable::Allow`] and [`StoreError::may_fail_open`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("store call timed out after {0} ms")]
     Timeout(u64),
+    /// The store refuses to decide, whatever the failure policy: the request must not be
+    /// admitted without it (zae-limiter raises these under `on_unavailable = allow` too:
+    /// version mismatch, validation errors, an unknown namespace, denied access).
+    #[error("store refused the request: {0}")]
+    Refused(String),
+    /// Some buckets were charged and others were not: `outcomes[i]` is the answer for the
+    /// `i`-th bucket request, `None` for one that failed (the first failure, or a refusal
+    /// when there is one, in `error`). The charged buckets' writes have landed.
+    #[error("{error}")]
+    Partial { outcomes: Vec<Option<Vec<ChargeOutcome>>>, error: Box<StoreError> },
+}
+
+impl StoreError {
+    /// Whether the failure policy may admit the failed buckets' charges: the store could not
+    /// answer; it did not refuse.
+    pub fn may_fail_open(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::Timeout(_) => true,
+            StoreError::Refused(_) => false,
+            StoreError::Partial { error, .. } => error.may_fail_open(),
+        }
+    }
+
+    /// Per bucket request (`buckets` of them), the outcomes the store did produce: all
+    /// `None` unless this is a [`StoreError::Partial`].
+    pub fn into_known(self, buckets: usize) -> Vec<Option<Vec<ChargeOutcome>>> {
+        match self {
+            StoreError::Partial { mut outcomes, .. } => {
+                outcomes.resize(buckets, None);
+                outcomes
+            }
+            _ => vec![None; buckets],
+        }
+    }
+}
+
+/// What a descriptor gets when the store cannot charge its bucket: zae-limiter's
+/// `on_unavailable` (`table-format.md` §8.3, §11.13).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnUnavailable {
+    /// Fail closed: the call fails with gRPC UNAVAILABLE and Envoy's `failure_mode_deny`
+    /// decides (the library's default, `RateLimiterUnavailable`).
+    #[default]
+    Block,
+    /// Fail open: the descriptor is admitted without a charge (the library's no-op
+    /// "degraded" lease).
+    Allow,
+}
+
+impl OnUnavailable {
+    /// The stored and command-line spelling: `allow` or `block`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnavailable::Block => "block",
+            OnUnavailable::Allow => "allow",
+        }
+    }
+}
+
+impl std::str::FromStr for OnUnavailable {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "block" => Ok(OnUnavailable::Block),
+            "allow" => Ok(OnUnavailable::Allow),
+            other => Err(format!("on_unavailable must be 'allow' or 'block', not '{other}'")),
+        }
+    }
 }
 
 /// A place that keeps token buckets.
@@ -36,4 +116,43 @@ pub trait BucketStore: Send + Sync + 'static {
     /// charge in the same order.
     async fn charge(&self, requests: &[BucketRequest], now: EpochMillis)
     -> Result<Vec<Vec<ChargeOutcome>>, StoreError>;
+
+    /// The failure policy the store's own data sets for `namespace` (for zae-limiter, the
+    /// `on_unavailable` attribute of the namespace's system config), as last loaded; `None`
+    /// when it knows none. Answered from memory without I/O: it is asked right after a
+    /// failed [`BucketStore::charge`], when the store may be unreachable.
+    fn on_unavailable(&self, _namespace: &str) -> Option<OnUnavailable> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bucket::Millitokens;
+
+    #[test]
+    fn failure_policy_spelling() {
+        assert_eq!("allow".parse(), Ok(OnUnavailable::Allow));
+        assert_eq!("block".parse(), Ok(OnUnavailable::Block));
+        assert!("Allow".parse::<OnUnavailable>().is_err());
+        assert_eq!(OnUnavailable::default(), OnUnavailable::Block);
+        assert_eq!(OnUnavailable::Allow.as_str(), "allow");
+    }
+
+    #[test]
+    fn refusals_never_fail_open_and_partial_answers_are_kept() {
+        assert!(StoreError::Timeout(40).may_fail_open());
+        assert!(StoreError::Unavailable("x".into()).may_fail_open());
+        assert!(!StoreError::Refused("x".into()).may_fail_open());
+        let outcome = ChargeOutcome { admitted: true, tokens: Millitokens(1), refilled_at: EpochMillis(2) };
+        let partial = StoreError::Partial {
+            outcomes: vec![Some(vec![outcome]), None],
+            error: Box::new(StoreError::Refused("version".into())),
+        };
+        assert!(!partial.may_fail_open());
+        assert_eq!(partial.to_string(), "store refused the request: version");
+        assert_eq!(partial.into_known(2), vec![Some(vec![outcome]), None]);
+        assert_eq!(StoreError::Timeout(1).into_known(2), vec![None, None]);
+    }
 }

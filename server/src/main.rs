@@ -15,6 +15,11 @@ mod tls;
 use clap::Parser;
 use std::process::ExitCode;
 
+// The decision path allocates a little per request and h2 a lot; mimalloc measurably beats
+// glibc malloc there (see the benchmark in the README).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     if cli.validate {

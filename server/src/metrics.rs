@@ -1,7 +1,10 @@
 //! Metric names, descriptions and the Prometheus recorder, in one place.
 
-use metrics::{describe_counter, describe_histogram};
+use metrics::{Counter, Histogram, counter, describe_counter, describe_histogram, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
+use zael_core::decision::StatusKind;
 
 /// Requests answered, by `domain` and overall `code` (`ok`, `over_limit`).
 pub const DECISIONS: &str = "zael_decisions_total";
@@ -49,3 +52,106 @@ pub fn install(store: &'static str) -> anyhow::Result<PrometheusHandle> {
     metrics::counter!(STORE_ERRORS, "store" => store).absolute(0);
     Ok(handle)
 }
+
+/// Per-domain handles for the decision metrics, registered once per domain (and per rule)
+/// instead of looked up by label on every request: the decision path then only increments
+/// atomics. Domains and rules are bounded by the config (unknown domains share
+/// [`UNKNOWN_DOMAIN`]); `detailed_metric` labels carry request values and are not cached.
+pub struct DecisionMetrics {
+    domains: RwLock<HashMap<Box<str>, Arc<DomainMetrics>>>,
+}
+
+/// The `code` label values of [`DESCRIPTORS`] and [`RULE_DECISIONS`], in [`StatusKind`] order.
+const KIND_LABELS: [&str; 5] = ["no_limit", "unlimited", "ok", "over_limit", "shadow"];
+
+pub fn kind_label(kind: StatusKind) -> &'static str {
+    KIND_LABELS[kind_index(kind)]
+}
+
+fn kind_index(kind: StatusKind) -> usize {
+    match kind {
+        StatusKind::NoLimit => 0,
+        StatusKind::Unlimited => 1,
+        StatusKind::Ok => 2,
+        StatusKind::OverLimit => 3,
+        StatusKind::Shadow => 4,
+    }
+}
+
+pub struct DomainMetrics {
+    name: String,
+    decisions_ok: Counter,
+    decisions_over: Counter,
+    descriptors: [Counter; 5],
+    near_limit: Counter,
+    global_shadow: Counter,
+    duration: Histogram,
+    rules: RwLock<HashMap<Arc<str>, Arc<[Counter; 5]>>>,
+}
+
+impl DomainMetrics {
+    fn new(name: &str) -> Self {
+        let domain = name.to_owned();
+        DomainMetrics {
+            name: domain.clone(),
+            decisions_ok: counter!(DECISIONS, "domain" => domain.clone(), "code" => "ok"),
+            decisions_over: counter!(DECISIONS, "domain" => domain.clone(), "code" => "over_limit"),
+            descriptors: KIND_LABELS.map(|code| counter!(DESCRIPTORS, "domain" => domain.clone(), "code" => code)),
+            near_limit: counter!(NEAR_LIMIT, "domain" => domain.clone()),
+            global_shadow: counter!(GLOBAL_SHADOW, "domain" => domain.clone()),
+            duration: histogram!(DECISION_DURATION, "domain" => domain),
+            rules: RwLock::default(),
+        }
+    }
+
+    pub fn decision(&self, over_limit: bool) {
+        if over_limit { &self.decisions_over } else { &self.decisions_ok }.increment(1);
+    }
+
+    pub fn descriptor(&self, kind: StatusKind, near_limit: bool) {
+        self.descriptors[kind_index(kind)].increment(1);
+        if near_limit {
+            self.near_limit.increment(1);
+        }
+    }
+
+    pub fn global_shadow(&self) {
+        self.global_shadow.increment(1);
+    }
+
+    pub fn duration(&self, seconds: f64) {
+        self.duration.record(seconds);
+    }
+
+    /// Counts a limited descriptor for its rule (the rule's config path).
+    pub fn rule(&self, rule: &Arc<str>, kind: StatusKind) {
+        let cached = self.rules.read().unwrap_or_else(|e| e.into_inner()).get(rule).cloned();
+        let counters = cached.unwrap_or_else(|| {
+            let made = Arc::new(KIND_LABELS.map(|code| {
+                counter!(RULE_DECISIONS, "domain" => self.name.clone(), "rule" => rule.to_string(), "code" => code)
+            }));
+            self.rules.write().unwrap_or_else(|e| e.into_inner()).entry(rule.clone()).or_insert(made).clone()
+        });
+        counters[kind_index(kind)].increment(1);
+    }
+
+    /// Counts a `detailed_metric` descriptor under a label made of its request values.
+    pub fn detailed_rule(&self, label: String, kind: StatusKind) {
+        counter!(RULE_DECISIONS, "domain" => self.name.clone(), "rule" => label, "code" => kind_label(kind))
+            .increment(1);
+    }
+}
+
+impl DecisionMetrics {
+    pub fn domain(&self, name: &str) -> Arc<DomainMetrics> {
+        if let Some(found) = self.domains.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return found.clone();
+        }
+        let mut domains = self.domains.write().unwrap_or_else(|e| e.into_inner());
+        domains.entry(name.into()).or_insert_with(|| Arc::new(DomainMetrics::new(name))).clone()
+    }
+}
+
+/// The process-wide decision metrics (the Prometheus recorder is process-wide too).
+pub static DECISION_METRICS: LazyLock<DecisionMetrics> =
+    LazyLock::new(|| DecisionMetrics { domains: RwLock::default() });

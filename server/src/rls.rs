@@ -182,10 +182,10 @@ impl RateLimiter {
         };
         let decision = plan.decide(&outcomes, now, self.global_shadow);
         let domain_label = match config.domain(&request.domain) {
-            Some(d) => d.name.to_string(),
-            None => m::UNKNOWN_DOMAIN.to_owned(),
+            Some(d) => &*d.name,
+            None => m::UNKNOWN_DOMAIN,
         };
-        record_metrics(&domain_label, &core, &decision, started);
+        record_metrics(domain_label, &core, &decision, started);
         Ok(self.response(&decision))
     }
 
@@ -210,13 +210,9 @@ impl RateLimiter {
     }
 }
 
-/// The `rule` label: the rule's place in the config, or with `detailed_metric` the request's
-/// own entries as `key_value.key_value` (as envoyproxy/ratelimit's detailed stats keys).
-fn rule_label(status: &decision::Status, descriptor: &decision::Descriptor<'_>) -> Option<String> {
-    let rule = status.rule.as_ref()?;
-    if !status.detailed_metric {
-        return Some(rule.to_string());
-    }
+/// With `detailed_metric`, the rule label is the request's own entries as
+/// `key_value.key_value` (as envoyproxy/ratelimit's detailed stats keys).
+fn detailed_label(descriptor: &decision::Descriptor<'_>) -> String {
     let mut label = String::new();
     for (i, (key, value)) in descriptor.entries.iter().enumerate() {
         if i > 0 {
@@ -226,38 +222,26 @@ fn rule_label(status: &decision::Status, descriptor: &decision::Descriptor<'_>) 
         label.push('_');
         label.push_str(value);
     }
-    Some(label)
+    label
 }
 
 fn record_metrics(domain: &str, request: &decision::Request<'_>, decision: &Decision, started: Instant) {
-    let overall = match decision.overall {
-        Code::Ok => "ok",
-        Code::OverLimit => "over_limit",
-    };
-    metrics::counter!(m::DECISIONS, "domain" => domain.to_owned(), "code" => overall).increment(1);
+    let metrics = m::DECISION_METRICS.domain(domain);
+    metrics.decision(decision.overall == Code::OverLimit);
     let mut any_over = false;
     for (status, descriptor) in decision.statuses.iter().zip(&request.descriptors) {
-        let code = match status.kind {
-            StatusKind::NoLimit => "no_limit",
-            StatusKind::Unlimited => "unlimited",
-            StatusKind::Ok => "ok",
-            StatusKind::OverLimit => "over_limit",
-            StatusKind::Shadow => "shadow",
-        };
         any_over |= status.kind == StatusKind::OverLimit;
-        metrics::counter!(m::DESCRIPTORS, "domain" => domain.to_owned(), "code" => code).increment(1);
-        if let Some(rule) = rule_label(status, descriptor) {
-            metrics::counter!(m::RULE_DECISIONS, "domain" => domain.to_owned(), "rule" => rule, "code" => code)
-                .increment(1);
-        }
-        if status.near_limit {
-            metrics::counter!(m::NEAR_LIMIT, "domain" => domain.to_owned()).increment(1);
+        metrics.descriptor(status.kind, status.near_limit);
+        match &status.rule {
+            Some(_) if status.detailed_metric => metrics.detailed_rule(detailed_label(descriptor), status.kind),
+            Some(rule) => metrics.rule(rule, status.kind),
+            None => {}
         }
     }
     if any_over && decision.overall == Code::Ok {
-        metrics::counter!(m::GLOBAL_SHADOW, "domain" => domain.to_owned()).increment(1);
+        metrics.global_shadow();
     }
-    metrics::histogram!(m::DECISION_DURATION, "domain" => domain.to_owned()).record(started.elapsed().as_secs_f64());
+    metrics.duration(started.elapsed().as_secs_f64());
 }
 
 /// The gRPC front end.

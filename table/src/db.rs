@@ -64,6 +64,8 @@ impl Op {
 pub(crate) enum DbError {
     /// Still losing to transactions after [`CONFLICT_RETRIES`] re-sends: nothing was written.
     Conflict,
+    /// Access denied (IAM): never retried, never failed open.
+    Denied(String),
     /// Anything else, as a message.
     Other(String),
 }
@@ -128,6 +130,15 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(op: Op, err: 
             ctx.err().message().unwrap_or("")
         ),
         other => format!("{} failed: {}", op.name(), aws_sdk_dynamodb::error::DisplayErrorContext(other)),
+    }
+}
+
+/// A fatal error after its retries: `Denied` for an `AccessDeniedException`.
+fn fatal<E: ProvideErrorMetadata + std::error::Error + 'static>(op: Op, err: &SdkError<E>) -> DbError {
+    let text = describe(op, err);
+    match err {
+        SdkError::ServiceError(ctx) if ctx.err().code() == Some("AccessDeniedException") => DbError::Denied(text),
+        _ => DbError::Other(text),
     }
 }
 
@@ -219,7 +230,7 @@ impl Db {
             })
             .await
             .map_err(|e| match e {
-                Ok(err) => DbError::Other(describe(Op::GetItem, &err)),
+                Ok(err) => fatal(Op::GetItem, &err),
                 Err(e) => e,
             })?;
         Ok(out.item)
@@ -253,12 +264,12 @@ impl Db {
             Ok(out) => Ok(Update::Done(out.attributes.unwrap_or_default())),
             Err(Err(e)) => Err(e),
             Err(Ok(err)) => {
-                let text = describe(Op::UpdateItem, &err);
+                let failure = fatal(Op::UpdateItem, &err);
                 match err.into_service_error() {
                     UpdateItemError::ConditionalCheckFailedException(e) => {
                         Ok(Update::ConditionFailed(e.item.filter(|i| !i.is_empty())))
                     }
-                    _ => Err(DbError::Other(text)),
+                    _ => Err(failure),
                 }
             }
         }
@@ -278,7 +289,7 @@ impl Db {
                 Ok(_) => return Ok(Transact::Done),
                 Err(Err(e)) => return Err(e),
                 Err(Ok(err)) => {
-                    let text = describe(Op::TransactWriteItems, &err);
+                    let failure = fatal(Op::TransactWriteItems, &err);
                     match err.into_service_error() {
                         TransactWriteItemsError::TransactionCanceledException(e) => {
                             let codes: Vec<String> = e
@@ -298,7 +309,7 @@ impl Db {
                             }
                             return Ok(Transact::Canceled(codes));
                         }
-                        _ => return Err(DbError::Other(text)),
+                        _ => return Err(failure),
                     }
                 }
             }

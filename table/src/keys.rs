@@ -24,6 +24,14 @@ pub const MAX_SHARD_COUNT: i64 = 32;
 /// The Python library's `bucket_ttl_multiplier` (§11.12).
 pub const TTL_MULTIPLIER: f64 = 7.0;
 
+/// SK of a config item (`{ns}/SYSTEM#` `#CONFIG`: the namespace's system config).
+pub const SK_CONFIG: &str = "#CONFIG";
+
+/// `{ns}/SYSTEM#`: the namespace's system records.
+pub fn pk_system(ns: &str) -> String {
+    format!("{ns}/SYSTEM#")
+}
+
 /// `#NAMESPACE#{name}`: the forward registry record.
 pub fn sk_namespace(name: &str) -> String {
     format!("#NAMESPACE#{name}")

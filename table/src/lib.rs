@@ -113,6 +113,7 @@ mod db;
 mod item;
 pub mod keys;
 mod plan;
+mod rejections;
 mod store;
 pub mod testing;
 pub mod version;

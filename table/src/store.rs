@@ -3,18 +3,20 @@
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
+use futures_util::future::join_all;
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use zael_core::bucket::{Charge, ChargeOutcome, EpochMillis, Millitokens};
-use zael_core::store::{BucketRequest, BucketStore, StoreError};
+use zael_core::store::{BucketRequest, BucketStore, OnUnavailable, StoreError};
 
 use crate::db::{CallCounts, Db, DbError, Transact, Update, UpdateReq};
 use crate::item::{BucketImage, Item, LimitImage, NewBucket, NewLimit, StampRead, n, new_bucket_item, s};
 use crate::keys::{self, MAX_SHARD_COUNT, WCU, WCU_PER_WRITE};
 use crate::plan::{self, Admission, Plan};
+use crate::rejections::{Rejections, Short};
 
 /// The one limit of a zael bucket.
 pub const LIMIT_NAME: &str = "hits";
@@ -46,6 +48,9 @@ pub struct DynamoStoreOptions {
     pub call_timeout: Duration,
     /// Lifetime of a resolved namespace id and of the version record verdict.
     pub namespace_cache_ttl: Duration,
+    /// Answer charges that recent images prove short without a DynamoDB call (each image
+    /// trusted for at most 1 s); `false` sends every charge to the table.
+    pub rejection_cache: bool,
 }
 
 impl DynamoStoreOptions {
@@ -58,6 +63,7 @@ impl DynamoStoreOptions {
             endpoint_url: None,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             namespace_cache_ttl: DEFAULT_NAMESPACE_CACHE_TTL,
+            rejection_cache: true,
         }
     }
 }
@@ -97,6 +103,8 @@ struct Inner {
     call_timeout: Duration,
     cache_ttl: Duration,
     namespaces: Mutex<HashMap<String, Cached<String>>>,
+    /// `on_unavailable` of each namespace's system config, by namespace name, as last loaded.
+    policies: Mutex<HashMap<String, OnUnavailable>>,
     version: Mutex<Option<Cached<()>>>,
     /// Shard counts above 1, per bucket (monotonic; 1 when absent).
     shard_counts: Mutex<HashMap<BucketId, i64>>,
@@ -104,6 +112,9 @@ struct Inner {
     bypassed: Mutex<HashSet<BucketId>>,
     /// Bucket PKs already logged as unsupported.
     warned: Mutex<HashSet<String>>,
+    /// Shards recently seen short (the rejection cache).
+    rejections: Rejections<BucketId>,
+    rejection_cache: bool,
     /// Test hook run between a slow path's read and its commit.
     before_commit: Mutex<Option<CommitHook>>,
 }
@@ -156,10 +167,13 @@ impl DynamoStore {
                 call_timeout: options.call_timeout,
                 cache_ttl: options.namespace_cache_ttl,
                 namespaces: Mutex::new(HashMap::new()),
+                policies: Mutex::new(HashMap::new()),
                 version: Mutex::new(None),
                 shard_counts: Mutex::new(HashMap::new()),
                 bypassed: Mutex::new(HashSet::new()),
                 warned: Mutex::new(HashSet::new()),
+                rejections: Rejections::new(),
+                rejection_cache: options.rejection_cache,
                 before_commit: Mutex::new(None),
             }),
         };
@@ -174,6 +188,11 @@ impl DynamoStore {
     /// DynamoDB requests sent so far, by operation.
     pub fn calls(&self) -> CallCounts {
         self.inner.db.calls()
+    }
+
+    /// Charges rejected by the rejection cache so far (without a DynamoDB call).
+    pub fn rejection_cache_hits(&self) -> u64 {
+        self.inner.rejections.hits()
     }
 
     /// The table name.
@@ -195,19 +214,49 @@ impl BucketStore for DynamoStore {
         "dynamodb"
     }
 
+    /// Charges every bucket concurrently (the call takes as long as its slowest bucket),
+    /// each under the call's one deadline.
     async fn charge(
         &self,
         requests: &[BucketRequest],
         now: EpochMillis,
     ) -> Result<Vec<Vec<ChargeOutcome>>, StoreError> {
-        let timeout = self.inner.call_timeout;
-        match tokio::time::timeout(timeout, self.inner.charge_all(requests, now)).await {
-            Ok(result) => result,
-            Err(_) => {
-                metrics::counter!("zael_dynamodb_timeouts_total").increment(1);
-                Err(StoreError::Timeout(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)))
+        let deadline = tokio::time::Instant::now() + self.inner.call_timeout;
+        let results = join_all(requests.iter().map(|r| self.inner.charge_before(r, now, deadline))).await;
+        combine(results)
+    }
+
+    /// The namespace's system config `on_unavailable` as last loaded (read when the namespace
+    /// id is resolved, then refreshed in the background every `namespace_cache_ttl`); a
+    /// config without it (or no config item) reads as `block`.
+    fn on_unavailable(&self, namespace: &str) -> Option<OnUnavailable> {
+        self.inner.policies.lock().expect("lock").get(namespace).copied()
+    }
+}
+
+/// Every bucket's outcomes, or the failure (a refusal first) with what was charged anyway.
+fn combine(results: Vec<Result<Vec<ChargeOutcome>, StoreError>>) -> Result<Vec<Vec<ChargeOutcome>>, StoreError> {
+    if results.iter().all(Result::is_ok) {
+        return Ok(results.into_iter().map(Result::unwrap_or_default).collect());
+    }
+    let mut error: Option<StoreError> = None;
+    let mut outcomes = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            Ok(o) => outcomes.push(Some(o)),
+            Err(e) => {
+                outcomes.push(None);
+                if error.as_ref().is_none_or(|first| first.may_fail_open() && !e.may_fail_open()) {
+                    error = Some(e);
+                }
             }
         }
+    }
+    let error = error.unwrap_or_else(|| StoreError::Unavailable("a bucket failed".into()));
+    if outcomes.iter().all(Option::is_none) {
+        Err(error)
+    } else {
+        Err(StoreError::Partial { outcomes, error: Box::new(error) })
     }
 }
 
@@ -215,11 +264,20 @@ fn unavailable(e: DbError) -> StoreError {
     match e {
         DbError::Conflict => StoreError::Unavailable("DynamoDB: the bucket stayed contended".into()),
         DbError::Other(m) => StoreError::Unavailable(format!("DynamoDB: {m}")),
+        DbError::Denied(m) => StoreError::Refused(format!("DynamoDB: {m}")),
     }
 }
 
 fn path(name: &'static str) {
     metrics::counter!("zael_dynamodb_decisions_total", "path" => name).increment(1);
+}
+
+/// What the rejection cache knows of a request.
+enum Known {
+    /// Every shard is known short for these charges: rejected without a call.
+    Rejected(Decided),
+    /// These shards are known short (the fast path avoids them).
+    Short(Vec<i64>),
 }
 
 /// One bucket request in flight.
@@ -331,30 +389,20 @@ fn parse(item: &Item) -> Result<BucketImage, StoreError> {
 }
 
 impl Inner {
-    async fn charge_all(
+    /// One bucket under the call's deadline.
+    async fn charge_before(
         self: &Arc<Self>,
-        requests: &[BucketRequest],
+        request: &BucketRequest,
         now: EpochMillis,
-    ) -> Result<Vec<Vec<ChargeOutcome>>, StoreError> {
-        if requests.len() <= 1 {
-            let mut out = Vec::with_capacity(1);
-            for r in requests {
-                out.push(self.charge_bucket(r, now).await?);
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<ChargeOutcome>, StoreError> {
+        match tokio::time::timeout_at(deadline, self.charge_bucket(request, now)).await {
+            Ok(result) => result,
+            Err(_) => {
+                metrics::counter!("zael_dynamodb_timeouts_total").increment(1);
+                Err(StoreError::Timeout(u64::try_from(self.call_timeout.as_millis()).unwrap_or(u64::MAX)))
             }
-            return Ok(out);
         }
-        let mut set = JoinSet::new();
-        for (i, request) in requests.iter().enumerate() {
-            let me = Arc::clone(self);
-            let request = request.clone();
-            set.spawn(async move { (i, me.charge_bucket(&request, now).await) });
-        }
-        let mut out: Vec<Option<Vec<ChargeOutcome>>> = vec![None; requests.len()];
-        while let Some(joined) = set.join_next().await {
-            let (i, result) = joined.map_err(|e| StoreError::Unavailable(format!("bucket task failed: {e}")))?;
-            out[i] = Some(result?);
-        }
-        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     async fn charge_bucket(
@@ -367,14 +415,14 @@ impl Inner {
         }
         let key = &request.key;
         if !keys::is_valid_entity(&key.entity) || !keys::is_valid_resource(&key.resource) {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::Refused(format!(
                 "bucket of resource '{}' has an entity or resource id outside the zae-limiter identifier rules",
                 key.resource
             )));
         }
         let limit = request.limit;
         if limit.capacity.0 <= 0 || limit.refill_amount.0 <= 0 || limit.refill_period_ms <= 0 {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::Refused(format!(
                 "resource '{}': a DynamoDB bucket needs a positive capacity, rate and period",
                 key.resource
             )));
@@ -390,18 +438,27 @@ impl Inner {
             total: plan::total(&request.charges),
             now,
         };
-        Ok(self.fast(&cx).await?.scaled())
+        let avoid = match self.known_short(&cx) {
+            Known::Rejected(decided) => {
+                self.rejections.count_hit();
+                metrics::counter!("zael_dynamodb_rejection_cache_hits_total").increment(1);
+                path("cache_reject");
+                return Ok(decided.scaled());
+            }
+            Known::Short(shards) => shards,
+        };
+        Ok(self.fast(&cx, &avoid).await?.scaled())
     }
 
     // ---------------------------------------------------------------------------------
     // Namespaces and the version record
     // ---------------------------------------------------------------------------------
 
-    async fn namespace_id(&self, name: &str) -> Result<String, StoreError> {
+    async fn namespace_id(self: &Arc<Self>, name: &str) -> Result<String, StoreError> {
         if let Some((at, known)) = self.namespaces.lock().expect("lock").get(name)
             && at.elapsed() < self.cache_ttl
         {
-            return known.clone().map_err(StoreError::Unavailable);
+            return known.clone().map_err(StoreError::Refused);
         }
         let item = self.db.get(keys::SYSTEM_PK, &keys::sk_namespace(name), false).await.map_err(unavailable)?;
         let resolved = match item {
@@ -416,7 +473,45 @@ impl Inner {
             },
         };
         self.namespaces.lock().expect("lock").insert(name.to_owned(), (Instant::now(), resolved.clone()));
-        resolved.map_err(StoreError::Unavailable)
+        if let Ok(id) = &resolved {
+            // The first load is part of this call; refreshes run in the background.
+            if self.policies.lock().expect("lock").contains_key(name) {
+                let me = Arc::clone(self);
+                let (name, id) = (name.to_owned(), id.clone());
+                tokio::spawn(async move { me.load_policy(&name, &id).await });
+            } else {
+                self.load_policy(name, id).await;
+            }
+        }
+        resolved.map_err(StoreError::Refused)
+    }
+
+    /// Reads `on_unavailable` from the namespace's system config (`{ns}/SYSTEM#` `#CONFIG`);
+    /// on a failed read the last value is kept, as the library does.
+    async fn load_policy(&self, name: &str, id: &str) {
+        let item = match self.db.get(&keys::pk_system(id), keys::SK_CONFIG, false).await {
+            Ok(item) => item,
+            Err(e) => {
+                tracing::debug!(error = ?e, namespace = %name, "cannot read the system config; keeping the last on_unavailable");
+                return;
+            }
+        };
+        let policy = match item.as_ref().and_then(|i| i.get("on_unavailable")) {
+            None => OnUnavailable::Block,
+            Some(AttributeValue::S(v)) => v.parse().unwrap_or_else(|e: String| {
+                tracing::warn!(namespace = %name, error = %e, "invalid on_unavailable in the system config; using block");
+                OnUnavailable::Block
+            }),
+            Some(other) => {
+                tracing::warn!(namespace = %name, value = ?other, "invalid on_unavailable in the system config; using block");
+                OnUnavailable::Block
+            }
+        };
+        let mut policies = self.policies.lock().expect("lock");
+        if policies.len() >= CACHE_LIMIT && !policies.contains_key(name) {
+            policies.clear();
+        }
+        policies.insert(name.to_owned(), policy);
     }
 
     async fn check_version(&self) -> Result<(), StoreError> {
@@ -424,7 +519,7 @@ impl Inner {
         if let Some((at, verdict)) = &cached
             && at.elapsed() < self.cache_ttl
         {
-            return verdict.clone().map_err(StoreError::Unavailable);
+            return verdict.clone().map_err(StoreError::Refused);
         }
         let item = match self.db.get(keys::SYSTEM_PK, keys::SK_VERSION, false).await {
             Ok(item) => item,
@@ -432,7 +527,7 @@ impl Inner {
                 // Keep writing under the last verdict while the record cannot be read.
                 if let Some((_, verdict)) = cached {
                     tracing::warn!(error = ?e, "cannot re-read the version record; keeping the last verdict");
-                    return verdict.map_err(StoreError::Unavailable);
+                    return verdict.map_err(StoreError::Refused);
                 }
                 return Err(unavailable(e));
             }
@@ -453,7 +548,7 @@ impl Inner {
             tracing::error!(%message, "zae-limiter version gate refuses writes");
         }
         *self.version.lock().expect("lock") = Some((Instant::now(), verdict.clone()));
-        verdict.map_err(StoreError::Unavailable)
+        verdict.map_err(StoreError::Refused)
     }
 
     // ---------------------------------------------------------------------------------
@@ -479,10 +574,103 @@ impl Inner {
         known
     }
 
-    fn select_shard(&self, id: &BucketId) -> (i64, i64) {
+    /// A shard drawn uniformly from the cached count, avoiding the shards in `avoid` when
+    /// some other is left.
+    fn select_shard(&self, id: &BucketId, avoid: &[i64]) -> (i64, i64) {
         let count = self.cached_count(id);
-        let shard = if count > 1 { rand::rng().random_range(0..count) } else { 0 };
+        if count <= 1 {
+            return (0, count);
+        }
+        let open: Vec<i64> = (0..count).filter(|s| !avoid.contains(s)).collect();
+        let shard = if open.is_empty() {
+            rand::rng().random_range(0..count)
+        } else {
+            open[rand::rng().random_range(0..open.len())]
+        };
         (shard, count)
+    }
+
+    // ---------------------------------------------------------------------------------
+    // The rejection cache
+    // ---------------------------------------------------------------------------------
+
+    /// Whether the cache proves this request rejected: only strict charges of cost >= 1
+    /// (debt charges must reach the table, check-only ones pass at a balance of 0), and only
+    /// when every shard has a trusted image, under the YAML parameters, on which refill up to
+    /// now still leaves every charge rejected.
+    fn known_short(&self, cx: &Ctx<'_>) -> Known {
+        if !self.rejection_cache || !cx.charges.iter().all(|c| !c.allow_debt && c.cost >= 1) {
+            return Known::Short(Vec::new());
+        }
+        let entries = self.rejections.trusted(&cx.id, cx.now.0);
+        if entries.is_empty() {
+            return Known::Short(Vec::new());
+        }
+        let mut short = Vec::with_capacity(entries.len());
+        let mut count = self.cached_count(&cx.id);
+        let mut best: Option<(i64, Plan)> = None;
+        for (shard, e) in entries {
+            if (e.cp, e.ra, e.rp) != (cx.cp, cx.ra, cx.rp) {
+                continue;
+            }
+            let share = plan::share(e.cp, e.ra, e.rp, e.shard_count);
+            let p = plan::project(e.tk, e.rf, &share, cx.now);
+            let plan = plan::decide(p.tokens.0, p.refilled_at, share.capacity.0, cx.charges, Admission::Enforced);
+            if plan.outcomes.iter().any(|o| o.admitted) {
+                continue;
+            }
+            short.push(shard);
+            count = count.max(e.shard_count);
+            if best.as_ref().is_none_or(|(balance, _)| p.tokens.0 > *balance) {
+                best = Some((p.tokens.0, plan));
+            }
+        }
+        match best {
+            Some((_, plan)) if (0..count).all(|s| short.contains(&s)) => {
+                Known::Rejected(Decided::new(plan.outcomes, count))
+            }
+            _ => Known::Short(short),
+        }
+    }
+
+    /// Remembers `shard` as short when `image` shows it cannot give one token (or this
+    /// request's largest strict charge) now, and forgets it otherwise. Images with stamps,
+    /// unsupported features, other parameters than the YAML's, or a `vu` other than the
+    /// trim-only `0` are never remembered.
+    fn remember(&self, cx: &Ctx<'_>, shard: i64, image: &BucketImage) {
+        if !self.rejection_cache {
+            return;
+        }
+        let hits = image.limit(LIMIT_NAME);
+        let judgeable = !image.disabled
+            && image.unsupported.is_none()
+            && image.bypass.is_none()
+            && image.vu.is_none_or(|vu| vu == 0)
+            && hits.is_some_and(|h| h.soft.is_none() && cx.params_match(h));
+        let Some(h) = hits.filter(|_| judgeable) else {
+            self.rejections.forget(&cx.id, shard);
+            return;
+        };
+        let until_ms = image.ttl.map_or(i64::MAX, |t| t.saturating_mul(1000));
+        let short =
+            Short { tk: h.tk, rf: image.rf, cp: h.cp, ra: h.ra, rp: h.rp, shard_count: image.shard_count, until_ms };
+        self.remember_state(cx, shard, short);
+    }
+
+    /// Remembers a shard state known exactly (an image, or an item this store created) when
+    /// it is short for one token or for this request's largest strict charge.
+    fn remember_state(&self, cx: &Ctx<'_>, shard: i64, short: Short) {
+        if !self.rejection_cache {
+            return;
+        }
+        let share = plan::share(short.cp, short.ra, short.rp, short.shard_count);
+        let balance = plan::project(short.tk, short.rf, &share, cx.now).tokens.0;
+        let largest = cx.charges.iter().filter(|c| !c.allow_debt).map(plan::need).max().unwrap_or(0);
+        if balance < largest.max(Millitokens::from_tokens(1).0) {
+            self.rejections.remember(&cx.id, shard, short);
+        } else {
+            self.rejections.forget(&cx.id, shard);
+        }
     }
 
     fn is_bypassed(&self, id: &BucketId) -> bool {
@@ -612,8 +800,8 @@ impl Inner {
         Class::Exhausted { wcu }
     }
 
-    async fn fast(self: &Arc<Self>, cx: &Ctx<'_>) -> Result<Decided, StoreError> {
-        let (shard, _count) = self.select_shard(&cx.id);
+    async fn fast(self: &Arc<Self>, cx: &Ctx<'_>, avoid: &[i64]) -> Result<Decided, StoreError> {
+        let (shard, _count) = self.select_shard(&cx.id, avoid);
         let spec = self.speculate_learning(cx, shard).await?;
         let image = match spec {
             Spec::Landed { image, bypass_shape } => return self.landed(cx, shard, image, bypass_shape).await,
@@ -692,8 +880,12 @@ impl Inner {
             spec = self.speculate(cx, shard, false).await?;
         }
         match &spec {
-            Spec::Landed { image, .. } | Spec::Failed { image: Some(image), .. } => self.learn(&cx.id, image),
-            _ => {}
+            Spec::Landed { image, .. } | Spec::Failed { image: Some(image), .. } => {
+                self.learn(&cx.id, image);
+                self.remember(cx, shard, image);
+            }
+            Spec::Failed { image: None, .. } => self.rejections.forget(&cx.id, shard),
+            Spec::Contention => {}
         }
         Ok(spec)
     }
@@ -820,6 +1012,7 @@ impl Inner {
         match self.db.update(req).await.map_err(unavailable)? {
             Update::Done(item) => {
                 let image = parse(&item)?;
+                self.remember(cx, shard, &image);
                 Ok(self.replay(cx, plan, &image, plan.debt))
             }
             Update::ConditionFailed(_) => Ok(None),
@@ -982,6 +1175,16 @@ impl Inner {
             Ok(Transact::Done) => {
                 path("slow_create");
                 self.learn_count(&cx.id, count);
+                let created = Short {
+                    tk: cap.saturating_sub(plan.consumed()),
+                    rf: cx.now.0,
+                    cp: cx.cp,
+                    ra: cx.ra,
+                    rp: cx.rp,
+                    shard_count: count,
+                    until_ms: ttl.saturating_mul(1000),
+                };
+                self.remember_state(cx, shard, created);
                 Ok(Step::Done(Decided::new(plan.outcomes, count)))
             }
             Ok(Transact::Canceled(codes)) => {
@@ -1043,6 +1246,7 @@ impl Inner {
                 self.fix_stamps(cx, shard, soft_fix, bypass_fix).await;
             }
             path("slow_reject");
+            self.remember(cx, shard, &image);
             return Ok(Step::Done(Decided::new(plan.outcomes, if hits.is_some() { sc } else { seed_count })));
         }
 
@@ -1143,6 +1347,7 @@ impl Inner {
                 path("slow_update");
                 let written = parse(&item)?;
                 self.learn(&cx.id, &written);
+                self.remember(cx, shard, &written);
                 let outcomes = self.replay(cx, &plan, &written, debit).unwrap_or(plan.outcomes);
                 Ok(Step::Done(Decided::new(outcomes, written.shard_count)))
             }
@@ -1210,6 +1415,7 @@ impl Inner {
                 path("slow_retry");
                 let written = parse(&item)?;
                 self.learn(&cx.id, &written);
+                self.remember(cx, shard, &written);
                 let outcomes = self.replay(cx, plan, &written, debit).unwrap_or_else(|| plan.outcomes.clone());
                 Ok(Step::Done(Decided::new(outcomes, written.shard_count)))
             }
@@ -1222,6 +1428,7 @@ impl Inner {
                 }
                 // Rejected: every strict charge fails; debt charges are still recorded.
                 path("slow_retry_reject");
+                self.remember(cx, shard, &image);
                 let share = plan::share(hits.cp, hits.ra, hits.rp, image.shard_count);
                 let p = plan::project(hits.tk, image.rf, &share, cx.now);
                 let rejected = reject_all(p.tokens.0, p.refilled_at, share.capacity.0, cx.charges);

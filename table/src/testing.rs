@@ -174,7 +174,12 @@ fn registry_item(sk: String, id: &str, name: &str, created_at: &str) -> HashMap<
 /// Registers `name` like the library (two Puts under `attribute_not_exists(PK)` in one
 /// transaction); an existing registration answers its id. Returns the namespace id.
 pub async fn register_namespace(client: &Client, table: &str, name: &str) -> Result<String, Error> {
-    let id = new_namespace_id();
+    register_namespace_as(client, table, name, &new_namespace_id()).await
+}
+
+/// [`register_namespace`] with a given id (e.g. to restore a table an emulator lost).
+pub async fn register_namespace_as(client: &Client, table: &str, name: &str, id: &str) -> Result<String, Error> {
+    let id = id.to_owned();
     let now = iso_now();
     let put = |sk: String| -> Result<TransactWriteItem, Error> {
         Ok(TransactWriteItem::builder()
@@ -245,6 +250,30 @@ pub async fn delete_namespace(client: &Client, table: &str, name: &str) -> Resul
         .send()
         .await
         .map_err(err)?;
+    Ok(())
+}
+
+/// Writes (replaces) the namespace's system config item (`{ns}/SYSTEM#` `#CONFIG`) like the
+/// library's `set_system_defaults` with no limits: `config_version`, `on_unavailable` when
+/// given, and the GSI4 keys.
+pub async fn put_system_config(
+    client: &Client,
+    table: &str,
+    namespace_id: &str,
+    on_unavailable: Option<&str>,
+) -> Result<(), Error> {
+    let pk = keys::pk_system(namespace_id);
+    let mut item = HashMap::from([
+        ("PK".to_owned(), AttributeValue::S(pk.clone())),
+        ("SK".to_owned(), AttributeValue::S(keys::SK_CONFIG.to_owned())),
+        ("config_version".to_owned(), AttributeValue::N("1".to_owned())),
+        ("GSI4PK".to_owned(), AttributeValue::S(namespace_id.to_owned())),
+        ("GSI4SK".to_owned(), AttributeValue::S(pk)),
+    ]);
+    if let Some(v) = on_unavailable {
+        item.insert("on_unavailable".to_owned(), AttributeValue::S(v.to_owned()));
+    }
+    client.put_item().table_name(table).set_item(Some(item)).send().await.map_err(err)?;
     Ok(())
 }
 

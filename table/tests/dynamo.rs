@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};
-use zael_core::store::{BucketStore, StoreError};
+use zael_core::store::{BucketStore, OnUnavailable, StoreError};
 use zael_table::{CallCounts, CommitHook, DynamoStore, DynamoStoreOptions};
 
 fn diff(after: CallCounts, before: CallCounts) -> (u64, u64, u64) {
@@ -55,8 +55,9 @@ async fn first_use_creates_the_complete_item_and_warm_admit_is_one_update_item()
         out,
         vec![zael_core::bucket::ChargeOutcome { admitted: true, tokens: Millitokens(4000), refilled_at: t0 }]
     );
-    // Failed speculative write, namespace lookup, consistent bucket read, create transaction.
-    assert_eq!(diff(store.calls(), before), (1, 2, 1));
+    // Failed speculative write, namespace lookup, the namespace's system config (its
+    // on_unavailable), consistent bucket read, create transaction.
+    assert_eq!(diff(store.calls(), before), (1, 3, 1));
 
     let before = store.calls();
     let out = charge_one(&store, &req, t0).await;
@@ -129,7 +130,8 @@ async fn first_use_creates_the_complete_item_and_warm_admit_is_one_update_item()
 async fn fast_rejection_makes_no_reads_and_refill_takes_the_slow_path() {
     let table = table_name("refill");
     let ns = setup(&table, &["ns"]).await.remove(0);
-    let store = store(&table).await;
+    // Without the rejection cache, which would answer the rejections below with no call.
+    let store = store_with(DynamoStoreOptions { rejection_cache: false, ..options(&table) }).await;
     let t0 = now();
     let req = request("ns", "k:v", "r", per_minute(5), &[strict(5)]);
     assert_eq!(admitted(&charge_one(&store, &req, t0).await), [true]);
@@ -184,8 +186,9 @@ async fn create_race_loser_takes_the_consumption_only_retry() {
     let out = charge_one(&a, &req, t0).await;
     assert!(fired.load(Ordering::SeqCst));
     assert_eq!((admitted(&out), out[0].tokens), (vec![true], Millitokens(8000)));
-    // Failed speculative write, lost create, consumption-only retry.
-    assert_eq!(diff(a.calls(), before), (2, 2, 1));
+    // Failed speculative write, lost create, consumption-only retry (and the first call's
+    // namespace and system config reads).
+    assert_eq!(diff(a.calls(), before), (2, 3, 1));
     let item = get_item(&table, &pk(&ns, "e", "r", 0)).await.expect("bucket");
     assert_eq!((num(&item, "b_hits_tk"), num(&item, "b_hits_tc")), (8000, 2000));
 
@@ -271,7 +274,9 @@ async fn lost_rf_lock_takes_the_consumption_only_retry() {
 async fn disabled_bypass_and_soft_stamps() {
     let table = table_name("stamps");
     let ns = setup(&table, &["ns"]).await.remove(0);
-    let store = store(&table).await;
+    // Stamps written behind the store's back: without the rejection cache, which would keep
+    // rejecting from the last image for up to 1 s.
+    let store = store_with(DynamoStoreOptions { rejection_cache: false, ..options(&table) }).await;
     let t0 = now();
     let one = |e: &str| request("ns", e, "r", per_hour(5), &[strict(1)]);
 
@@ -332,7 +337,9 @@ async fn disabled_bypass_and_soft_stamps() {
 async fn unsupported_markers_answer_unavailable() {
     let table = table_name("markers");
     let ns = setup(&table, &["ns"]).await.remove(0);
-    let store = store(&table).await;
+    // Stamps written behind the store's back: without the rejection cache, which would keep
+    // rejecting from the last image for up to 1 s.
+    let store = store_with(DynamoStoreOptions { rejection_cache: false, ..options(&table) }).await;
     let t0 = now();
     for (entity, attr, value) in [
         ("v", "vu", n(1)),
@@ -392,7 +399,7 @@ async fn version_gate() {
     assert_eq!(admitted(&charge_one(&store, &req, now()).await), [true]);
     zael_table::testing::put_version_record(&c, &table, "0.10.0", "0.17.1", Some("0.17.1")).await.expect("record");
     match try_charge(&store, &req, now()).await {
-        Err(StoreError::Unavailable(m)) => assert!(m.contains(">= 0.17.1"), "{m}"),
+        Err(StoreError::Refused(m)) => assert!(m.contains(">= 0.17.1"), "{m}"),
         other => panic!("{other:?}"),
     }
     zael_table::testing::put_version_record(&c, &table, "0.10.0", "0.17.0", Some("0.17.0")).await.expect("record");
@@ -406,7 +413,7 @@ async fn namespaces_missing_and_deleted() {
     let store = store_with(DynamoStoreOptions { namespace_cache_ttl: Duration::ZERO, ..options(&table) }).await;
     let missing = request("nope", "e", "r", per_hour(5), &[strict(1)]);
     match try_charge(&store, &missing, now()).await {
-        Err(StoreError::Unavailable(m)) => assert!(m.contains("namespace 'nope' is not registered"), "{m}"),
+        Err(StoreError::Refused(m)) => assert!(m.contains("namespace 'nope' is not registered"), "{m}"),
         other => panic!("{other:?}"),
     }
     let live = request("live", "e", "r", per_hour(5), &[strict(1)]);
@@ -424,7 +431,7 @@ async fn namespaces_missing_and_deleted() {
         .await
         .expect("stamp status");
     match try_charge(&store, &live, now()).await {
-        Err(StoreError::Unavailable(m)) => assert!(m.contains("namespace 'live' is not active"), "{m}"),
+        Err(StoreError::Refused(m)) => assert!(m.contains("namespace 'live' is not active"), "{m}"),
         other => panic!("{other:?}"),
     }
     // Deleted like the library deletes it.
@@ -435,7 +442,7 @@ async fn namespaces_missing_and_deleted() {
     assert_eq!(admitted(&charge_one(&store, &gone, now()).await), [true]);
     zael_table::testing::delete_namespace(&c, &table, "gone").await.expect("delete");
     match try_charge(&store, &gone, now()).await {
-        Err(StoreError::Unavailable(m)) => assert!(m.contains("namespace 'gone' is not registered"), "{m}"),
+        Err(StoreError::Refused(m)) => assert!(m.contains("namespace 'gone' is not registered"), "{m}"),
         other => panic!("{other:?}"),
     }
 }
@@ -761,4 +768,175 @@ async fn doubling_propagates_the_new_count_to_existing_shards() {
         v
     };
     assert!(!created.is_empty() && created.iter().all(|s| *s < 4), "{created:?}");
+}
+
+#[tokio::test]
+async fn the_buckets_of_one_call_are_charged_concurrently() {
+    let table = table_name("concurrent");
+    setup(&table, &["ns"]).await;
+    let store = store(&table).await;
+    // Warm the namespace and version caches.
+    charge_one(&store, &request("ns", "warm", "r", per_hour(5), &[strict(1)]), now()).await;
+    // Every slow path waits 400 ms between its read and its commit.
+    store.set_before_commit_hook(Some(hook(|_pk| Box::pin(tokio::time::sleep(Duration::from_millis(400))))));
+    let requests: Vec<_> = (0..4).map(|i| request("ns", &format!("e{i}"), "r", per_hour(5), &[strict(1)])).collect();
+    let started = std::time::Instant::now();
+    let out = store.charge(&requests, now()).await.expect("charge");
+    let took = started.elapsed();
+    assert_eq!(out.iter().map(|o| admitted(o)).collect::<Vec<_>>(), vec![vec![true]; 4]);
+    // Sequential would be at least 4 x 400 ms; concurrent is the slowest bucket.
+    assert!(took < Duration::from_millis(1200), "took {took:?}");
+}
+
+#[tokio::test]
+async fn the_rejection_cache_answers_repeated_rejections_without_calls_for_at_most_a_second() {
+    let table = table_name("rejcache");
+    setup(&table, &["ns"]).await;
+    let store = store(&table).await;
+    let one = request("ns", "e", "r", per_day(2), &[strict(1)]);
+    assert_eq!(admitted(&charge_one(&store, &one, now()).await), [true]);
+    // The second admit's ALL_NEW image shows the bucket empty.
+    assert_eq!(admitted(&charge_one(&store, &one, now()).await), [true]);
+
+    let before = store.calls();
+    for _ in 0..3 {
+        let out = charge_one(&store, &one, now()).await;
+        assert_eq!(admitted(&out), [false]);
+        assert!(out[0].tokens.0 < 1000, "{out:?}");
+    }
+    // Two identical descriptors of one request: every charge strict, every one rejected.
+    let two = request("ns", "e", "r", per_day(2), &[strict(1), strict(2)]);
+    assert_eq!(admitted(&charge_one(&store, &two, now()).await), [false, false]);
+    assert_eq!(diff(store.calls(), before), (0, 0, 0), "rejected from memory");
+    assert_eq!(store.rejection_cache_hits(), 4);
+
+    // Check-only and debt charges always reach the table.
+    let before = store.calls();
+    let check = request("ns", "e", "r", per_day(2), &[strict(0)]);
+    assert_eq!(admitted(&charge_one(&store, &check, now()).await), [true], "a balance of 0 passes a check");
+    assert_eq!(diff(store.calls(), before).0, 1);
+    let before = store.calls();
+    let debit = request("ns", "e", "r", per_day(2), &[debt(1)]);
+    assert_eq!(admitted(&charge_one(&store, &debit, now()).await), [false]);
+    assert!(diff(store.calls(), before).0 >= 1, "a debt charge is written");
+    assert_eq!(store.rejection_cache_hits(), 4);
+
+    // Past the trust window the table is asked again (and the answer is remembered again).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = store.calls();
+    assert_eq!(admitted(&charge_one(&store, &one, now()).await), [false]);
+    assert_eq!(diff(store.calls(), before), (1, 0, 0), "one failed speculative write");
+    assert_eq!(store.rejection_cache_hits(), 4);
+    let before = store.calls();
+    assert_eq!(admitted(&charge_one(&store, &one, now()).await), [false]);
+    assert_eq!(diff(store.calls(), before), (0, 0, 0));
+    assert_eq!(store.rejection_cache_hits(), 5);
+
+    // A changed YAML limit is not judged by an image under the old one.
+    let before = store.calls();
+    let more = request("ns", "e", "r", per_day(20), &[strict(1)]);
+    charge_one(&store, &more, now()).await;
+    assert!(diff(store.calls(), before).0 >= 1, "the slow path syncs the new limit");
+    assert_eq!(store.rejection_cache_hits(), 5);
+}
+
+#[tokio::test]
+async fn the_rejection_cache_judges_each_cost_on_the_projected_balance() {
+    let table = table_name("rejcost");
+    setup(&table, &["ns"]).await;
+    let store = store(&table).await;
+    let req = |cost| request("ns", "e", "r", per_hour(10), &[strict(cost)]);
+    assert_eq!(admitted(&charge_one(&store, &req(1), now()).await), [true]);
+    assert_eq!(admitted(&charge_one(&store, &req(7), now()).await), [true]);
+    // 2 tokens left: a charge of 3 is rejected from memory, a charge of 2 goes to the table.
+    let before = store.calls();
+    let out = charge_one(&store, &req(3), now()).await;
+    assert_eq!(admitted(&out), [false]);
+    assert!((2000..2100).contains(&out[0].tokens.0), "{out:?}");
+    assert_eq!(diff(store.calls(), before), (0, 0, 0));
+    assert_eq!(store.rejection_cache_hits(), 1);
+    let before = store.calls();
+    assert_eq!(admitted(&charge_one(&store, &req(2), now()).await), [true]);
+    assert_eq!(diff(store.calls(), before), (1, 0, 0));
+    // Now empty: even one token is rejected from memory.
+    let before = store.calls();
+    assert_eq!(admitted(&charge_one(&store, &req(1), now()).await), [false]);
+    assert_eq!(diff(store.calls(), before), (0, 0, 0));
+    assert_eq!(store.rejection_cache_hits(), 2);
+
+    // A bucket this store created empty is known short too.
+    let other = |cost| request("ns", "e2", "r", per_hour(10), &[strict(cost)]);
+    assert_eq!(admitted(&charge_one(&store, &other(10), now()).await), [true]);
+    let before = store.calls();
+    assert_eq!(admitted(&charge_one(&store, &other(1), now()).await), [false]);
+    assert_eq!(diff(store.calls(), before), (0, 0, 0));
+    assert_eq!(store.rejection_cache_hits(), 3);
+}
+
+#[tokio::test]
+async fn on_unavailable_is_read_from_the_namespace_system_config() {
+    let table = table_name("policy");
+    let ids = setup(&table, &["open", "closed", "unset"]).await;
+    let c = client().await;
+    zael_table::testing::put_system_config(&c, &table, &ids[0], Some("allow")).await.expect("config");
+    zael_table::testing::put_system_config(&c, &table, &ids[1], Some("block")).await.expect("config");
+    zael_table::testing::put_system_config(&c, &table, &ids[2], None).await.expect("config");
+    let store =
+        store_with(DynamoStoreOptions { namespace_cache_ttl: Duration::from_millis(200), ..options(&table) }).await;
+    assert_eq!(store.on_unavailable("open"), None, "not loaded before the namespace is used");
+    for ns in ["open", "closed", "unset"] {
+        charge_one(&store, &request(ns, "e", "r", per_hour(5), &[strict(1)]), now()).await;
+    }
+    assert_eq!(store.on_unavailable("open"), Some(OnUnavailable::Allow));
+    assert_eq!(store.on_unavailable("closed"), Some(OnUnavailable::Block));
+    assert_eq!(store.on_unavailable("unset"), Some(OnUnavailable::Block), "the default");
+    assert_eq!(store.on_unavailable("other"), None);
+
+    // Changed by an operator: picked up by the background refresh after the cache TTL.
+    zael_table::testing::put_system_config(&c, &table, &ids[0], Some("block")).await.expect("config");
+    let mut seen = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        charge_one(&store, &request("open", "e", "r", per_hour(5), &[strict(0)]), now()).await;
+        seen = store.on_unavailable("open");
+        if seen == Some(OnUnavailable::Block) {
+            break;
+        }
+    }
+    assert_eq!(seen, Some(OnUnavailable::Block));
+}
+
+#[tokio::test]
+async fn a_failed_bucket_keeps_the_answers_of_the_others() {
+    let table = table_name("partial");
+    let ns = setup(&table, &["ns"]).await.remove(0);
+    let store = store_with(DynamoStoreOptions { rejection_cache: false, ..options(&table) }).await;
+    let good = request("ns", "good", "r", per_hour(5), &[strict(1)]);
+    // A bucket with a feature zael does not implement: it could not be charged.
+    let odd = request("ns", "odd", "r", per_hour(5), &[strict(1)]);
+    charge_one(&store, &request("ns", "odd", "r", per_hour(5), &[strict(5)]), now()).await;
+    stamp(&table, &pk(&ns, "odd", "r", 0), &[("b_hits_gc", n(1))]).await;
+    match store.charge(&[good.clone(), odd.clone()], now()).await {
+        Err(e @ StoreError::Partial { .. }) => {
+            assert!(e.may_fail_open(), "{e}");
+            let known = e.into_known(2);
+            assert_eq!(known[0].as_ref().map(|o| admitted(o)), Some(vec![true]));
+            assert!(known[1].is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    // An unknown namespace is a refusal: never failed open, even next to an answer.
+    let stranger = request("nope", "e", "r", per_hour(5), &[strict(1)]);
+    match store.charge(&[odd, good, stranger], now()).await {
+        Err(e @ StoreError::Partial { .. }) => {
+            assert!(!e.may_fail_open(), "{e}");
+            assert!(e.to_string().contains("namespace 'nope'"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Every bucket failed: the error itself.
+    match store.charge(&[request("nope", "e", "r", per_hour(5), &[strict(1)])], now()).await {
+        Err(StoreError::Refused(m)) => assert!(m.contains("not registered"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -453,3 +453,23 @@ async fn without_the_flag_no_response_headers_are_added() {
     // assert_response requires response_headers_to_add to be empty.
     assert_response(&r, Code::Ok, &[ok(2, Unit::Minute, "two-per-minute", 1)]);
 }
+
+#[tokio::test]
+async fn rule_metrics_count_per_rule_and_per_value_with_detailed_metric() {
+    let s = Server::with_config(
+        "domain: rules\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 2}\n  - key: path\n    detailed_metric: true\n    rate_limit: {unit: minute, requests_per_unit: 5}\n",
+    )
+    .await;
+    for _ in 0..3 {
+        s.should(req("rules", vec![desc(&[("user", "a")]), desc(&[("path", "/x")])])).await;
+    }
+    let m = s.metrics().await;
+    let rule = |rule: &str, code: &str| {
+        m.get_or_zero("zael_rule_decisions_total", &[("domain", "rules"), ("rule", rule), ("code", code)])
+    };
+    assert_eq!(rule("user", "ok"), 2.0);
+    assert_eq!(rule("user", "over_limit"), 1.0);
+    // detailed_metric: labelled by the request's entries, not the rule.
+    assert_eq!(rule("path_/x", "ok"), 3.0);
+    assert_eq!(rule("path", "ok"), 0.0);
+}
