@@ -80,14 +80,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(cli.log_format, &cli.log_level, cli.otlp_endpoint.as_deref())?;
     let store = open_store(&cli).await?;
     let prometheus = m::install(store.name())?;
+    if cli.store == StoreKind::Dynamodb {
+        zael_table::describe_metrics();
+    }
+    // Histogram samples queue up until upkeep folds them into buckets: do it often, on a
+    // thread of its own, so no request waits behind a large batch.
     let upkeep = prometheus.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
         loop {
-            tick.tick().await;
+            std::thread::sleep(std::time::Duration::from_millis(500));
             upkeep.run_upkeep();
         }
-    });
+    })?;
 
     let config = Arc::new(ConfigHolder::default());
     let _watcher = match &cli.config {
@@ -105,6 +109,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         config: config.clone(),
         store,
         global_shadow: cli.shadow_mode,
+        on_unavailable: cli.on_unavailable,
         response_headers: cli.response_headers.then(|| HeaderNames {
             limit: cli.response_header_limit.clone(),
             remaining: cli.response_header_remaining.clone(),

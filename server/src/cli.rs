@@ -5,6 +5,7 @@ use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use zael_core::store::OnUnavailable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
@@ -98,6 +99,11 @@ pub struct Cli {
     #[arg(long, env = "ZAEL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Threads answering requests; default: the CPUs this process may run on (its affinity
+    /// mask), so a server pinned to one core runs one worker instead of time-slicing two.
+    #[arg(long, env = "ZAEL_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     /// How often the embedded store drops buckets that have refilled to full.
     #[arg(long, env = "ZAEL_EVICT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub evict_interval: Duration,
@@ -117,6 +123,16 @@ pub struct Cli {
     /// Deadline of one store call, retries included; past it the request is answered UNAVAILABLE.
     #[arg(long, env = "ZAEL_STORE_TIMEOUT", default_value = "40ms", value_parser = parse_duration)]
     pub store_timeout: Duration,
+
+    /// When the store fails: `block` answers UNAVAILABLE, `allow` admits the descriptors whose
+    /// buckets could not be charged. Default: the namespace's zae-limiter system config
+    /// (`on_unavailable`), else block.
+    #[arg(long, env = "ZAEL_ON_UNAVAILABLE", value_parser = parse_on_unavailable)]
+    pub on_unavailable: Option<OnUnavailable>,
+}
+
+fn parse_on_unavailable(text: &str) -> Result<OnUnavailable, String> {
+    text.parse()
 }
 
 /// Parses `250ms`, `2s`, `1m` or a plain number of seconds.
@@ -166,5 +182,9 @@ mod tests {
         assert_eq!((cli.store, cli.table.as_deref()), (StoreKind::Dynamodb, Some("zae-limiter")));
         assert_eq!(cli.store_timeout, Duration::from_millis(40));
         assert!(Cli::try_parse_from(["zael-server", "--store", "dynamodb"]).is_err(), "--table is required");
+        assert_eq!(cli.on_unavailable, None);
+        let cli = Cli::try_parse_from(["zael-server", "--on-unavailable", "allow"]).unwrap();
+        assert_eq!(cli.on_unavailable, Some(OnUnavailable::Allow));
+        assert!(Cli::try_parse_from(["zael-server", "--on-unavailable", "maybe"]).is_err());
     }
 }

@@ -4,6 +4,7 @@
 mod app;
 mod cli;
 mod config_watch;
+mod fail_open;
 mod http;
 mod metrics;
 mod protojson;
@@ -25,7 +26,9 @@ fn main() -> ExitCode {
     if cli.validate {
         return app::validate(cli.config.as_deref());
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let workers = cli.worker_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("Error: cannot start the runtime: {e}");

@@ -25,6 +25,8 @@ pub const CONFIG_LOADS: &str = "zael_config_loads_total";
 pub const STORE_ERRORS: &str = "zael_store_errors_total";
 /// Requests refused as invalid, by `reason`.
 pub const REQUEST_ERRORS: &str = "zael_request_errors_total";
+/// Charges admitted without the store, which failed, under `on_unavailable = allow`, by `store`.
+pub const FAIL_OPEN: &str = "zael_store_fail_open_total";
 
 /// Domain label for requests naming a domain the config does not have, so clients cannot
 /// create unbounded label values.
@@ -37,6 +39,8 @@ const LATENCY_BUCKETS: &[f64] =
 pub fn install(store: &'static str) -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(DECISION_DURATION.to_owned()), LATENCY_BUCKETS)?
+        // The DynamoDB store's histograms (names in zael_table::metrics).
+        .set_buckets_for_metric(Matcher::Prefix("zael_dynamodb_".to_owned()), zael_table::metrics::DURATION_BUCKETS)?
         .install_recorder()?;
     describe_counter!(DECISIONS, "Rate limit requests answered, by domain and overall code.");
     describe_counter!(DESCRIPTORS, "Descriptors answered, by domain and code.");
@@ -47,9 +51,11 @@ pub fn install(store: &'static str) -> anyhow::Result<PrometheusHandle> {
     describe_counter!(CONFIG_LOADS, "Config loads by result.");
     describe_counter!(STORE_ERRORS, "Failed store calls.");
     describe_counter!(REQUEST_ERRORS, "Requests refused as invalid, by reason.");
+    describe_counter!(FAIL_OPEN, "Charges admitted without the store (it failed) under on_unavailable = allow.");
     // Present from the start, so dashboards and alerts see zeros rather than gaps.
     metrics::counter!(CONFIG_LOADS, "result" => "error").absolute(0);
     metrics::counter!(STORE_ERRORS, "store" => store).absolute(0);
+    metrics::counter!(FAIL_OPEN, "store" => store).absolute(0);
     Ok(handle)
 }
 

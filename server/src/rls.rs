@@ -21,7 +21,7 @@ use tracing::Instrument;
 use zael_core::bucket::EpochMillis;
 use zael_core::config::Unit;
 use zael_core::decision::{self, Code, Decision, LimitOverride, StatusKind};
-use zael_core::store::BucketStore;
+use zael_core::store::{BucketStore, OnUnavailable};
 
 /// Names of the headers `--response-headers` adds.
 #[derive(Clone, Debug)]
@@ -37,6 +37,8 @@ pub struct RateLimiter {
     pub store: Arc<dyn BucketStore>,
     pub global_shadow: bool,
     pub response_headers: Option<HeaderNames>,
+    /// `--on-unavailable`: overrides the store's own failure policy (see `fail_open`).
+    pub on_unavailable: Option<OnUnavailable>,
 }
 
 fn invalid(reason: &'static str, message: String) -> Status {
@@ -176,7 +178,10 @@ impl RateLimiter {
                 Err(e) => {
                     metrics::counter!(m::STORE_ERRORS, "store" => self.store.name()).increment(1);
                     tracing::warn!(error = %e, domain = %request.domain, "store call failed");
-                    return Err(Status::unavailable(e.to_string()));
+                    match crate::fail_open::admit(self.on_unavailable, &*self.store, plan.bucket_requests(), e, now) {
+                        Ok(outcomes) => outcomes,
+                        Err(e) => return Err(Status::unavailable(e.to_string())),
+                    }
                 }
             }
         };

@@ -6,14 +6,18 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConsumedCapacity, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem,
+};
 use rand::Rng;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::item::Item;
+use crate::metrics as m;
 
 /// Most re-sends of a write that lost to a transaction (the library's `_ITEM_CONFLICT_MAX_RETRIES`).
 const CONFLICT_RETRIES: u32 = 3;
@@ -100,24 +104,38 @@ enum Class {
     Fatal,
 }
 
-fn classify<E: ProvideErrorMetadata>(err: &SdkError<E>) -> Class {
+/// How an attempt failed, and its `outcome` label.
+fn classify<E: ProvideErrorMetadata>(err: &SdkError<E>) -> (Class, &'static str) {
     match err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => Class::Transient,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            (Class::Transient, "transient")
+        }
         SdkError::ServiceError(ctx) => {
             let code = ctx.err().code().unwrap_or("");
             match code {
-                "TransactionConflictException" => Class::Conflict,
-                "ProvisionedThroughputExceededException"
-                | "ThrottlingException"
-                | "RequestLimitExceeded"
-                | "InternalServerError"
-                | "ServiceUnavailable"
-                | "TransactionInProgressException" => Class::Transient,
-                _ if ctx.raw().status().as_u16() >= 500 => Class::Transient,
-                _ => Class::Fatal,
+                "TransactionConflictException" => (Class::Conflict, "conflict"),
+                "ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded" => {
+                    (Class::Transient, "throttled")
+                }
+                "InternalServerError" | "ServiceUnavailable" | "TransactionInProgressException" => {
+                    (Class::Transient, "transient")
+                }
+                _ if ctx.raw().status().as_u16() >= 500 => (Class::Transient, "transient"),
+                "ConditionalCheckFailedException" => (Class::Fatal, "condition_failed"),
+                "TransactionCanceledException" => (Class::Fatal, "canceled"),
+                "AccessDeniedException" => (Class::Fatal, "denied"),
+                _ => (Class::Fatal, "error"),
             }
         }
-        _ => Class::Fatal,
+        _ => (Class::Fatal, "error"),
+    }
+}
+
+/// Counts the write capacity DynamoDB reports consumed.
+fn consumed(op: Op, capacity: &[&ConsumedCapacity]) {
+    let units: f64 = capacity.iter().filter_map(|c| c.capacity_units()).sum();
+    if units > 0.0 {
+        metrics::counter!(m::CONSUMED_WRITE_CAPACITY, "operation" => op.name()).increment(units.round() as u64);
     }
 }
 
@@ -168,14 +186,15 @@ impl Db {
         }
     }
 
-    fn count(&self, op: Op) {
+    fn count(&self, op: Op, outcome: &'static str, started: Instant) {
         let counter = match op {
             Op::GetItem => &self.counters.get_item,
             Op::UpdateItem => &self.counters.update_item,
             Op::TransactWriteItems => &self.counters.transact_write_items,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("zael_dynamodb_requests_total", "operation" => op.name()).increment(1);
+        metrics::counter!(m::REQUESTS, "operation" => op.name(), "outcome" => outcome).increment(1);
+        metrics::histogram!(m::REQUEST_DURATION, "operation" => op.name()).record(started.elapsed().as_secs_f64());
     }
 
     /// Sends `send()` until it answers, a fatal error, or (for conflicts) the retry budget.
@@ -189,20 +208,30 @@ impl Db {
         let mut transient = 0u32;
         let mut conflicts = 0u32;
         loop {
-            self.count(op);
-            match send().await {
-                Ok(v) => return Ok(v),
-                Err(err) => match classify(&err) {
+            let started = Instant::now();
+            let result = send().await;
+            let class = match &result {
+                Ok(_) => {
+                    self.count(op, "success", started);
+                    None
+                }
+                Err(err) => {
+                    let (class, outcome) = classify(err);
+                    self.count(op, outcome, started);
+                    Some(class)
+                }
+            };
+            match (result, class) {
+                (Ok(v), _) => return Ok(v),
+                (Err(err), class) => match class.unwrap_or(Class::Fatal) {
                     Class::Transient => {
-                        metrics::counter!("zael_dynamodb_retries_total", "operation" => op.name(), "reason" => "transient")
-                            .increment(1);
+                        metrics::counter!(m::RETRIES, "operation" => op.name(), "reason" => "transient").increment(1);
                         tracing::debug!(error = %describe(op, &err), "retrying DynamoDB call");
                         tokio::time::sleep(jitter(transient)).await;
                         transient = transient.saturating_add(1);
                     }
                     Class::Conflict if conflicts < CONFLICT_RETRIES => {
-                        metrics::counter!("zael_dynamodb_retries_total", "operation" => op.name(), "reason" => "conflict")
-                            .increment(1);
+                        metrics::counter!(m::RETRIES, "operation" => op.name(), "reason" => "conflict").increment(1);
                         tokio::time::sleep(jitter(conflicts)).await;
                         conflicts += 1;
                     }
@@ -257,11 +286,15 @@ impl Db {
                     .set_expression_attribute_values(values.clone())
                     .return_values(ReturnValue::AllNew)
                     .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
                     .send()
             })
             .await;
         match result {
-            Ok(out) => Ok(Update::Done(out.attributes.unwrap_or_default())),
+            Ok(out) => {
+                consumed(Op::UpdateItem, out.consumed_capacity().as_slice());
+                Ok(Update::Done(out.attributes.unwrap_or_default()))
+            }
             Err(Err(e)) => Err(e),
             Err(Ok(err)) => {
                 let failure = fatal(Op::UpdateItem, &err);
@@ -282,11 +315,18 @@ impl Db {
         loop {
             let result = self
                 .retrying(Op::TransactWriteItems, || {
-                    self.client.transact_write_items().set_transact_items(Some(items.clone())).send()
+                    self.client
+                        .transact_write_items()
+                        .set_transact_items(Some(items.clone()))
+                        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                        .send()
                 })
                 .await;
             match result {
-                Ok(_) => return Ok(Transact::Done),
+                Ok(out) => {
+                    consumed(Op::TransactWriteItems, &out.consumed_capacity().iter().collect::<Vec<_>>());
+                    return Ok(Transact::Done);
+                }
                 Err(Err(e)) => return Err(e),
                 Err(Ok(err)) => {
                     let failure = fatal(Op::TransactWriteItems, &err);

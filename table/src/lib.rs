@@ -10,7 +10,7 @@
 //! * `key.namespace` is a namespace **name**, resolved to its opaque id through the registry
 //!   record `_/SYSTEM#` `#NAMESPACE#{name}` and cached for `namespace_cache_ttl` (60 s by
 //!   default, failures included). A missing record, or a `status` other than `active`,
-//!   answers `StoreError::Unavailable` naming the namespace. zael never registers one.
+//!   answers `StoreError::Refused` naming the namespace. zael never registers one.
 //! * `key.entity` is the zae-limiter entity id, `key.resource` the resource, and the bucket
 //!   holds one limit named [`LIMIT_NAME`] (`hits`) with `cp`/`ra`/`rp` = the YAML limit
 //!   (millitokens and ms, undivided). These entities have no `#META`: every create carries
@@ -54,7 +54,7 @@
 //!   create finds it.
 //! * **Version gate**: `_/SYSTEM#` `#VERSION` is read at connect and re-read after
 //!   `namespace_cache_ttl`; a missing record, a `client_min_version` above 0.17.0 or another
-//!   schema major refuses every write (Unavailable). zael declares 0.17.0 because it fails
+//!   schema major refuses every write (`Refused`). zael declares 0.17.0 because it fails
 //!   closed on every §12 marker it does not implement.
 //!
 //! # Charges
@@ -78,16 +78,64 @@
 //! # Time, deadlines, retries
 //!
 //! One clock reading per call: the caller's `now` is used for the fast-path terms, planning
-//! and the `rf` a slow pass stamps (`max(now, stored rf)`). Every `charge` call runs under
-//! `call_timeout` (40 ms by default); throttling, 5xx and transport errors are retried with
-//! full-jitter backoff (2 ms doubling, capped at 25 ms) until then, transaction conflicts up
-//! to 3 times. Past the deadline the call fails with `StoreError::Timeout`; a write may have
-//! landed by then (like any lost response). The SDK's own retries are disabled.
+//! and the `rf` a slow pass stamps (`max(now, stored rf)`). The buckets of one call are
+//! charged **concurrently** (one future per bucket, joined), so a call takes as long as its
+//! slowest bucket; each runs under the call's one deadline, `call_timeout` (40 ms by
+//! default). Throttling, 5xx and transport errors are retried with full-jitter backoff (2 ms
+//! doubling, capped at 25 ms) until then, transaction conflicts up to 3 times. A bucket past
+//! the deadline fails with `StoreError::Timeout`; a write may have landed by then (like any
+//! lost response). The SDK's own retries are disabled.
+//!
+//! # Failures and `on_unavailable`
+//!
+//! When some buckets fail, the call answers `StoreError::Partial` with the outcomes of the
+//! others (their writes landed), so a fail-open policy admits only what could not be charged.
+//! Errors are `Unavailable`/`Timeout` (DynamoDB errors, timeouts, unsupported features,
+//! `#META` entities) or `Refused`, which no failure policy admits, as the library raises
+//! them under `on_unavailable = allow` too: the version gate, an unregistered or inactive
+//! namespace, identifiers or limits the format cannot hold, `AccessDeniedException`.
+//!
+//! `BucketStore::on_unavailable` answers the namespace's system config (`{ns}/SYSTEM#`
+//! `#CONFIG`, attribute `on_unavailable`, `allow` | `block`): read, eventually consistent,
+//! when the namespace id is first resolved (part of that call: one more GetItem on the first
+//! use of a namespace), then refreshed in the background whenever the namespace cache entry
+//! expires; a failed read keeps the last value. No item, no attribute, or another value reads
+//! as `block` (decision: the library keeps its last loaded value when the attribute is
+//! removed; zael takes the table's word).
 //!
 //! # Caches (in process, bounded)
 //!
-//! Namespace ids and the version verdict (TTL), shard counts above 1 (monotonic, from
-//! images), buckets seen stamped `bypass`, buckets already logged as unsupported.
+//! Namespace ids and the version verdict (TTL), `on_unavailable` per namespace, shard counts
+//! above 1 (monotonic, from images), buckets seen stamped `bypass`, buckets already logged as
+//! unsupported, and the rejection cache.
+//!
+//! # The rejection cache (ADR-147)
+//!
+//! Every image a call sees (ALL_NEW of a landed write, ALL_OLD of a failed one, the state a
+//! create wrote, a slow-path read) that shows a shard unable to give one token, or this
+//! request's largest strict charge, is remembered per (bucket, shard) with its `tk`, `rf`,
+//! parameters and `ttl`; other images forget the shard. A later call whose charges are **all
+//! strict with cost >= 1** is rejected without a DynamoDB request when every shard of the
+//! bucket has an entry that is (a) at most 1 s old, (b) before the image's `ttl`, (c) under
+//! the YAML's current `cp`/`ra`/`rp` (a config change never uses an old image), and (d) on
+//! which refill up to now still rejects every charge (so the cached instant "T" is exact per
+//! cost). Debt charges (they must reach the table) and check-only charges (they pass at a
+//! balance of 0) always go to the table. Images with a stamp (`disabled`, `bypass`, `soft`),
+//! an unsupported feature, or a `vu` other than the trim-only `0` are never remembered
+//! (decision: `vu = 0` only forces a clamping pass that can lower a balance, never raise it,
+//! so a rejection judged on it stays valid, as the library's `vu_only_trims`). Known-short
+//! shards of a sharded bucket are avoided when drawing the fast path's shard. At most 10,000
+//! buckets; hits are counted (`DynamoStore::rejection_cache_hits`,
+//! `zael_dynamodb_rejection_cache_hits_total`). Its only error is under-admission for at
+//! most 1 s when tokens come back by a route no image showed (a refund or reset by Python,
+//! the aggregator's proactive refill, an operator's stamp); `DynamoStoreOptions::rejection_cache`
+//! turns it off.
+//!
+//! # Metrics
+//!
+//! Names and descriptions in [`metrics`]: DynamoDB requests by operation and outcome, their
+//! latency, consumed write capacity, bucket decisions and fast admits (the fast-path ratio),
+//! rejection-cache hits, decisions by path, timeouts, and the store call latency.
 //!
 //! # Not implemented (yet)
 //!
@@ -99,7 +147,10 @@
 //!   (`{ns}/RESOURCE#{r}` `#CONFIG`, `{ns}/ENTITY#{e}` `#CONFIG#...`) are honoured only through
 //!   the stamps the library's fan-out writes on existing buckets; a bucket zael creates
 //!   afterwards is not stamped. Stamps are never renewed, only honoured or removed when expired.
-//! * The library's rejection cache (ADR-147): every rejection costs one failed write.
+//! * Unsupported features are detected on the images of failed writes and slow-path reads:
+//!   a speculative write that *lands* on an item carrying a quota or window marker (which a
+//!   Python application wrote on the same bucket) is admitted like any other, since the fast
+//!   path's condition has no terms for them (it has for schedules: `vu`).
 //!
 //! # Tests
 //!
@@ -112,6 +163,7 @@
 mod db;
 mod item;
 pub mod keys;
+pub mod metrics;
 mod plan;
 mod rejections;
 mod store;
@@ -119,25 +171,8 @@ pub mod testing;
 pub mod version;
 
 pub use db::CallCounts;
+pub use metrics::describe_metrics;
 pub use store::{
     CommitHook, ConnectError, DEFAULT_CALL_TIMEOUT, DEFAULT_NAMESPACE_CACHE_TTL, DynamoStore, DynamoStoreOptions,
     LIMIT_NAME,
 };
-
-/// Registers the descriptions of the metrics this crate emits (call after installing the
-/// recorder):
-///
-/// * `zael_dynamodb_requests_total{operation}`: DynamoDB requests sent (every attempt);
-/// * `zael_dynamodb_retries_total{operation, reason}`: re-sends after throttling, transient
-///   errors (`transient`) or transaction conflicts (`conflict`);
-/// * `zael_dynamodb_decisions_total{path}`: bucket decisions by path (`fast_admit`,
-///   `fast_bypass`, `fast_reject`, `slow_create`, `slow_update`, `slow_retry`,
-///   `slow_retry_reject`, `slow_reject`, `slow_bypass`, `disabled`, `debt`, `double`,
-///   `param_sync`, `unsupported`);
-/// * `zael_dynamodb_timeouts_total`: `charge` calls past their deadline.
-pub fn describe_metrics() {
-    metrics::describe_counter!("zael_dynamodb_requests_total", "DynamoDB requests sent, by operation (every attempt).");
-    metrics::describe_counter!("zael_dynamodb_retries_total", "DynamoDB requests re-sent, by operation and reason.");
-    metrics::describe_counter!("zael_dynamodb_decisions_total", "Bucket decisions of the DynamoDB store, by path.");
-    metrics::describe_counter!("zael_dynamodb_timeouts_total", "DynamoDB store calls past their deadline.");
-}

@@ -15,6 +15,7 @@ use zael_core::store::{BucketRequest, BucketStore, OnUnavailable, StoreError};
 use crate::db::{CallCounts, Db, DbError, Transact, Update, UpdateReq};
 use crate::item::{BucketImage, Item, LimitImage, NewBucket, NewLimit, StampRead, n, new_bucket_item, s};
 use crate::keys::{self, MAX_SHARD_COUNT, WCU, WCU_PER_WRITE};
+use crate::metrics as m;
 use crate::plan::{self, Admission, Plan};
 use crate::rejections::{Rejections, Short};
 
@@ -221,9 +222,13 @@ impl BucketStore for DynamoStore {
         requests: &[BucketRequest],
         now: EpochMillis,
     ) -> Result<Vec<Vec<ChargeOutcome>>, StoreError> {
+        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.inner.call_timeout;
         let results = join_all(requests.iter().map(|r| self.inner.charge_before(r, now, deadline))).await;
-        combine(results)
+        let answer = combine(results);
+        let result = if answer.is_ok() { "ok" } else { "error" };
+        metrics::histogram!(m::CHARGE_DURATION, "result" => result).record(started.elapsed().as_secs_f64());
+        answer
     }
 
     /// The namespace's system config `on_unavailable` as last loaded (read when the namespace
@@ -269,7 +274,7 @@ fn unavailable(e: DbError) -> StoreError {
 }
 
 fn path(name: &'static str) {
-    metrics::counter!("zael_dynamodb_decisions_total", "path" => name).increment(1);
+    metrics::counter!(m::PATHS, "path" => name).increment(1);
 }
 
 /// What the rejection cache knows of a request.
@@ -397,9 +402,14 @@ impl Inner {
         deadline: tokio::time::Instant,
     ) -> Result<Vec<ChargeOutcome>, StoreError> {
         match tokio::time::timeout_at(deadline, self.charge_bucket(request, now)).await {
-            Ok(result) => result,
+            Ok(result) => {
+                if result.is_ok() {
+                    metrics::counter!(m::BUCKET_DECISIONS).increment(1);
+                }
+                result
+            }
             Err(_) => {
-                metrics::counter!("zael_dynamodb_timeouts_total").increment(1);
+                metrics::counter!(m::TIMEOUTS).increment(1);
                 Err(StoreError::Timeout(u64::try_from(self.call_timeout.as_millis()).unwrap_or(u64::MAX)))
             }
         }
@@ -441,7 +451,7 @@ impl Inner {
         let avoid = match self.known_short(&cx) {
             Known::Rejected(decided) => {
                 self.rejections.count_hit();
-                metrics::counter!("zael_dynamodb_rejection_cache_hits_total").increment(1);
+                metrics::counter!(m::REJECTION_CACHE_HITS).increment(1);
                 path("cache_reject");
                 return Ok(decided.scaled());
             }
@@ -914,6 +924,7 @@ impl Inner {
             self.refund(cx, shard, &image).await;
         }
         path(if bypass_shape || bypass_live { "fast_bypass" } else { "fast_admit" });
+        metrics::counter!(m::FAST_ADMITS).increment(1);
         let Some(hits) = image.limit(LIMIT_NAME) else {
             let plan = plan::decide(0, cx.now, 0, cx.charges, Admission::Bypass);
             return Ok(Decided::new(plan.outcomes, image.shard_count));

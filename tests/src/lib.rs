@@ -9,6 +9,8 @@
 //! - [`server`]: spawn `zael-server`, the handle with gRPC/HTTP helpers, kill on drop;
 //! - [`expect`]: request builders and whole-response assertions;
 //! - [`metrics`]: a small Prometheus text parser;
+//! - [`moto`]: a moto DynamoDB server for `--store dynamodb` (stop/restart on one port);
+//! - [`scenarios`]: scenarios shared by the embedded and the DynamoDB store;
 //! - [`http`]: the HTTP/1 client helper;
 //! - [`envoy`]: spawn a real Envoy in front of the server;
 //! - [`tls`]: throw-away CAs and certificates (rcgen).
@@ -17,6 +19,8 @@ pub mod envoy;
 pub mod expect;
 pub mod http;
 pub mod metrics;
+pub mod moto;
+pub mod scenarios;
 pub mod server;
 pub mod tls;
 

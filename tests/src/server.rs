@@ -73,6 +73,9 @@ pub struct ServerBuilder {
     envs: Vec<(String, String)>,
     addrs_from_env: bool,
     wait_healthy: bool,
+    /// `(endpoint, table)` for `--store dynamodb`.
+    dynamodb: Option<(String, String)>,
+    store_timeout: Option<String>,
 }
 
 impl Default for ServerBuilder {
@@ -91,7 +94,24 @@ impl ServerBuilder {
             envs: Vec::new(),
             addrs_from_env: false,
             wait_healthy: true,
+            dynamodb: None,
+            store_timeout: None,
         }
+    }
+
+    /// Run on `--store dynamodb` against `table` at `endpoint` (a local emulator, see
+    /// [`crate::moto`]), with dummy AWS credentials and region for the child and a store
+    /// timeout of 2 s (debug builds against a serialised moto) unless
+    /// [`ServerBuilder::store_timeout`] says otherwise.
+    pub fn dynamodb(mut self, endpoint: &str, table: &str) -> Self {
+        self.dynamodb = Some((endpoint.to_owned(), table.to_owned()));
+        self
+    }
+
+    /// `--store-timeout` (with [`ServerBuilder::dynamodb`]), e.g. `300ms`.
+    pub fn store_timeout(mut self, timeout: &str) -> Self {
+        self.store_timeout = Some(timeout.to_owned());
+        self
     }
 
     /// Add a file to the config directory.
@@ -174,6 +194,20 @@ impl ServerBuilder {
             }
             cmd.arg("--listen").arg(grpc_addr.to_string());
             cmd.arg("--http-listen").arg(http_addr.to_string());
+        }
+        if let Some((endpoint, table)) = &self.dynamodb {
+            cmd.args(["--store", "dynamodb", "--table", table, "--endpoint-url", endpoint]);
+            cmd.args(["--region", crate::moto::REGION]);
+            cmd.arg("--store-timeout").arg(self.store_timeout.as_deref().unwrap_or("2s"));
+            for (k, v) in [
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ("AWS_SESSION_TOKEN", "testing"),
+                ("AWS_REGION", crate::moto::REGION),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ] {
+                cmd.env(k, v);
+            }
         }
         cmd.args(&self.args);
         for (k, v) in &self.envs {

@@ -3,146 +3,79 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use zael_tests::scenarios::overrides::CONFIG as OVERRIDE;
 use zael_tests::*;
-
-const CHARGE: &str = r#"
-domain: charge
-descriptors:
-  - key: k
-    rate_limit: {unit: hour, requests_per_unit: 10, name: ten}
-  - key: debt
-    allow_debt: true
-    rate_limit: {unit: hour, requests_per_unit: 10, name: debt}
-  - key: block
-    rate_limit: {unit: minute, requests_per_unit: 0, name: blocked}
-  - key: three
-    rate_limit: {unit: minute, requests_per_unit: 3}
-"#;
 
 #[tokio::test]
 async fn request_level_hits_addend_zero_counts_as_one() {
-    let s = Server::with_config(CHARGE).await;
-    let r = s.should(req("charge", vec![desc(&[("k", "a")])]).hits(0)).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 9)]);
-    let r = s.should(req("charge", vec![desc(&[("k", "a")])]).hits(0)).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 8)]);
+    scenarios::charging::request_level_hits_addend_zero_counts_as_one(
+        &Server::with_config(scenarios::charging::CONFIG).await,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn request_level_hits_addend_applies_to_every_descriptor() {
-    let s = Server::with_config(CHARGE).await;
-    let r = s.should(req("charge", vec![desc(&[("k", "a")]), desc(&[("k", "b")])]).hits(5)).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 5), ok(10, Unit::Hour, "ten", 5)]);
-    let r = s.should(req("charge", vec![desc(&[("k", "a")])]).hits(5)).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 0)]);
-    let r = s.should(req("charge", vec![desc(&[("k", "a")])]).hits(5)).await;
-    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "ten")]);
+    scenarios::charging::request_level_hits_addend_applies_to_every_descriptor(
+        &Server::with_config(scenarios::charging::CONFIG).await,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn descriptor_hits_addend_zero_is_check_only() {
-    let s = Server::with_config(CHARGE).await;
-    for _ in 0..3 {
-        let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(0)]).hits(7)).await;
-        // Full bucket, nothing consumed: remaining 10, full again "now" -> minimum 1 s.
-        assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 10).reset(1..=1)]);
-    }
-    let r = s.should(req("charge", vec![desc(&[("k", "a")])])).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 9)]);
-    let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(0)])).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 9)]);
+    scenarios::charging::descriptor_hits_addend_zero_is_check_only(
+        &Server::with_config(scenarios::charging::CONFIG).await,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn descriptor_hits_addend_overrides_request_level() {
-    let s = Server::with_config(CHARGE).await;
-    let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(3), desc(&[("k", "b")])]).hits(5)).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 7), ok(10, Unit::Hour, "ten", 5)]);
+    scenarios::charging::descriptor_hits_addend_overrides_request_level(
+        &Server::with_config(scenarios::charging::CONFIG).await,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn rejected_charge_consumes_nothing_on_strict_rules() {
-    let s = Server::with_config(CHARGE).await;
-    let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(8)])).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 2)]);
-    let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(3)])).await;
-    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "ten")]);
-    // The rejected 3 were not taken: 2 are still there.
-    let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(0)])).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 2)]);
-    let r = s.should(req("charge", vec![desc(&[("k", "a")]).hits(2)])).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 0)]);
-    // A charge above the capacity never passes, even on a full bucket, and takes nothing.
-    let r = s.should(req("charge", vec![desc(&[("k", "fresh")]).hits(11)])).await;
-    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "ten")]);
-    let r = s.should(req("charge", vec![desc(&[("k", "fresh")]).hits(0)])).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 10)]);
+    scenarios::charging::rejected_charge_consumes_nothing_on_strict_rules(
+        &Server::with_config(scenarios::charging::CONFIG).await,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn allow_debt_debit_past_the_balance_drives_it_negative_so_check_only_fails() {
-    let s = Server::with_config(CHARGE).await;
-    let r = s.should(req("charge", vec![desc(&[("debt", "u")]).hits(4)])).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "debt", 6)]);
-    // Debit 9 with 6 left: applied anyway (balance -3), reported OVER_LIMIT.
-    let r = s.should(req("charge", vec![desc(&[("debt", "u")]).hits(9)])).await;
-    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "debt")]);
-    // Check only: passes only at a balance >= 0, so it fails now. Back to 0 after 3 tokens
-    // at 10/h = 1080 s.
-    let r = s.should(req("charge", vec![desc(&[("debt", "u")]).hits(0)])).await;
-    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "debt").reset(1079..=1080)]);
-    // And a normal hit fails too.
-    let r = s.should(req("charge", vec![desc(&[("debt", "u")])])).await;
-    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "debt")]);
+    scenarios::charging::allow_debt_debit_past_the_balance_drives_it_negative_so_check_only_fails(
+        &Server::with_config(scenarios::charging::CONFIG).await,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn strict_rule_drops_a_debit_past_the_balance() {
-    let s = Server::with_config(CHARGE).await;
-    let r = s.should(req("charge", vec![desc(&[("k", "u")]).hits(4)])).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 6)]);
-    let r = s.should(req("charge", vec![desc(&[("k", "u")]).hits(9)])).await;
-    assert_response(&r, Code::OverLimit, &[over(10, Unit::Hour, "ten")]);
-    let r = s.should(req("charge", vec![desc(&[("k", "u")]).hits(0)])).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 6)]);
+    scenarios::charging::strict_rule_drops_a_debit_past_the_balance(
+        &Server::with_config(scenarios::charging::CONFIG).await,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn same_bucket_twice_in_one_request_is_charged_sequentially() {
-    let s = Server::with_config(CHARGE).await;
-    let two = || req("charge", vec![desc(&[("three", "a")]), desc(&[("three", "a")])]);
-    let r = s.should(two()).await;
-    assert_response(&r, Code::Ok, &[ok(3, Unit::Minute, "", 2), ok(3, Unit::Minute, "", 1)]);
-    let r = s.should(two()).await;
-    assert_response(&r, Code::OverLimit, &[ok(3, Unit::Minute, "", 0), over(3, Unit::Minute, "")]);
-    let r = s.should(two()).await;
-    assert_response(&r, Code::OverLimit, &[over(3, Unit::Minute, ""), over(3, Unit::Minute, "")]);
-
-    // Different costs: the second occurrence sees what the first left; a failing occurrence
-    // takes nothing, so a later smaller one can still pass.
-    let r = s
-        .should(req(
-            "charge",
-            vec![desc(&[("three", "b")]).hits(2), desc(&[("three", "b")]).hits(2), desc(&[("three", "b")]).hits(1)],
-        ))
-        .await;
-    assert_response(
-        &r,
-        Code::OverLimit,
-        &[ok(3, Unit::Minute, "", 1), over(3, Unit::Minute, ""), ok(3, Unit::Minute, "", 0)],
-    );
+    scenarios::charging::same_bucket_twice_in_one_request_is_charged_sequentially(
+        &Server::with_config(scenarios::charging::CONFIG).await,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn blocklist_requests_per_unit_zero_is_always_over_limit() {
-    let s = Server::with_config(CHARGE).await;
-    for _ in 0..3 {
-        let r = s.should(req("charge", vec![desc(&[("block", "x")])])).await;
-        assert_response(&r, Code::OverLimit, &[over(0, Unit::Minute, "blocked")]);
-    }
-    // Check-only calls are blocked too.
-    let r = s.should(req("charge", vec![desc(&[("block", "y")]).hits(0)])).await;
-    assert_response(&r, Code::OverLimit, &[over(0, Unit::Minute, "blocked")]);
+    scenarios::charging::blocklist_requests_per_unit_zero_is_always_over_limit(
+        &Server::with_config(scenarios::charging::CONFIG).await,
+    )
+    .await;
 }
 
 const SHADOW: &str = r#"
@@ -220,48 +153,20 @@ async fn replaces_drops_named_limits_without_charging_them() {
     assert_response(&r, Code::Ok, &[ok(100, Unit::Minute, "gold", 96), no_limit()]);
 }
 
-const OVERRIDE: &str = r#"
-domain: ovr
-descriptors:
-  - key: k
-    rate_limit: {unit: minute, requests_per_unit: 10, name: cfg}
-"#;
-
 #[tokio::test]
 async fn override_limit_applies_when_the_domain_exists() {
-    let s = Server::with_config(OVERRIDE).await;
-    let r = s.should(req("ovr", vec![desc(&[("k", "a")]).limit(5, RateLimitUnit::Minute)])).await;
-    assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "", 4)]);
-    // Also for entries that match no rule.
-    let r = s.should(req("ovr", vec![desc(&[("other", "x")]).limit(3, RateLimitUnit::Hour)])).await;
-    assert_response(&r, Code::Ok, &[ok(3, Unit::Hour, "", 2)]);
-    for (unit_in, unit_out) in [
-        (RateLimitUnit::Second, Unit::Second),
-        (RateLimitUnit::Day, Unit::Day),
-        (RateLimitUnit::Month, Unit::Month),
-        (RateLimitUnit::Year, Unit::Year),
-    ] {
-        let r = s.should(req("ovr", vec![desc(&[("u", unit_out.as_str_name())]).limit(7, unit_in)])).await;
-        assert_response(&r, Code::Ok, &[ok(7, unit_out, "", 6)]);
-    }
-    // Unknown domain: the override is ignored (no limit).
-    let r = s.should(req("no-such-domain", vec![desc(&[("k", "a")]).limit(5, RateLimitUnit::Minute)])).await;
-    assert_response(&r, Code::Ok, &[no_limit()]);
-    // Override of zero requests: blocked.
-    let r = s.should(req("ovr", vec![desc(&[("k", "zero")]).limit(0, RateLimitUnit::Minute)])).await;
-    assert_response(&r, Code::OverLimit, &[over(0, Unit::Minute, "")]);
+    scenarios::overrides::override_limit_applies_when_the_domain_exists(
+        &Server::with_config(scenarios::overrides::CONFIG).await,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn override_shares_the_bucket_of_the_config_limit_on_same_entries_and_unit() {
-    let s = Server::with_config(OVERRIDE).await;
-    let r = s.should(req("ovr", vec![desc(&[("k", "b")])])).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Minute, "cfg", 9)]);
-    // Same entries and unit, capacity 5: balance clamped to 5, then charged.
-    let r = s.should(req("ovr", vec![desc(&[("k", "b")]).limit(5, RateLimitUnit::Minute)])).await;
-    assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "", 4)]);
-    let r = s.should(req("ovr", vec![desc(&[("k", "b")])])).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Minute, "cfg", 3)]);
+    scenarios::overrides::override_shares_the_bucket_of_the_config_limit_on_same_entries_and_unit(
+        &Server::with_config(scenarios::overrides::CONFIG).await,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -277,14 +182,8 @@ async fn override_with_unknown_unit_is_invalid_argument() {
 
 #[tokio::test]
 async fn descriptors_are_charged_independently() {
-    let s = Server::with_config(CHARGE).await;
-    let r = s.should(req("charge", vec![desc(&[("three", "x")]).hits(3)])).await;
-    assert_response(&r, Code::Ok, &[ok(3, Unit::Minute, "", 0)]);
-    // `three=x` is over; `k=y` is still charged.
-    let r = s.should(req("charge", vec![desc(&[("three", "x")]), desc(&[("k", "y")])])).await;
-    assert_response(&r, Code::OverLimit, &[over(3, Unit::Minute, ""), ok(10, Unit::Hour, "ten", 9)]);
-    let r = s.should(req("charge", vec![desc(&[("k", "y")])])).await;
-    assert_response(&r, Code::Ok, &[ok(10, Unit::Hour, "ten", 8)]);
+    scenarios::charging::descriptors_are_charged_independently(&Server::with_config(scenarios::charging::CONFIG).await)
+        .await;
 }
 
 #[tokio::test]

@@ -1,60 +1,23 @@
 //! Request errors: gRPC INVALID_ARGUMENT with a message naming the problem; never a panic.
 
-use tonic::Code as GrpcCode;
+use zael_tests::scenarios::errors::{CONFIG, assert_invalid, assert_still_healthy};
 use zael_tests::*;
-
-const CONFIG: &str = r#"
-domain: err
-descriptors:
-  - key: k
-    rate_limit: {unit: minute, requests_per_unit: 5}
-"#;
-
-/// Expect INVALID_ARGUMENT whose message mentions every group (each group: any of its words).
-#[track_caller]
-fn assert_invalid(result: Result<RateLimitResponse, tonic::Status>, what: &str, groups: &[&[&str]]) {
-    match result {
-        Ok(resp) => panic!("{what}: expected INVALID_ARGUMENT, got a response:\n{}", describe(&resp)),
-        Err(st) => {
-            assert_eq!(st.code(), GrpcCode::InvalidArgument, "{what}: wrong gRPC code (message {:?})", st.message());
-            for g in groups {
-                assert!(
-                    mentions_any(st.message(), g),
-                    "{what}: message {:?} should mention one of {g:?}",
-                    st.message()
-                );
-            }
-        }
-    }
-}
-
-/// The server is still alive and well, and never panicked.
-async fn assert_still_healthy(s: &Server) {
-    let r = s.should(req("err", vec![desc(&[("k", "alive")])])).await;
-    assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "", 4)]);
-    let logs = s.logs();
-    assert!(!logs.contains("panicked"), "server log shows a panic:\n{logs}");
-}
 
 #[tokio::test]
 async fn empty_domain_is_invalid_argument() {
-    let s = Server::with_config(CONFIG).await;
-    assert_invalid(s.call(req("", vec![desc(&[("k", "a")])])).await, "empty domain", &[&["domain"]]);
-    assert_still_healthy(&s).await;
+    scenarios::errors::empty_domain_is_invalid_argument(&Server::with_config(scenarios::errors::CONFIG).await).await;
 }
 
 #[tokio::test]
 async fn empty_descriptor_list_is_invalid_argument() {
-    let s = Server::with_config(CONFIG).await;
-    assert_invalid(s.call(req("err", vec![])).await, "no descriptors", &[&["descriptor"]]);
-    assert_still_healthy(&s).await;
+    scenarios::errors::empty_descriptor_list_is_invalid_argument(&Server::with_config(scenarios::errors::CONFIG).await)
+        .await;
 }
 
 #[tokio::test]
 async fn entry_with_empty_key_is_invalid_argument() {
-    let s = Server::with_config(CONFIG).await;
-    assert_invalid(s.call(req("err", vec![desc(&[("k", "a"), ("", "v")])])).await, "empty entry key", &[&["key"]]);
-    assert_still_healthy(&s).await;
+    scenarios::errors::entry_with_empty_key_is_invalid_argument(&Server::with_config(scenarios::errors::CONFIG).await)
+        .await;
 }
 
 #[tokio::test]
@@ -139,29 +102,8 @@ async fn key_or_value_over_1024_bytes_is_invalid_argument_and_1024_is_fine() {
 
 #[tokio::test]
 async fn request_errors_are_counted_and_never_crash_the_server() {
-    let s = Server::with_config(CONFIG).await;
-    let long = "x".repeat(2000);
-    let bad: Vec<RateLimitRequest> = vec![
-        req("", vec![desc(&[("k", "a")])]),
-        req("err", vec![]),
-        req("err", vec![desc(&[("", "a")])]),
-        req("err", vec![desc(&[("k", "a")]).limit(1, RateLimitUnit::Unknown)]),
-        req("err", (0..65).map(|i| desc(&[("k", &format!("{i}"))])).collect()),
-        req("err", vec![desc(&[(long.as_str(), "a")])]),
-    ];
-    let n = bad.len() as f64;
-    for r in bad {
-        let res = s.call(r).await;
-        assert!(
-            matches!(&res, Err(st) if st.code() == GrpcCode::InvalidArgument),
-            "expected INVALID_ARGUMENT, got {res:?}"
-        );
-    }
-    let m = s.metrics().await;
-    assert_eq!(m.sum("zael_request_errors_total", &[]), n, "zael_request_errors_total over all reasons\n{}", m.text);
-    // Nothing was charged by the failed requests (the 65-descriptor one included k=0..64).
-    let r = s.should(req("err", vec![desc(&[("k", "0")])])).await;
-    assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "", 4)]);
-    assert_eq!(s.grpc_health("").await.ok(), Some(tonic_health::pb::health_check_response::ServingStatus::Serving));
-    assert_still_healthy(&s).await;
+    scenarios::errors::request_errors_are_counted_and_never_crash_the_server(
+        &Server::with_config(scenarios::errors::CONFIG).await,
+    )
+    .await;
 }

@@ -2,85 +2,23 @@
 //! `burst` and `namespace` extensions, refill.
 
 use std::time::Duration;
+use zael_tests::scenarios::matching::CONFIG as NESTED;
 use zael_tests::*;
-
-const NESTED: &str = r#"
-domain: nest
-descriptors:
-  - key: org
-    value: acme
-    descriptors:
-      - key: user
-        rate_limit: {unit: minute, requests_per_unit: 5, name: acme-user}
-      - key: user
-        value: boss
-        rate_limit: {unit: hour, requests_per_unit: 50, name: acme-boss}
-  - key: org
-    rate_limit: {unit: minute, requests_per_unit: 2, name: any-org}
-  - key: open
-    value: door
-"#;
 
 #[tokio::test]
 async fn nested_descriptors_apply_the_limit_at_the_last_entry_only() {
-    let s = Server::with_config(NESTED).await;
-
-    let r = s.should(req("nest", vec![desc(&[("org", "acme"), ("user", "u1")])])).await;
-    assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "acme-user", 4)]);
-
-    // Exact child beats the default child.
-    let r = s.should(req("nest", vec![desc(&[("org", "acme"), ("user", "boss")])])).await;
-    assert_response(&r, Code::Ok, &[ok(50, Unit::Hour, "acme-boss", 49)]);
-
-    // Stopping at an intermediate node without rate_limit: no limit, and no fallback to the
-    // `org` default node (the exact `acme` node matched).
-    let r = s.should(req("nest", vec![desc(&[("org", "acme")])])).await;
-    assert_response(&r, Code::Ok, &[no_limit()]);
-
-    // Default `org` node for another value.
-    let r = s.should(req("nest", vec![desc(&[("org", "other")])])).await;
-    assert_response(&r, Code::Ok, &[ok(2, Unit::Minute, "any-org", 1)]);
-
-    // Whitelisted node (no rate_limit, no children).
-    let r = s.should(req("nest", vec![desc(&[("open", "door")])])).await;
-    assert_response(&r, Code::Ok, &[no_limit()]);
-
-    // All in one request: statuses in request order.
-    let r = s
-        .should(req(
-            "nest",
-            vec![
-                desc(&[("org", "acme"), ("user", "u1")]),
-                desc(&[("org", "acme")]),
-                desc(&[("org", "other")]),
-                desc(&[("user", "u1")]),
-            ],
-        ))
-        .await;
-    assert_response(
-        &r,
-        Code::Ok,
-        &[ok(5, Unit::Minute, "acme-user", 3), no_limit(), ok(2, Unit::Minute, "any-org", 0), no_limit()],
-    );
+    scenarios::matching::nested_descriptors_apply_the_limit_at_the_last_entry_only(
+        &Server::with_config(scenarios::matching::CONFIG).await,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn depth_mismatch_gets_no_limit_and_charges_nothing() {
-    let s = Server::with_config(NESTED).await;
-    // Deeper than the config.
-    let r = s.should(req("nest", vec![desc(&[("org", "acme"), ("user", "u1"), ("extra", "x")])])).await;
-    assert_response(&r, Code::Ok, &[no_limit()]);
-    // Deeper than a leaf default node.
-    let r = s.should(req("nest", vec![desc(&[("org", "other"), ("user", "u1")])])).await;
-    assert_response(&r, Code::Ok, &[no_limit()]);
-    // Wrong order of keys.
-    let r = s.should(req("nest", vec![desc(&[("user", "u1"), ("org", "acme")])])).await;
-    assert_response(&r, Code::Ok, &[no_limit()]);
-    // The limits above were not charged.
-    let r = s.should(req("nest", vec![desc(&[("org", "acme"), ("user", "u1")])])).await;
-    assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "acme-user", 4)]);
-    let r = s.should(req("nest", vec![desc(&[("org", "other")])])).await;
-    assert_response(&r, Code::Ok, &[ok(2, Unit::Minute, "any-org", 1)]);
+    scenarios::matching::depth_mismatch_gets_no_limit_and_charges_nothing(
+        &Server::with_config(scenarios::matching::CONFIG).await,
+    )
+    .await;
 }
 
 const WILD: &str = r#"
@@ -215,34 +153,18 @@ async fn default_node_keeps_one_bucket_per_request_value() {
 
 #[tokio::test]
 async fn unknown_domain_unknown_key_and_entry_less_descriptor_get_no_limit() {
-    let s = Server::with_config(NESTED).await;
-    let r = s.should(req("no-such-domain", vec![desc(&[("org", "acme")])])).await;
-    assert_response(&r, Code::Ok, &[no_limit()]);
-    let r = s.should(req("nest", vec![desc(&[("nope", "x")]), desc(&[]), desc(&[("org", "other")])])).await;
-    assert_response(&r, Code::Ok, &[no_limit(), no_limit(), ok(2, Unit::Minute, "any-org", 1)]);
+    scenarios::matching::unknown_domain_unknown_key_and_entry_less_descriptor_get_no_limit(
+        &Server::with_config(scenarios::matching::CONFIG).await,
+    )
+    .await;
 }
-
-const UNLIMITED: &str = r#"
-domain: unl
-descriptors:
-  - key: k
-    value: free
-    rate_limit: {unlimited: true}
-  - key: k
-    rate_limit: {unit: second, requests_per_unit: 1}
-"#;
 
 #[tokio::test]
 async fn unlimited_rule_reports_u32_max_and_never_runs_out() {
-    let s = Server::with_config(UNLIMITED).await;
-    for _ in 0..20 {
-        let r = s.should(req("unl", vec![desc(&[("k", "free")])])).await;
-        assert_response(&r, Code::Ok, &[unlimited()]);
-    }
-    let r = s.should(req("unl", vec![desc(&[("k", "free")]).hits(1_000_000)])).await;
-    assert_response(&r, Code::Ok, &[unlimited()]);
-    let r = s.should(req("unl", vec![desc(&[("k", "free")]), desc(&[("k", "x")])])).await;
-    assert_response(&r, Code::Ok, &[unlimited(), ok(1, Unit::Second, "", 0).reset(1..=1)]);
+    scenarios::unlimited::unlimited_rule_reports_u32_max_and_never_runs_out(
+        &Server::with_config(scenarios::unlimited::CONFIG).await,
+    )
+    .await;
 }
 
 const UNITS: &str = r#"

@@ -1,0 +1,399 @@
+"""DynamoDB store benchmark: zael-server (--store dynamodb) vs the Python library
+zae-limiter 0.17.0, on the same table in moto, on the same workloads.
+
+Run through bench/dynamodb-bench (it picks the test virtualenv's python). See
+bench/README.md. Everything binds to 127.0.0.1 and every wait is bounded.
+
+Measured per workload, for each client:
+
+* DynamoDB requests per decision, counted by the moto launcher (bench/moto_counting.py),
+  so both clients are counted by the same neutral party; sequential requests;
+* decisions per second and client-observed p50/p99 latency with BENCH_CONCURRENCY requests
+  in flight for BENCH_SECONDS.
+
+Workloads: `first` (every request a bucket never seen: the create path), `warm` (admitted
+on a warm bucket: the fast path), `rejected` (an exhausted bucket).
+"""
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+warnings.simplefilter("ignore")
+
+import grpc  # noqa: E402
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2  # noqa: E402
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc  # noqa: E402
+from zae_limiter import Limit, RateLimiter, RateLimitExceeded, Repository  # noqa: E402
+
+# moto accepts any credentials; never use real ones against it.
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_SESSION_TOKEN="testing",
+    AWS_REGION="us-east-1",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",
+)
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+REGION = "us-east-1"
+NAMESPACE = "bench"
+HUGE = 1_000_000_000
+
+CALLS_N = int(os.environ.get("BENCH_CALLS", "200"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
+WORKLOADS = os.environ.get("BENCH_WORKLOADS", "first warm rejected").split()
+STORE_TIMEOUT = os.environ.get("BENCH_STORE_TIMEOUT", "30s")
+CLIENTS = os.environ.get("BENCH_CLIENTS", "zael python").split()
+OUT = BENCH / "out"
+
+ZAEL_CONFIG = f"""
+domain: {NAMESPACE}
+descriptors:
+  - key: first
+    rate_limit: {{unit: second, requests_per_unit: {HUGE}}}
+  - key: warm
+    rate_limit: {{unit: second, requests_per_unit: {HUGE}}}
+  - key: rejected
+    rate_limit: {{unit: hour, requests_per_unit: 1}}
+"""
+
+# The same limits for the library, as `acquire(limits=...)` overrides (what zael's YAML
+# buckets are in the table).
+PY_LIMITS = {
+    "first": [Limit(name="hits", capacity=HUGE, refill_amount=HUGE, refill_period_seconds=1)],
+    "warm": [Limit(name="hits", capacity=HUGE, refill_amount=HUGE, refill_period_seconds=1)],
+    "rejected": [Limit(name="hits", capacity=1, refill_amount=1, refill_period_seconds=3600)],
+}
+
+
+def log(msg):
+    print(f"[dynamodb-bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, limit, what):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"[dynamodb-bench] {what} not ready within {limit} s")
+
+
+def listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class Moto:
+    def __init__(self, tmp):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(tmp) / "moto.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "moto_counting.py"), "127.0.0.1", str(self.port)],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: listening(self.port), 60, "moto")
+
+    def counts(self, reset=False):
+        request = urllib.request.Request(self.endpoint + "/__bench/counts", method="DELETE" if reset else "GET")
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+class Zael:
+    """zael-server on the table, and an RLS client."""
+
+    def __init__(self, binary, moto, table, tmp):
+        self.grpc_port, self.http_port = free_port(), free_port()
+        config = Path(tmp) / "bench.yaml"
+        config.write_text(ZAEL_CONFIG)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ZAEL_")}
+        env.update(
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_SESSION_TOKEN="testing",
+            AWS_REGION=REGION,
+            AWS_EC2_METADATA_DISABLED="true",
+            ZAEL_LOG_LEVEL="warn",
+        )
+        self.log = open(Path(tmp) / "zael.log", "w")
+        self.proc = subprocess.Popen(
+            [
+                str(binary),
+                "--config", str(config),
+                "--listen", f"127.0.0.1:{self.grpc_port}",
+                "--http-listen", f"127.0.0.1:{self.http_port}",
+                "--store", "dynamodb",
+                "--table", table,
+                "--endpoint-url", moto.endpoint,
+                "--region", REGION,
+                "--store-timeout", STORE_TIMEOUT,
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+        def healthy():
+            if self.proc.poll() is not None:
+                raise SystemExit(f"[dynamodb-bench] zael-server exited: see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthcheck", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_until(healthy, 30, "zael-server")
+        self.channel = None
+
+    async def open(self):
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        self.stub = rls_pb2_grpc.RateLimitServiceStub(self.channel)
+
+    async def decide(self, workload, value):
+        descriptor = ratelimit_pb2.RateLimitDescriptor(
+            entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=workload, value=value)]
+        )
+        request = rls_pb2.RateLimitRequest(domain=NAMESPACE, descriptors=[descriptor])
+        response = await self.stub.ShouldRateLimit(request, timeout=10)
+        return response.overall_code == rls_pb2.RateLimitResponse.OK
+
+    async def close(self):
+        await self.channel.close()
+
+    def metrics(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class Python:
+    """The library's RateLimiter on the same table and namespace."""
+
+    def __init__(self, moto, table):
+        self.moto, self.table = moto, table
+
+    async def open(self):
+        repo = await Repository.open(NAMESPACE, stack=self.table, region=REGION, endpoint_url=self.moto.endpoint)
+        self.limiter = RateLimiter(repository=repo)
+
+    async def decide(self, workload, value):
+        try:
+            async with self.limiter.acquire(f"py-{value}", workload, {"hits": 1}, limits=PY_LIMITS[workload]):
+                return True
+        except RateLimitExceeded:
+            return False
+
+    async def close(self):
+        await self.limiter.close()
+
+
+TABLES = iter(range(1, 1_000_000))
+
+
+async def create_table(moto):
+    """A fresh table made by the library, with the namespace registered."""
+    table = f"bench{int(time.time())}x{next(TABLES)}"
+    repo = Repository(name=table, region=REGION, endpoint_url=moto.endpoint, _skip_deprecation_warning=True)
+    await repo.create_table()
+    await repo.close()
+    opened = await Repository.open(NAMESPACE, stack=table, region=REGION, endpoint_url=moto.endpoint)
+    await opened.close()
+    return table
+
+
+class Values:
+    """Bucket values per workload: `first` never repeats one."""
+
+    def __init__(self, prefix):
+        self.prefix, self.n = prefix, 0
+
+    def next(self, workload, worker=0):
+        if workload == "first":
+            self.n += 1
+            return f"{self.prefix}-new-{self.n}"
+        if workload == "warm":
+            return f"{self.prefix}-warm-{worker}"
+        return f"{self.prefix}-exhausted"
+
+
+async def prepare(client, values, workload, workers):
+    """Warm buckets / exhaust the rejected one, outside the measurement."""
+    if workload == "warm":
+        for w in range(workers):
+            await client.decide(workload, values.next(workload, w))
+    elif workload == "rejected":
+        await client.decide(workload, values.next(workload))
+
+
+async def calls_per_decision(client, moto, values, workload):
+    await prepare(client, values, workload, 1)
+    moto.counts(reset=True)
+    admitted = 0
+    for _ in range(CALLS_N):
+        ok = await client.decide(workload, values.next(workload))
+        admitted += ok
+    counts = moto.counts()
+    total = sum(counts.values())
+    return {"calls": total / CALLS_N, "by_op": {k: v / CALLS_N for k, v in sorted(counts.items())}, "admitted": admitted}
+
+
+async def throughput(client, values, workload):
+    await prepare(client, values, workload, CONCURRENCY)
+    latencies, errors, admitted = [], 0, 0
+    deadline = time.monotonic() + SECONDS
+
+    async def worker(w):
+        nonlocal errors, admitted
+        while time.monotonic() < deadline:
+            value = values.next(workload, w)
+            started = time.perf_counter()
+            try:
+                # Await first: `admitted += await ...` would read `admitted` before the await.
+                ok = await client.decide(workload, value)
+                admitted += ok
+                latencies.append(time.perf_counter() - started)
+            except Exception:  # noqa: BLE001 - counted, the run goes on
+                errors += 1
+
+    started = time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*(worker(w) for w in range(CONCURRENCY))), SECONDS + 60)
+    elapsed = time.monotonic() - started
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")  # noqa: E731
+    return {
+        "decisions_per_s": len(latencies) / elapsed,
+        "p50_ms": pick(0.50),
+        "p99_ms": pick(0.99),
+        "errors": errors,
+        "run_admitted": admitted,
+        "run_decisions": len(latencies),
+    }
+
+
+async def run_workload(name, client, moto, workload):
+    await client.open()
+    values = Values(f"{name}{int(time.time())}")
+    # The first call of a process resolves the namespace (and, for both, its system
+    # config): keep it out of the measurements.
+    await client.decide("warm", "process-warm-up")
+    log(f"{name}: {workload}: calls per decision ({CALLS_N} sequential requests)")
+    calls = await calls_per_decision(client, moto, values, workload)
+    log(f"{name}: {workload}: throughput ({CONCURRENCY} in flight, {SECONDS:g} s)")
+    result = {**calls, **await throughput(client, values, workload)}
+    await client.close()
+    return result
+
+
+async def run_client(name, moto, binary, tmp):
+    """Each workload on a fresh table: moto's TransactWriteItems deep-copies the whole table
+    (O(items)), so a table that grew in one workload would slow the creates of the next."""
+    results = {}
+    for workload in WORKLOADS:
+        table = await create_table(moto)
+        if name == "zael":
+            zael = Zael(binary, moto, table, tmp)
+            try:
+                results[workload] = await run_workload(name, zael, moto, workload)
+                (Path(tmp) / f"zael-metrics-{workload}.txt").write_text(zael.metrics())
+            finally:
+                zael.stop()
+        else:
+            results[workload] = await run_workload(name, Python(moto, table), moto, workload)
+    return results
+
+
+def zael_binary():
+    explicit = os.environ.get("ZAEL_BIN")
+    path = Path(explicit) if explicit else REPO / "target" / "release" / "zael-server"
+    if not path.is_file():
+        if explicit:
+            raise SystemExit(f"[dynamodb-bench] ZAEL_BIN={explicit} does not exist")
+        log("building zael-server (cargo build --release --workspace)")
+        subprocess.run(["cargo", "build", "--release", "--workspace"], cwd=REPO, check=True)
+    return path
+
+
+def report(results):
+    lines = [
+        "# DynamoDB store: zael-server vs zae-limiter 0.17.0 (Python) on moto",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}. moto serialises requests (one lock) and "
+        "deep-copies the table on every TransactWriteItems, so decisions/s is bounded by moto (and `first` "
+        "slows down as its table grows), not by DynamoDB; calls/decision is what carries over to AWS. "
+        "Each (client, workload) runs on a fresh table.",
+        f"Calls: {CALLS_N} sequential requests per workload, counted by the moto launcher. "
+        f"Throughput: {CONCURRENCY} in flight for {SECONDS:g} s.",
+        "",
+        "| workload | client | DynamoDB calls / decision | by operation | admitted | decisions/s | admitted in run | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workload in WORKLOADS:
+        for name in results:
+            r = results[name][workload]
+            ops = ", ".join(f"{op} {v:.2f}" for op, v in r["by_op"].items()) or "-"
+            lines.append(
+                f"| {workload} | {name} | {r['calls']:.2f} | {ops} | {r['admitted']}/{CALLS_N} | "
+                f"{r['decisions_per_s']:.0f} | {r['run_admitted']}/{r['run_decisions']} | "
+                f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+async def main():
+    tmp = tempfile.mkdtemp(prefix="dynamodb-bench.")
+    log(f"logs in {tmp}")
+    binary = zael_binary() if "zael" in CLIENTS else None
+    moto = Moto(tmp)
+    try:
+        results = {}
+        for name in CLIENTS:
+            results[name] = await run_client(name, moto, binary, tmp)
+        text = report(results)
+        OUT.mkdir(exist_ok=True)
+        (OUT / "dynamodb-results.md").write_text(text)
+        (OUT / "dynamodb-results.json").write_text(json.dumps(results, indent=2))
+        print(text)
+    finally:
+        moto.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,224 @@
+//! `zael-server --store dynamodb` against moto: the shared black-box scenarios
+//! (`zael_tests::scenarios`) on a fresh table each, then what only a shared store shows: two
+//! servers on one bucket, the store's metrics, and `on_unavailable`. (moto going away and
+//! coming back: `dynamodb_faults.rs`.)
+
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+use std::time::Duration;
+use zael_tests::moto::{Moto, namespaces_of};
+use zael_tests::*;
+
+/// The moto server of this test binary (it exits with the binary).
+fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(Moto::start)
+}
+
+/// A server on a fresh table holding the namespaces of `config`.
+async fn start(moto: &Moto, config: &str) -> Server {
+    let namespaces = namespaces_of(&[config]);
+    let (table, _) = moto.table(&namespaces.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    Server::builder().file("config.yaml", config).dynamodb(&moto.endpoint(), &table).start().await
+}
+
+/// One test per scenario, on the DynamoDB store.
+macro_rules! on_dynamodb {
+    ($($module:ident: [$($name:ident),* $(,)?]),* $(,)?) => {
+        $($(
+            #[tokio::test]
+            async fn $name() {
+                let s = start(moto(), scenarios::$module::CONFIG).await;
+                scenarios::$module::$name(&s).await;
+            }
+        )*)*
+    };
+}
+
+on_dynamodb! {
+    charging: [
+        request_level_hits_addend_zero_counts_as_one,
+        request_level_hits_addend_applies_to_every_descriptor,
+        descriptor_hits_addend_zero_is_check_only,
+        descriptor_hits_addend_overrides_request_level,
+        rejected_charge_consumes_nothing_on_strict_rules,
+        allow_debt_debit_past_the_balance_drives_it_negative_so_check_only_fails,
+        strict_rule_drops_a_debit_past_the_balance,
+        same_bucket_twice_in_one_request_is_charged_sequentially,
+        blocklist_requests_per_unit_zero_is_always_over_limit,
+        descriptors_are_charged_independently,
+    ],
+    overrides: [
+        override_limit_applies_when_the_domain_exists,
+        override_shares_the_bucket_of_the_config_limit_on_same_entries_and_unit,
+    ],
+    matching: [
+        nested_descriptors_apply_the_limit_at_the_last_entry_only,
+        depth_mismatch_gets_no_limit_and_charges_nothing,
+        unknown_domain_unknown_key_and_entry_less_descriptor_get_no_limit,
+    ],
+    unlimited: [unlimited_rule_reports_u32_max_and_never_runs_out],
+    errors: [
+        empty_domain_is_invalid_argument,
+        empty_descriptor_list_is_invalid_argument,
+        entry_with_empty_key_is_invalid_argument,
+        request_errors_are_counted_and_never_crash_the_server,
+    ],
+}
+
+const SHARED: &str = r#"
+domain: shared
+descriptors:
+  - key: k
+    rate_limit: {unit: day, requests_per_unit: 50, name: daily}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_clients_over_two_servers_admit_exactly_the_capacity() {
+    let (table, _) = moto().table(&["shared"]).await;
+    let endpoint = moto().endpoint();
+    let a = Server::builder().file("c.yaml", SHARED).dynamodb(&endpoint, &table).start().await;
+    let b = Server::builder().file("c.yaml", SHARED).dynamodb(&endpoint, &table).start().await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        // Each client on its own connection, alternating servers.
+        let mut client = RateLimitServiceClient::new(if i % 2 == 0 { a.new_channel() } else { b.new_channel() });
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for _ in 0..8 {
+                let r = client.should_rate_limit(req("shared", vec![desc(&[("k", "hot")])])).await;
+                out.push(r.map(|r| r.into_inner()));
+            }
+            out
+        }));
+    }
+    let mut remaining = Vec::new();
+    let mut over_count = 0;
+    let mut errors = Vec::new();
+    for t in tasks {
+        for r in t.await.expect("task") {
+            match r {
+                Ok(resp) if resp.overall_code == Code::Ok as i32 => {
+                    let left = resp.statuses[0].limit_remaining;
+                    assert_response(&resp, Code::Ok, &[ok(50, Unit::Day, "daily", left)]);
+                    remaining.push(left);
+                }
+                Ok(resp) => {
+                    assert_response(&resp, Code::OverLimit, &[over(50, Unit::Day, "daily")]);
+                    over_count += 1;
+                }
+                Err(e) => errors.push(format!("{:?}: {}", e.code(), e.message())),
+            }
+        }
+    }
+    assert!(errors.is_empty(), "gRPC errors: {errors:?}");
+    assert_eq!(remaining.len(), 50, "admitted across both servers");
+    assert_eq!(over_count, 16 * 8 - 50);
+    // Every token handed out once: each admission saw its own balance.
+    let distinct: BTreeSet<u32> = remaining.iter().copied().collect();
+    assert_eq!(distinct, (0..50).collect::<BTreeSet<u32>>());
+    for s in [&a, &b] {
+        assert!(!s.logs().contains("panicked"), "{}", s.log_tail());
+    }
+}
+
+#[tokio::test]
+async fn the_store_metrics_are_exposed() {
+    let s = start(moto(), SHARED).await;
+    let hot = || req("shared", vec![desc(&[("k", "metrics")])]);
+    // First use (slow path), then warm admits (fast path), then rejections from the cache.
+    s.should(hot().hits(10)).await;
+    for _ in 0..3 {
+        s.should(hot()).await;
+    }
+    s.should(hot().hits(37)).await;
+    for _ in 0..3 {
+        let r = s.should(hot()).await;
+        assert_response(&r, Code::OverLimit, &[over(50, Unit::Day, "daily")]);
+    }
+    let m = s.metrics().await;
+    let update_ok =
+        m.get_or_zero("zael_dynamodb_requests_total", &[("operation", "UpdateItem"), ("outcome", "success")]);
+    assert!(update_ok >= 4.0, "{}", m.text);
+    assert!(m.get_or_zero("zael_dynamodb_requests_total", &[("operation", "TransactWriteItems")]) >= 1.0, "{}", m.text);
+    assert!(m.get_or_zero("zael_dynamodb_fast_admits_total", &[]) >= 4.0, "{}", m.text);
+    // moto reports the capacity of UpdateItem (not of transactions).
+    let wcu = m.get_or_zero("zael_dynamodb_consumed_write_capacity_units_total", &[("operation", "UpdateItem")]);
+    assert!(wcu >= 4.0, "{}", m.text);
+    assert_eq!(m.get_or_zero("zael_dynamodb_bucket_decisions_total", &[]), 8.0, "{}", m.text);
+    assert_eq!(m.get_or_zero("zael_dynamodb_rejection_cache_hits_total", &[]), 3.0, "{}", m.text);
+    assert_eq!(m.get_or_zero("zael_dynamodb_decisions_total", &[("path", "cache_reject")]), 3.0, "{}", m.text);
+    assert_eq!(m.type_of("zael_dynamodb_charge_duration_seconds").as_deref(), Some("histogram"), "{}", m.text);
+    assert_eq!(m.type_of("zael_dynamodb_request_duration_seconds").as_deref(), Some("histogram"), "{}", m.text);
+    assert!(m.text.contains("# HELP zael_dynamodb_fast_admits_total"), "described at start-up\n{}", m.text);
+    assert!(m.has_family("zael_store_fail_open_total"), "{}", m.text);
+}
+
+const POLICY: &str = r#"
+domain: open
+descriptors:
+  - key: k
+    rate_limit: {unit: minute, requests_per_unit: 5, name: five}
+"#;
+
+const CLOSED: &str = r#"
+domain: closed
+descriptors:
+  - key: k
+    rate_limit: {unit: minute, requests_per_unit: 5, name: five}
+"#;
+
+#[tokio::test]
+async fn on_unavailable_comes_from_the_system_config_and_the_flag_overrides_it() {
+    // Its own moto: this test stops it.
+    let mut moto = Moto::start();
+    let (table, ids) = moto.table(&["open", "closed"]).await;
+    moto.set_on_unavailable(&table, &ids[0], "allow").await;
+    let endpoint = moto.endpoint();
+    let builder = || {
+        Server::builder()
+            .file("open.yaml", POLICY)
+            .file("closed.yaml", CLOSED)
+            .dynamodb(&endpoint, &table)
+            .store_timeout("300ms")
+    };
+    let table_says = builder().start().await;
+    let env_allow = builder().env("ZAEL_ON_UNAVAILABLE", "allow").start().await;
+    let flag_block = builder().args(["--on-unavailable", "block"]).start().await;
+    let servers = [&table_says, &env_allow, &flag_block];
+    // Each namespace used once while the table is up (this loads its system config).
+    for (i, s) in servers.iter().enumerate() {
+        for domain in ["open", "closed"] {
+            let r = s.should(req(domain, vec![desc(&[("k", &format!("warm{i}"))])])).await;
+            assert_response(&r, Code::Ok, &[ok(5, Unit::Minute, "five", 4)]);
+        }
+    }
+
+    moto.stop();
+    let call = |s: &'static str| req(s, vec![desc(&[("k", "warm0")]), desc(&[("k", "never-seen")])]);
+    let fail_open = [ok(5, Unit::Minute, "five", 5).reset(1..=1), ok(5, Unit::Minute, "five", 5).reset(1..=1)];
+    // The table's `allow` for `open`; the default `block` for `closed`.
+    let r = table_says.should(call("open")).await;
+    assert_response(&r, Code::Ok, &fail_open);
+    let e = table_says.call(call("closed")).await.expect_err("closed blocks");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    // ZAEL_ON_UNAVAILABLE=allow wins over the table's default.
+    let r = env_allow.should(call("closed")).await;
+    assert_response(&r, Code::Ok, &fail_open);
+    // --on-unavailable block wins over the table's allow.
+    let e = flag_block.call(call("open")).await.expect_err("the flag blocks");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+
+    let m = table_says.metrics().await;
+    assert_eq!(m.get_or_zero("zael_store_fail_open_total", &[("store", "dynamodb")]), 2.0, "{}", m.text);
+    assert!(m.get_or_zero("zael_store_errors_total", &[("store", "dynamodb")]) >= 2.0, "{}", m.text);
+    let m = flag_block.metrics().await;
+    assert_eq!(m.get_or_zero("zael_store_fail_open_total", &[("store", "dynamodb")]), 0.0, "{}", m.text);
+    for s in servers {
+        assert!(!s.logs().contains("panicked"), "{}", s.log_tail());
+    }
+    // Bounded: the calls above each waited for the 300 ms store deadline at most.
+    let started = std::time::Instant::now();
+    let _ = flag_block.call(call("open")).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
