@@ -1,0 +1,348 @@
+//! The slow path's commit shapes (§11.5): (a) create, (b) the `rf`-locked normal update
+//! (with param sync, seeding and stamp removal), (c) the consumption-only retry.
+
+use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
+use std::collections::HashMap;
+use zael_core::store::StoreError;
+
+use super::expr::Ex;
+use super::reject::reject_all;
+use super::request::{Ctx, Decided, hits_attr, parse, path, unavailable};
+use super::slow_path::Step;
+use super::{Inner, LIMIT_NAME};
+use crate::db::{DbError, Transact, Update};
+use crate::item::{BucketImage, LimitImage, NewBucket, NewLimit, StampRead, new_bucket_item, s};
+use crate::keys::{self, WCU};
+use crate::plan::{self, Admission, Plan};
+use crate::rejections::Short;
+
+impl Inner {
+    /// Shape (a): the complete item under `attribute_not_exists(PK)` with the ConditionCheck
+    /// on the (absent) META, in one TransactWriteItems.
+    pub(super) async fn create(&self, cx: &Ctx<'_>, shard: i64, count: i64) -> Result<Step, StoreError> {
+        let share = plan::share(cx.cp, cx.ra, cx.rp, count);
+        let cap = share.capacity.0;
+        let plan = plan::decide(cap, cx.now, cap, cx.charges, Admission::Enforced);
+        if !plan.writes() {
+            path("slow_reject");
+            return Ok(Step::Done(Decided::new(plan.outcomes, count)));
+        }
+        let ttl = plan::ttl_epoch(cx.now, &[plan::recovery_secs(cx.cp, cx.ra, cx.rp)]);
+        let bucket = NewBucket {
+            ns: &cx.id.ns,
+            entity: &cx.id.entity,
+            resource: &cx.id.resource,
+            shard,
+            shard_count: count,
+            rf: cx.now.0,
+            ttl: Some(ttl),
+        };
+        let item = new_bucket_item(
+            &bucket,
+            &[NewLimit {
+                name: LIMIT_NAME,
+                tk: cap.saturating_sub(plan.consumed()),
+                cp: cx.cp,
+                ra: cx.ra,
+                rp: cx.rp,
+                tc: plan.consumed(),
+            }],
+        );
+        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Unavailable(format!("building a create: {e}"));
+        let put = Put::builder()
+            .table_name(&self.db.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(PK)")
+            .build()
+            .map_err(build)?;
+        let meta_key = HashMap::from([
+            ("PK".to_owned(), s(keys::pk_entity(&cx.id.ns, &cx.id.entity))),
+            ("SK".to_owned(), s(keys::SK_META)),
+        ]);
+        let check = ConditionCheck::builder()
+            .table_name(&self.db.table)
+            .set_key(Some(meta_key))
+            .condition_expression("attribute_not_exists(PK)")
+            .build()
+            .map_err(build)?;
+        let items = vec![
+            TransactWriteItem::builder().put(put).build(),
+            TransactWriteItem::builder().condition_check(check).build(),
+        ];
+        match self.db.transact(items).await {
+            Ok(Transact::Done) => {
+                path("slow_create");
+                self.learn_count(&cx.id, count);
+                let created = Short {
+                    tk: cap.saturating_sub(plan.consumed()),
+                    rf: cx.now.0,
+                    cp: cx.cp,
+                    ra: cx.ra,
+                    rp: cx.rp,
+                    shard_count: count,
+                    until_ms: ttl.saturating_mul(1000),
+                };
+                self.remember_state(cx, shard, created);
+                Ok(Step::Done(Decided::new(plan.outcomes, count)))
+            }
+            Ok(Transact::Canceled(codes)) => {
+                let failed = |i: usize| codes.get(i).is_some_and(|c| c == "ConditionalCheckFailed");
+                if failed(1) {
+                    return Err(StoreError::Unavailable(format!(
+                        "an entity of resource '{}' has a zae-limiter #META item; entities with metadata \
+                         (parents, cascade) are not supported by zael",
+                        cx.id.resource
+                    )));
+                }
+                if failed(0) {
+                    // Another writer created this shard: consumption-only retry on it.
+                    return self.retry(cx, shard, &plan, Admission::Enforced, None, count).await;
+                }
+                Err(StoreError::Unavailable(format!("bucket create cancelled: {codes:?}")))
+            }
+            Err(DbError::Conflict) => Ok(Step::Replan(Some(count))),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Shape (b) on an existing item, after the checks the slow path owes it.
+    pub(super) async fn update(
+        &self,
+        cx: &Ctx<'_>,
+        shard: i64,
+        count: i64,
+        image: BucketImage,
+    ) -> Result<Step, StoreError> {
+        let now = cx.now.0;
+        if image.disabled {
+            return Ok(Step::Done(self.disabled(cx, &image)));
+        }
+        if let Some(what) = &image.unsupported {
+            return Err(self.unsupported(cx, shard, what));
+        }
+        self.learn(&cx.id, &image);
+        let sc = image.shard_count;
+        let hits = image.limit(LIMIT_NAME);
+        if image.bypass.as_ref().is_some_and(|b| b.live(now)) {
+            return self.bypassed_write(cx, shard, &image).await;
+        }
+        let soft_live = hits.and_then(|h| h.soft.as_ref()).is_some_and(|st| st.live(now));
+        let admission = if soft_live { Admission::Soft } else { Admission::Enforced };
+        // Seed a missing limit at the share of the larger of the two counts (the library's
+        // `seed_shard_count`); refill an existing one with the YAML parameters.
+        let seed_count = sc.max(count);
+        let (share, balance, refilled_at, refill) = match hits {
+            Some(h) => {
+                let share = plan::share(cx.cp, cx.ra, cx.rp, sc);
+                let p = plan::project(h.tk, image.rf, &share, cx.now);
+                (share, p.tokens.0, p.refilled_at, p.tokens.0 - h.tk)
+            }
+            None => {
+                let share = plan::share(cx.cp, cx.ra, cx.rp, seed_count);
+                (share, share.capacity.0, cx.now, 0)
+            }
+        };
+        let plan = plan::decide(balance, refilled_at, share.capacity.0, cx.charges, admission);
+        let soft_fix: Option<&StampRead> = hits.and_then(|h| h.soft.as_ref()).filter(|st| !st.live(now));
+        let bypass_fix: Option<&StampRead> = image.bypass.as_ref().filter(|b| !b.live(now));
+        if !plan.writes() {
+            if soft_fix.is_some() || bypass_fix.is_some() {
+                self.fix_stamps(cx, shard, soft_fix, bypass_fix).await;
+            }
+            path("slow_reject");
+            self.remember(cx, shard, &image);
+            return Ok(Step::Done(Decided::new(plan.outcomes, if hits.is_some() { sc } else { seed_count })));
+        }
+
+        let debit = plan.tk_debit(admission);
+        let written_rf = now.max(image.rf);
+        let mut ex = Ex::default();
+        ex.name("#rf", "rf").num(":now", written_rf).num(":expected_rf", image.rf);
+        ex.name("#ttl", "ttl");
+        ex.name("#vu", "vu");
+        let mut set = vec!["#rf = :now".to_owned(), "#ttl = :ttl_val".into()];
+        let mut add: Vec<String> = Vec::new();
+        let mut remove = vec!["#vu".to_owned()];
+        let mut cond = vec!["#rf = :expected_rf".to_owned()];
+        let mut horizons = vec![plan::recovery_secs(cx.cp, cx.ra, cx.rp)];
+        let mut i = 0usize;
+        if let Some(h) = hits {
+            ex.name("#bt0", &hits_attr("tk")).name("#bc0", &hits_attr("tc"));
+            ex.num(":bd0", refill.saturating_sub(debit)).num(":bcd0", plan.consumed());
+            add.push("#bt0 :bd0".into());
+            add.push("#bc0 :bcd0".into());
+            if let Some(guard) = plan.guard {
+                ex.name("#bo0", &hits_attr("soft")).num(":bnow", now).num(":bf0", guard.saturating_sub(refill));
+                cond.push("(#bo0 > :bnow OR #bt0 >= :bf0)".into());
+            }
+            if refill > 0 {
+                ex.num(":bk0", h.tk);
+                cond.push("#bt0 <= :bk0".into());
+            }
+            if !cx.params_match(h) {
+                // Param sync (§9.7) folded into this rf-locked write: the YAML limit wins.
+                ex.name("#sp0", &hits_attr("cp")).name("#sa0", &hits_attr("ra")).name("#sr0", &hits_attr("rp"));
+                ex.num(":sp0", cx.cp).num(":sa0", cx.ra).num(":sr0", cx.rp);
+                set.extend(["#sp0 = :sp0".into(), "#sa0 = :sa0".into(), "#sr0 = :sr0".into()]);
+                path("param_sync");
+            }
+            i = 1;
+        } else {
+            // Seed (§11.5): the limit is missing from this item.
+            ex.name("#st0", &hits_attr("tk")).name("#sc0", &hits_attr("tc"));
+            ex.name("#sp0", &hits_attr("cp")).name("#sa0", &hits_attr("ra")).name("#sr0", &hits_attr("rp"));
+            ex.num(":st0", balance.saturating_sub(debit)).num(":sc0", plan.consumed());
+            ex.num(":sp0", cx.cp).num(":sa0", cx.ra).num(":sr0", cx.rp);
+            set.extend([
+                "#st0 = :st0".into(),
+                "#sc0 = :sc0".into(),
+                "#sp0 = :sp0".into(),
+                "#sa0 = :sa0".into(),
+                "#sr0 = :sr0".into(),
+            ]);
+            cond.push("(attribute_not_exists(#sp0) OR attribute_not_exists(#st0))".into());
+        }
+        // Every other limit on the item (wcu first) is carried: refilled with its stored
+        // parameters and written back under the same lock, never gated.
+        let mut others: Vec<&LimitImage> = image.limits.iter().filter(|l| l.name != LIMIT_NAME).collect();
+        others.sort_by_key(|l| l.name != WCU);
+        for l in others {
+            let divisor = if l.name == WCU { 1 } else { sc };
+            let share = plan::share(l.cp, l.ra, l.rp, divisor);
+            let r = plan::project(l.tk, image.rf, &share, cx.now).tokens.0 - l.tk;
+            ex.name(&format!("#bt{i}"), &keys::battr(&l.name, "tk"))
+                .name(&format!("#bc{i}"), &keys::battr(&l.name, "tc"));
+            ex.num(&format!(":bd{i}"), r).num(&format!(":bcd{i}"), 0);
+            add.push(format!("#bt{i} :bd{i}"));
+            add.push(format!("#bc{i} :bcd{i}"));
+            if r > 0 {
+                ex.num(&format!(":bk{i}"), l.tk);
+                cond.push(format!("#bt{i} <= :bk{i}"));
+            }
+            horizons.push(plan::recovery_secs(l.cp, l.ra, l.rp));
+            i += 1;
+        }
+        ex.num(":ttl_val", plan::ttl_epoch(cx.now, &horizons));
+        if let Some(st) = soft_fix {
+            ex.name("#bo0", &hits_attr("soft")).val(":bsr0", st.raw.clone());
+            remove.push("#bo0".into());
+            cond.push("#bo0 = :bsr0".into());
+        }
+        if let Some(b) = bypass_fix {
+            ex.name("#byp", "bypass").val(":bypr", b.raw.clone());
+            remove.push("#byp".into());
+            cond.push("#byp = :bypr".into());
+        }
+        match image.vu {
+            None => cond.push("attribute_not_exists(#vu)".into()),
+            Some(vu) => {
+                ex.num(":evu", vu);
+                cond.push("#vu = :evu".into());
+            }
+        }
+        let mut update = format!("SET {}", set.join(", "));
+        if !add.is_empty() {
+            update.push_str(&format!(" ADD {}", add.join(", ")));
+        }
+        update.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        let req = ex.req(cx.pk(shard), update, cond);
+        match self.db.update(req).await {
+            Ok(Update::Done(item)) => {
+                path("slow_update");
+                let written = parse(&item)?;
+                self.learn(&cx.id, &written);
+                self.remember(cx, shard, &written);
+                let outcomes = self.replay(cx, &plan, &written, debit).unwrap_or(plan.outcomes);
+                Ok(Step::Done(Decided::new(outcomes, written.shard_count)))
+            }
+            Ok(Update::ConditionFailed(_)) | Err(DbError::Conflict) => {
+                let seed = if hits.is_none() { Some(balance) } else { None };
+                self.retry(cx, shard, &plan, admission, seed, if hits.is_some() { sc } else { seed_count }).await
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Shape (c): consumption only, no refill, no stamps; a failure is a rejection built
+    /// from the `ALL_OLD` image. `seed` is the starting balance of a limit the item lacked.
+    async fn retry(
+        &self,
+        cx: &Ctx<'_>,
+        shard: i64,
+        plan: &Plan,
+        admission: Admission,
+        seed: Option<i64>,
+        count: i64,
+    ) -> Result<Step, StoreError> {
+        let debit = plan.tk_debit(admission);
+        if plan.consumed() == 0 {
+            // Only check-only charges were admitted: nothing to write without the refill.
+            path("slow_retry");
+            return Ok(Step::Done(Decided::new(plan.outcomes.clone(), count)));
+        }
+        let mut ex = Ex::default();
+        let mut cond = Vec::new();
+        let update = match seed {
+            None => {
+                ex.name("#bt0", &hits_attr("tk")).name("#bc0", &hits_attr("tc")).name("#be0", &hits_attr("cp"));
+                ex.num(":bd0", -debit).num(":bcd0", plan.consumed());
+                match plan.guard {
+                    Some(guard) => {
+                        ex.name("#bo0", &hits_attr("soft")).num(":bnow", cx.now.0).num(":bf0", guard);
+                        cond.push(
+                            "(#bt0 >= :bf0 OR (#bo0 > :bnow AND attribute_exists(#be0) AND attribute_exists(#bt0)))"
+                                .to_owned(),
+                        );
+                    }
+                    None => cond.push("attribute_exists(#be0) AND attribute_exists(#bt0)".to_owned()),
+                }
+                "ADD #bt0 :bd0, #bc0 :bcd0".to_owned()
+            }
+            Some(start) => {
+                ex.name("#st0", &hits_attr("tk")).name("#sc0", &hits_attr("tc"));
+                ex.name("#sp0", &hits_attr("cp")).name("#sa0", &hits_attr("ra")).name("#sr0", &hits_attr("rp"));
+                ex.num(":st0", start).num(":sq0", debit).num(":sc0", plan.consumed());
+                ex.num(":sp0", cx.cp).num(":sa0", cx.ra).num(":sr0", cx.rp);
+                if let Some(guard) = plan.guard {
+                    ex.num(":sf0", guard);
+                    cond.push("(attribute_not_exists(#st0) OR #st0 >= :sf0)".to_owned());
+                }
+                cond.push("attribute_exists(PK)".to_owned());
+                "SET #st0 = if_not_exists(#st0, :st0) - :sq0, #sp0 = if_not_exists(#sp0, :sp0), \
+                 #sa0 = if_not_exists(#sa0, :sa0), #sr0 = if_not_exists(#sr0, :sr0) ADD #sc0 :sc0"
+                    .to_owned()
+            }
+        };
+        let req = ex.req(cx.pk(shard), update, cond);
+        match self.db.update(req).await {
+            Ok(Update::Done(item)) => {
+                path("slow_retry");
+                let written = parse(&item)?;
+                self.learn(&cx.id, &written);
+                self.remember(cx, shard, &written);
+                let outcomes = self.replay(cx, plan, &written, debit).unwrap_or_else(|| plan.outcomes.clone());
+                Ok(Step::Done(Decided::new(outcomes, written.shard_count)))
+            }
+            Ok(Update::ConditionFailed(None)) | Err(DbError::Conflict) => Ok(Step::Replan(Some(count))),
+            Ok(Update::ConditionFailed(Some(item))) => {
+                let image = parse(&item)?;
+                let Some(hits) = image.limit(LIMIT_NAME) else { return Ok(Step::Replan(Some(count))) };
+                if image.disabled || image.unsupported.is_some() || image.bypass.is_some() {
+                    return Ok(Step::Replan(Some(image.shard_count)));
+                }
+                // Rejected: every strict charge fails; debt charges are still recorded.
+                path("slow_retry_reject");
+                self.remember(cx, shard, &image);
+                let share = plan::share(hits.cp, hits.ra, hits.rp, image.shard_count);
+                let p = plan::project(hits.tk, image.rf, &share, cx.now);
+                let rejected = reject_all(p.tokens.0, p.refilled_at, share.capacity.0, cx.charges);
+                let mut outcomes = rejected.outcomes.clone();
+                if rejected.debt > 0 {
+                    outcomes = self.debit(cx, shard, &rejected).await?.unwrap_or(outcomes);
+                }
+                Ok(Step::Done(Decided::new(outcomes, image.shard_count)))
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! [`DynamoStore`]: the zae-limiter 0.17.0 acquire algorithm (`table-format.md` §11) for
+//! zael's buckets. See the crate docs for the mapping and the decisions.
+//!
+//! This module holds the store, its options and the per-bucket entry point
+//! (`Inner::charge_bucket`). The submodules, in the order a charge meets them:
+//!
+//! 1. [`system`]: the namespace id and the version gate, resolved before any bucket write.
+//! 2. [`rejection_cache`]: charges recent images prove short, answered without a call.
+//! 3. [`fast_path`]: the speculative UpdateItem on a drawn shard, and what follows from it
+//!    (other shards, refunds on a bypassed bucket).
+//! 4. [`classify`]: why a speculative write failed, from its `ALL_OLD` image.
+//! 5. [`reject`]: decisions that admit nothing: fast rejection, disabled buckets, the
+//!    debit of rejected debt charges.
+//! 6. [`sharding`]: the cached shard count, shard selection and doubling.
+//! 7. [`slow_path`]: the consistent read and the re-plan loop.
+//! 8. [`commit`]: the three slow-path writes: create, normal update, consumption-only retry.
+//!
+//! Shared by all of them: [`request`] (the bucket request in flight and its decision),
+//! [`learning`] (what every image teaches the in-process caches) and [`expr`] (expression
+//! names and values).
+
+mod classify;
+mod commit;
+mod expr;
+mod fast_path;
+mod learning;
+mod reject;
+mod rejection_cache;
+mod request;
+mod sharding;
+mod slow_path;
+mod system;
+
+use aws_sdk_dynamodb::Client;
+use futures_util::future::join_all;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use zael_core::bucket::{ChargeOutcome, EpochMillis};
+use zael_core::store::{BucketRequest, BucketStore, OnUnavailable, StoreError};
+
+use crate::db::{CallCounts, Db};
+use crate::keys;
+use crate::metrics as m;
+use crate::plan;
+use crate::rejections::Rejections;
+use rejection_cache::Known;
+use request::{Ctx, path};
+
+/// The one limit of a zael bucket.
+pub const LIMIT_NAME: &str = "hits";
+
+/// Default deadline of one [`BucketStore::charge`] call.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(40);
+/// Default lifetime of a cached namespace id (and of the cached version verdict).
+pub const DEFAULT_NAMESPACE_CACHE_TTL: Duration = Duration::from_secs(60);
+/// How long [`DynamoStore::connect`] may take to read the version record.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound of the in-process sets and maps keyed by bucket.
+const CACHE_LIMIT: usize = 100_000;
+
+/// Where and how to reach the table.
+#[derive(Clone, Debug)]
+pub struct DynamoStoreOptions {
+    /// The table (= stack) name.
+    pub table: String,
+    /// The AWS region; `None` uses the standard chain (`AWS_REGION`, profile, IMDS).
+    pub region: Option<String>,
+    /// A custom endpoint (moto, LocalStack, DynamoDB Local); `None` for AWS.
+    pub endpoint_url: Option<String>,
+    /// Deadline of one `charge` call, retries included; past it the call fails with
+    /// [`StoreError::Timeout`].
+    pub call_timeout: Duration,
+    /// Lifetime of a resolved namespace id and of the version record verdict.
+    pub namespace_cache_ttl: Duration,
+    /// Answer charges that recent images prove short without a DynamoDB call (each image
+    /// trusted for at most 1 s); `false` sends every charge to the table.
+    pub rejection_cache: bool,
+}
+
+impl DynamoStoreOptions {
+    /// Options for `table` with the defaults: region and endpoint from the environment,
+    /// a 40 ms call deadline, 60 s caches.
+    pub fn new(table: impl Into<String>) -> Self {
+        DynamoStoreOptions {
+            table: table.into(),
+            region: None,
+            endpoint_url: None,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            namespace_cache_ttl: DEFAULT_NAMESPACE_CACHE_TTL,
+            rejection_cache: true,
+        }
+    }
+}
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "invalid table name '{0}': a zae-limiter stack name matches ^[A-Za-z][A-Za-z0-9-]*$ (at most 55 characters)"
+    )]
+    InvalidTable(String),
+    #[error("table '{table}': {message}")]
+    Unavailable { table: String, message: String },
+}
+
+/// A [`BucketStore`] on a zae-limiter 0.17.0 DynamoDB table.
+#[derive(Clone)]
+pub struct DynamoStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoStore").field("table", &self.inner.db.table).finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct BucketId {
+    ns: String,
+    entity: String,
+    resource: String,
+}
+
+struct Inner {
+    db: Db,
+    call_timeout: Duration,
+    cache_ttl: Duration,
+    namespaces: Mutex<HashMap<String, Cached<String>>>,
+    /// `on_unavailable` of each namespace's system config, by namespace name, as last loaded.
+    policies: Mutex<HashMap<String, OnUnavailable>>,
+    version: Mutex<Option<Cached<()>>>,
+    /// Shard counts above 1, per bucket (monotonic; 1 when absent).
+    shard_counts: Mutex<HashMap<BucketId, i64>>,
+    /// Buckets seen stamped `bypass`: their fast path is written in the bypass shape.
+    bypassed: Mutex<HashSet<BucketId>>,
+    /// Bucket PKs already logged as unsupported.
+    warned: Mutex<HashSet<String>>,
+    /// Shards recently seen short (the rejection cache).
+    rejections: Rejections<BucketId>,
+    rejection_cache: bool,
+    /// Test hook run between a slow path's read and its commit.
+    before_commit: Mutex<Option<CommitHook>>,
+}
+
+/// A cached answer and when it was fetched (failures are cached as their message).
+type Cached<T> = (Instant, Result<T, String>);
+
+/// A test hook: called with the bucket PK after a slow path's read, before its commit.
+pub type CommitHook =
+    Arc<dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
+impl DynamoStore {
+    /// Opens the table through aws-config's standard chain (credentials, region), with
+    /// `endpoint_url` when given, then reads the version record once: a missing table or
+    /// record, or a record that refuses zael's version, fails here.
+    pub async fn connect(options: DynamoStoreOptions) -> Result<DynamoStore, ConnectError> {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &options.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(url) = &options.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        let config = loader.load().await;
+        DynamoStore::from_sdk_config(&config, options).await
+    }
+
+    /// Like [`DynamoStore::connect`] with an already loaded SDK configuration (its region,
+    /// endpoint and credentials win over `options.region`/`endpoint_url`). The SDK's own
+    /// retries are turned off: the store retries within its deadline.
+    pub async fn from_sdk_config(
+        config: &aws_config::SdkConfig,
+        options: DynamoStoreOptions,
+    ) -> Result<DynamoStore, ConnectError> {
+        let conf = aws_sdk_dynamodb::config::Builder::from(config)
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build();
+        DynamoStore::from_client(Client::from_conf(conf), options).await
+    }
+
+    /// A store on an existing client (its retry configuration is kept as it is).
+    pub async fn from_client(client: Client, options: DynamoStoreOptions) -> Result<DynamoStore, ConnectError> {
+        if !keys::is_valid_table(&options.table) {
+            return Err(ConnectError::InvalidTable(options.table));
+        }
+        let table = options.table.clone();
+        let store = DynamoStore {
+            inner: Arc::new(Inner {
+                db: Db::new(client, options.table),
+                call_timeout: options.call_timeout,
+                cache_ttl: options.namespace_cache_ttl,
+                namespaces: Mutex::new(HashMap::new()),
+                policies: Mutex::new(HashMap::new()),
+                version: Mutex::new(None),
+                shard_counts: Mutex::new(HashMap::new()),
+                bypassed: Mutex::new(HashSet::new()),
+                warned: Mutex::new(HashSet::new()),
+                rejections: Rejections::new(),
+                rejection_cache: options.rejection_cache,
+                before_commit: Mutex::new(None),
+            }),
+        };
+        let check = tokio::time::timeout(CONNECT_TIMEOUT.max(options.call_timeout), store.inner.check_version()).await;
+        match check {
+            Ok(Ok(())) => Ok(store),
+            Ok(Err(e)) => Err(ConnectError::Unavailable { table, message: e.to_string() }),
+            Err(_) => Err(ConnectError::Unavailable { table, message: "timed out reading the version record".into() }),
+        }
+    }
+
+    /// DynamoDB requests sent so far, by operation.
+    pub fn calls(&self) -> CallCounts {
+        self.inner.db.calls()
+    }
+
+    /// Charges rejected by the rejection cache so far (without a DynamoDB call).
+    pub fn rejection_cache_hits(&self) -> u64 {
+        self.inner.rejections.hits()
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.inner.db.table
+    }
+
+    /// Test support: runs `hook` between every slow path's read and its commit (to make a
+    /// concurrent writer win a race deterministically). `None` removes it.
+    #[doc(hidden)]
+    pub fn set_before_commit_hook(&self, hook: Option<CommitHook>) {
+        *self.inner.before_commit.lock().expect("lock") = hook;
+    }
+}
+
+#[async_trait::async_trait]
+impl BucketStore for DynamoStore {
+    fn name(&self) -> &'static str {
+        "dynamodb"
+    }
+
+    /// Charges every bucket concurrently (the call takes as long as its slowest bucket),
+    /// each under the call's one deadline.
+    async fn charge(
+        &self,
+        requests: &[BucketRequest],
+        now: EpochMillis,
+    ) -> Result<Vec<Vec<ChargeOutcome>>, StoreError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.inner.call_timeout;
+        let results = join_all(requests.iter().map(|r| self.inner.charge_before(r, now, deadline))).await;
+        let answer = combine(results);
+        let result = if answer.is_ok() { "ok" } else { "error" };
+        metrics::histogram!(m::CHARGE_DURATION, "result" => result).record(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    /// The namespace's system config `on_unavailable` as last loaded (read when the namespace
+    /// id is resolved, then refreshed in the background every `namespace_cache_ttl`); a
+    /// config without it (or no config item) reads as `block`.
+    fn on_unavailable(&self, namespace: &str) -> Option<OnUnavailable> {
+        self.inner.policies.lock().expect("lock").get(namespace).copied()
+    }
+}
+
+/// Every bucket's outcomes, or the failure (a refusal first) with what was charged anyway.
+fn combine(results: Vec<Result<Vec<ChargeOutcome>, StoreError>>) -> Result<Vec<Vec<ChargeOutcome>>, StoreError> {
+    if results.iter().all(Result::is_ok) {
+        return Ok(results.into_iter().map(Result::unwrap_or_default).collect());
+    }
+    let mut error: Option<StoreError> = None;
+    let mut outcomes = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            Ok(o) => outcomes.push(Some(o)),
+            Err(e) => {
+                outcomes.push(None);
+                if error.as_ref().is_none_or(|first| first.may_fail_open() && !e.may_fail_open()) {
+                    error = Some(e);
+                }
+            }
+        }
+    }
+    let error = error.unwrap_or_else(|| StoreError::Unavailable("a bucket failed".into()));
+    if outcomes.iter().all(Option::is_none) {
+        Err(error)
+    } else {
+        Err(StoreError::Partial { outcomes, error: Box::new(error) })
+    }
+}
+
+impl Inner {
+    /// One bucket under the call's deadline.
+    async fn charge_before(
+        self: &Arc<Self>,
+        request: &BucketRequest,
+        now: EpochMillis,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<ChargeOutcome>, StoreError> {
+        match tokio::time::timeout_at(deadline, self.charge_bucket(request, now)).await {
+            Ok(result) => {
+                if result.is_ok() {
+                    metrics::counter!(m::BUCKET_DECISIONS).increment(1);
+                }
+                result
+            }
+            Err(_) => {
+                metrics::counter!(m::TIMEOUTS).increment(1);
+                Err(StoreError::Timeout(u64::try_from(self.call_timeout.as_millis()).unwrap_or(u64::MAX)))
+            }
+        }
+    }
+
+    async fn charge_bucket(
+        self: &Arc<Self>,
+        request: &BucketRequest,
+        now: EpochMillis,
+    ) -> Result<Vec<ChargeOutcome>, StoreError> {
+        if request.charges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = &request.key;
+        if !keys::is_valid_entity(&key.entity) || !keys::is_valid_resource(&key.resource) {
+            return Err(StoreError::Refused(format!(
+                "bucket of resource '{}' has an entity or resource id outside the zae-limiter identifier rules",
+                key.resource
+            )));
+        }
+        let limit = request.limit;
+        if limit.capacity.0 <= 0 || limit.refill_amount.0 <= 0 || limit.refill_period_ms <= 0 {
+            return Err(StoreError::Refused(format!(
+                "resource '{}': a DynamoDB bucket needs a positive capacity, rate and period",
+                key.resource
+            )));
+        }
+        let ns = self.namespace_id(&key.namespace).await?;
+        self.check_version().await?;
+        let cx = Ctx {
+            id: BucketId { ns, entity: key.entity.clone(), resource: key.resource.to_string() },
+            cp: limit.capacity.0,
+            ra: limit.refill_amount.0,
+            rp: limit.refill_period_ms,
+            charges: &request.charges,
+            total: plan::total(&request.charges),
+            now,
+        };
+        let avoid = match self.known_short(&cx) {
+            Known::Rejected(decided) => {
+                self.rejections.count_hit();
+                metrics::counter!(m::REJECTION_CACHE_HITS).increment(1);
+                path("cache_reject");
+                return Ok(decided.scaled());
+            }
+            Known::Short(shards) => shards,
+        };
+        Ok(self.fast(&cx, &avoid).await?.scaled())
+    }
+}

@@ -1,0 +1,144 @@
+//! Decisions that admit nothing: fast rejection from a failure image (§11.4), disabled
+//! buckets, and the unconditional debit of rejected debt charges.
+
+use zael_core::bucket::{Charge, ChargeOutcome, EpochMillis, Millitokens};
+use zael_core::store::StoreError;
+
+use super::expr::Ex;
+use super::request::{Ctx, Decided, hits_attr, parse, path, unavailable};
+use super::{Inner, LIMIT_NAME};
+use crate::db::Update;
+use crate::item::BucketImage;
+use crate::plan::{self, Admission, Plan};
+
+impl Inner {
+    /// A rejection from the image projected to now, when refill would not help (§11.4
+    /// step 5): `None` when the slow path should run instead (refill helps, the limit is
+    /// missing, or only some of several charges fit).
+    pub(super) async fn fast_reject(
+        &self,
+        cx: &Ctx<'_>,
+        shard: i64,
+        image: &BucketImage,
+    ) -> Result<Option<Decided>, StoreError> {
+        let Some(hits) = image.limit(LIMIT_NAME) else { return Ok(None) };
+        let now = cx.now.0;
+        let admission = if image.bypass.as_ref().is_some_and(|b| b.live(now)) {
+            Admission::Bypass
+        } else if hits.soft.as_ref().is_some_and(|s| s.live(now)) {
+            Admission::Soft
+        } else {
+            Admission::Enforced
+        };
+        let share = plan::share(hits.cp, hits.ra, hits.rp, image.shard_count);
+        let projected = plan::project(hits.tk, image.rf, &share, cx.now);
+        let plan = plan::decide(projected.tokens.0, projected.refilled_at, share.capacity.0, cx.charges, admission);
+        if plan.all_admitted || plan.guard.is_some() {
+            return Ok(None);
+        }
+        path("fast_reject");
+        let mut outcomes = plan.outcomes.clone();
+        if plan.debt > 0 {
+            outcomes = self.debit(cx, shard, &plan).await?.unwrap_or(outcomes);
+        }
+        Ok(Some(Decided::new(outcomes, image.shard_count)))
+    }
+
+    /// The unconditional debit of rejected debt charges (the library's lease adjust shape).
+    /// Returns the outcomes replayed on the written image, or `None` if the item vanished.
+    pub(super) async fn debit(
+        &self,
+        cx: &Ctx<'_>,
+        shard: i64,
+        plan: &Plan,
+    ) -> Result<Option<Vec<ChargeOutcome>>, StoreError> {
+        let mut ex = Ex::default();
+        ex.name("#bt0", &hits_attr("tk")).num(":bd0", -plan.debt);
+        ex.name("#bc0", &hits_attr("tc")).num(":bcd0", plan.debt);
+        ex.name("#be0", &hits_attr("cp"));
+        let cond = vec!["attribute_exists(PK)".to_owned(), "attribute_exists(#be0)".into()];
+        let req = ex.req(cx.pk(shard), "ADD #bt0 :bd0, #bc0 :bcd0".into(), cond);
+        path("debt");
+        match self.db.update(req).await.map_err(unavailable)? {
+            Update::Done(item) => {
+                let image = parse(&item)?;
+                self.remember(cx, shard, &image);
+                Ok(self.replay(cx, plan, &image, plan.debt))
+            }
+            Update::ConditionFailed(_) => Ok(None),
+        }
+    }
+
+    /// The plan's outcomes replayed on a written image: the balance before this request's
+    /// debits is the image's `tk` plus `debited`, projected to now.
+    pub(super) fn replay(
+        &self,
+        cx: &Ctx<'_>,
+        plan: &Plan,
+        image: &BucketImage,
+        debited: i64,
+    ) -> Option<Vec<ChargeOutcome>> {
+        let hits = image.limit(LIMIT_NAME)?;
+        let share = plan::share(hits.cp, hits.ra, hits.rp, image.shard_count);
+        let before = plan::project(hits.tk.saturating_add(debited), image.rf, &share, cx.now);
+        Some(plan.replay(before.tokens.0, before.refilled_at))
+    }
+
+    pub(super) fn disabled(&self, cx: &Ctx<'_>, image: &BucketImage) -> Decided {
+        path("disabled");
+        let balance = image.limit(LIMIT_NAME).map_or(0, |h| {
+            let share = plan::share(h.cp, h.ra, h.rp, image.shard_count);
+            plan::project(h.tk, image.rf, &share, cx.now).tokens.0
+        });
+        let plan = plan::decide(balance, cx.now, 0, cx.charges, Admission::Disabled);
+        Decided::new(plan.outcomes, image.shard_count)
+    }
+}
+
+/// Every strict charge rejected; debt charges applied (floored) and reported rejected.
+pub(super) fn reject_all(balance: i64, refilled_at: EpochMillis, capacity: i64, charges: &[Charge]) -> Plan {
+    let mut have = balance;
+    let mut plan = Plan {
+        outcomes: Vec::with_capacity(charges.len()),
+        admitted: 0,
+        debt: 0,
+        guard: None,
+        all_admitted: false,
+        debits: Vec::with_capacity(charges.len()),
+    };
+    for c in charges {
+        let mut d = 0;
+        if c.allow_debt {
+            let single = plan::decide(
+                have,
+                refilled_at,
+                capacity,
+                &[Charge { cost: c.cost, allow_debt: true }],
+                Admission::Enforced,
+            );
+            // Admitted or not, a debt charge here is recorded as an unconditional debit.
+            d = single.debits[0];
+        }
+        have = have.saturating_sub(d);
+        plan.debt = plan.debt.saturating_add(d);
+        plan.debits.push(d);
+        plan.outcomes.push(ChargeOutcome { admitted: false, tokens: Millitokens(have), refilled_at });
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reject_all_keeps_only_debts() {
+        let charges = [Charge { cost: 1, allow_debt: false }, Charge { cost: 3, allow_debt: true }];
+        let plan = reject_all(2000, EpochMillis(1), 5000, &charges);
+        assert_eq!(plan.debt, 3000);
+        assert_eq!(
+            plan.outcomes.iter().map(|o| (o.admitted, o.tokens.0)).collect::<Vec<_>>(),
+            [(false, 2000), (false, -1000)]
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! The rejection cache (ADR-147): shards recent images showed short, and the charges they
+//! prove rejected without a DynamoDB call.
+
+use zael_core::bucket::Millitokens;
+
+use super::request::{Ctx, Decided};
+use super::{Inner, LIMIT_NAME};
+use crate::item::BucketImage;
+use crate::plan::{self, Admission, Plan};
+use crate::rejections::Short;
+
+/// What the rejection cache knows of a request.
+pub(super) enum Known {
+    /// Every shard is known short for these charges: rejected without a call.
+    Rejected(Decided),
+    /// These shards are known short (the fast path avoids them).
+    Short(Vec<i64>),
+}
+
+impl Inner {
+    /// Whether the cache proves this request rejected: only strict charges of cost >= 1
+    /// (debt charges must reach the table, check-only ones pass at a balance of 0), and only
+    /// when every shard has a trusted image, under the YAML parameters, on which refill up to
+    /// now still leaves every charge rejected.
+    pub(super) fn known_short(&self, cx: &Ctx<'_>) -> Known {
+        if !self.rejection_cache || !cx.charges.iter().all(|c| !c.allow_debt && c.cost >= 1) {
+            return Known::Short(Vec::new());
+        }
+        let entries = self.rejections.trusted(&cx.id, cx.now.0);
+        if entries.is_empty() {
+            return Known::Short(Vec::new());
+        }
+        let mut short = Vec::with_capacity(entries.len());
+        let mut count = self.cached_count(&cx.id);
+        let mut best: Option<(i64, Plan)> = None;
+        for (shard, e) in entries {
+            if (e.cp, e.ra, e.rp) != (cx.cp, cx.ra, cx.rp) {
+                continue;
+            }
+            let share = plan::share(e.cp, e.ra, e.rp, e.shard_count);
+            let p = plan::project(e.tk, e.rf, &share, cx.now);
+            let plan = plan::decide(p.tokens.0, p.refilled_at, share.capacity.0, cx.charges, Admission::Enforced);
+            if plan.outcomes.iter().any(|o| o.admitted) {
+                continue;
+            }
+            short.push(shard);
+            count = count.max(e.shard_count);
+            if best.as_ref().is_none_or(|(balance, _)| p.tokens.0 > *balance) {
+                best = Some((p.tokens.0, plan));
+            }
+        }
+        match best {
+            Some((_, plan)) if (0..count).all(|s| short.contains(&s)) => {
+                Known::Rejected(Decided::new(plan.outcomes, count))
+            }
+            _ => Known::Short(short),
+        }
+    }
+
+    /// Remembers `shard` as short when `image` shows it cannot give one token (or this
+    /// request's largest strict charge) now, and forgets it otherwise. Images with stamps,
+    /// unsupported features, other parameters than the YAML's, or a `vu` other than the
+    /// trim-only `0` are never remembered.
+    pub(super) fn remember(&self, cx: &Ctx<'_>, shard: i64, image: &BucketImage) {
+        if !self.rejection_cache {
+            return;
+        }
+        let hits = image.limit(LIMIT_NAME);
+        let judgeable = !image.disabled
+            && image.unsupported.is_none()
+            && image.bypass.is_none()
+            && image.vu.is_none_or(|vu| vu == 0)
+            && hits.is_some_and(|h| h.soft.is_none() && cx.params_match(h));
+        let Some(h) = hits.filter(|_| judgeable) else {
+            self.rejections.forget(&cx.id, shard);
+            return;
+        };
+        let until_ms = image.ttl.map_or(i64::MAX, |t| t.saturating_mul(1000));
+        let short =
+            Short { tk: h.tk, rf: image.rf, cp: h.cp, ra: h.ra, rp: h.rp, shard_count: image.shard_count, until_ms };
+        self.remember_state(cx, shard, short);
+    }
+
+    /// Remembers a shard state known exactly (an image, or an item this store created) when
+    /// it is short for one token or for this request's largest strict charge.
+    pub(super) fn remember_state(&self, cx: &Ctx<'_>, shard: i64, short: Short) {
+        if !self.rejection_cache {
+            return;
+        }
+        let share = plan::share(short.cp, short.ra, short.rp, short.shard_count);
+        let balance = plan::project(short.tk, short.rf, &share, cx.now).tokens.0;
+        let largest = cx.charges.iter().filter(|c| !c.allow_debt).map(plan::need).max().unwrap_or(0);
+        if balance < largest.max(Millitokens::from_tokens(1).0) {
+            self.rejections.remember(&cx.id, shard, short);
+        } else {
+            self.rejections.forget(&cx.id, shard);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Shard counts: the cached count, the shard a fast path draws, and doubling (§11.8).
+
+use rand::Rng;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use zael_core::store::StoreError;
+
+use super::expr::Ex;
+use super::request::{Ctx, parse, path, unavailable};
+use super::{BucketId, CACHE_LIMIT, Inner};
+use crate::db::{DbError, Update};
+use crate::keys::MAX_SHARD_COUNT;
+
+impl Inner {
+    pub(super) fn cached_count(&self, id: &BucketId) -> i64 {
+        self.shard_counts.lock().expect("lock").get(id).copied().unwrap_or(1)
+    }
+
+    /// Grows the cached shard count (never lowers it) and returns the larger one.
+    pub(super) fn learn_count(&self, id: &BucketId, count: i64) -> i64 {
+        let count = count.clamp(1, MAX_SHARD_COUNT);
+        let mut map = self.shard_counts.lock().expect("lock");
+        let known = map.get(id).copied().unwrap_or(1);
+        if count > known {
+            if map.len() >= CACHE_LIMIT {
+                map.clear();
+            }
+            map.insert(id.clone(), count);
+            return count;
+        }
+        known
+    }
+
+    /// A shard drawn uniformly from the cached count, avoiding the shards in `avoid` when
+    /// some other is left.
+    pub(super) fn select_shard(&self, id: &BucketId, avoid: &[i64]) -> (i64, i64) {
+        let count = self.cached_count(id);
+        if count <= 1 {
+            return (0, count);
+        }
+        let open: Vec<i64> = (0..count).filter(|s| !avoid.contains(s)).collect();
+        let shard = if open.is_empty() {
+            rand::rng().random_range(0..count)
+        } else {
+            open[rand::rng().random_range(0..open.len())]
+        };
+        (shard, count)
+    }
+
+    /// Doubles `shard_count` through shard 0 (§11.8); returns the count to use.
+    pub(super) async fn double(self: &Arc<Self>, cx: &Ctx<'_>, current: i64) -> Result<i64, StoreError> {
+        if current >= MAX_SHARD_COUNT {
+            return Ok(self.learn_count(&cx.id, current));
+        }
+        let new = current * 2;
+        let mut ex = Ex::default();
+        ex.num(":old", current).num(":new", new);
+        let req = ex.req(cx.pk(0), "SET shard_count = :new".into(), vec!["shard_count = :old".into()]);
+        let count = match self.db.update(req).await {
+            Ok(Update::Done(_)) => {
+                path("double");
+                tracing::info!(resource = %cx.id.resource, from = current, to = new, "doubled a bucket's shard count");
+                self.propagate(cx, current, new).await;
+                new
+            }
+            Ok(Update::ConditionFailed(item)) => {
+                let winner = item.as_ref().map(parse).transpose()?.map_or(current, |i| i.shard_count);
+                current.max(winner)
+            }
+            Err(DbError::Conflict) => current,
+            Err(e) => return Err(unavailable(e)),
+        };
+        Ok(self.learn_count(&cx.id, count))
+    }
+
+    /// Stamps the new count on shards `1..old` (the library's `_propagate_shard_count`).
+    async fn propagate(self: &Arc<Self>, cx: &Ctx<'_>, old: i64, new: i64) {
+        let mut set = JoinSet::new();
+        for target in 1..old {
+            let me = Arc::clone(self);
+            let pk = cx.pk(target);
+            set.spawn(async move {
+                let mut ex = Ex::default();
+                ex.num(":new", new);
+                let req = ex.req(pk, "SET shard_count = :new".into(), vec!["shard_count < :new".into()]);
+                me.db.update(req).await
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            if let Ok(Err(e)) = joined {
+                tracing::warn!(error = ?e, "shard count propagation incomplete");
+            }
+        }
+    }
+}

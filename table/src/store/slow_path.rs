@@ -1,0 +1,113 @@
+//! Slow path (§11.5, §11.6): a strongly consistent read of the shard, then one of the
+//! commit shapes ([`super::commit`]), re-planned when it loses a race; and the writes of a
+//! pass under a live bypass stamp or one that only removes expired stamps.
+
+use rand::Rng;
+use zael_core::store::StoreError;
+
+use super::expr::Ex;
+use super::request::{Ctx, Decided, hits_attr, parse, path, unavailable};
+use super::{Inner, LIMIT_NAME};
+use crate::db::{DbError, Update};
+use crate::item::{BucketImage, StampRead};
+use crate::keys::{self, MAX_SHARD_COUNT};
+use crate::plan::{self, Admission};
+
+/// Re-plans of one slow path before giving up (each re-reads the bucket).
+const SLOW_PATH_ATTEMPTS: usize = 3;
+
+pub(super) enum Step {
+    Done(Decided),
+    Replan(Option<i64>),
+}
+
+impl Inner {
+    pub(super) async fn slow(&self, cx: &Ctx<'_>, shard: i64, count_hint: Option<i64>) -> Result<Decided, StoreError> {
+        let mut shard = shard;
+        let mut hint = count_hint;
+        for _ in 0..SLOW_PATH_ATTEMPTS {
+            let count = hint.unwrap_or_else(|| self.cached_count(&cx.id)).clamp(1, MAX_SHARD_COUNT);
+            if shard >= count {
+                shard = rand::rng().random_range(0..count);
+            }
+            let item = self.db.get(&cx.pk(shard), keys::SK_STATE, true).await.map_err(unavailable)?;
+            let hook = self.before_commit.lock().expect("lock").clone();
+            if let Some(hook) = hook {
+                hook(cx.pk(shard)).await;
+            }
+            let step = match item {
+                None => self.create(cx, shard, count).await?,
+                Some(item) => {
+                    let image = parse(&item)?;
+                    self.update(cx, shard, count, image).await?
+                }
+            };
+            match step {
+                Step::Done(decided) => return Ok(decided),
+                Step::Replan(next) => hint = next.or(hint),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "a bucket of resource '{}' stayed contended through {SLOW_PATH_ATTEMPTS} slow passes",
+            cx.id.resource
+        )))
+    }
+
+    /// The slow path under a live bypass stamp: `ADD tc` only, pinned on the live stamp.
+    pub(super) async fn bypassed_write(
+        &self,
+        cx: &Ctx<'_>,
+        shard: i64,
+        image: &BucketImage,
+    ) -> Result<Step, StoreError> {
+        let balance = image.limit(LIMIT_NAME).map_or(0, |h| {
+            let share = plan::share(h.cp, h.ra, h.rp, image.shard_count);
+            plan::project(h.tk, image.rf, &share, cx.now).tokens.0
+        });
+        let plan = plan::decide(balance, cx.now, 0, cx.charges, Admission::Bypass);
+        if image.limit(LIMIT_NAME).is_none() || plan.consumed() == 0 {
+            path("slow_bypass");
+            return Ok(Step::Done(Decided::new(plan.outcomes, image.shard_count)));
+        }
+        let mut ex = Ex::default();
+        ex.name("#bc0", &hits_attr("tc")).num(":bcd0", plan.consumed());
+        ex.name("#byp", "bypass").num(":bnow", cx.now.0);
+        let cond = vec!["attribute_exists(PK)".to_owned(), "#byp > :bnow".into()];
+        let req = ex.req(cx.pk(shard), "ADD #bc0 :bcd0".into(), cond);
+        match self.db.update(req).await {
+            Ok(Update::Done(_)) => {
+                path("slow_bypass");
+                Ok(Step::Done(Decided::new(plan.outcomes, image.shard_count)))
+            }
+            Ok(Update::ConditionFailed(_)) | Err(DbError::Conflict) => Ok(Step::Replan(Some(image.shard_count))),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Removes expired stamps a rejected pass found, pinned on the stamps as read.
+    pub(super) async fn fix_stamps(
+        &self,
+        cx: &Ctx<'_>,
+        shard: i64,
+        soft: Option<&StampRead>,
+        bypass: Option<&StampRead>,
+    ) {
+        let mut ex = Ex::default();
+        let mut remove = Vec::new();
+        let mut cond = vec!["attribute_exists(PK)".to_owned()];
+        if let Some(st) = soft {
+            ex.name("#bo0", &hits_attr("soft")).val(":bsr0", st.raw.clone());
+            remove.push("#bo0");
+            cond.push("#bo0 = :bsr0".into());
+        }
+        if let Some(b) = bypass {
+            ex.name("#byp", "bypass").val(":bypr", b.raw.clone());
+            remove.push("#byp");
+            cond.push("#byp = :bypr".into());
+        }
+        let req = ex.req(cx.pk(shard), format!("REMOVE {}", remove.join(", ")), cond);
+        if let Err(e) = self.db.update(req).await {
+            tracing::debug!(error = ?e, "expired stamp removal failed");
+        }
+    }
+}
