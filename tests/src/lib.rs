@@ -58,10 +58,21 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
 }
 
-/// A free loopback TCP port: bind 127.0.0.1:0, read the port, drop the listener.
+/// A free loopback TCP port: bind 127.0.0.1:0, read the port, drop the listener. A port is
+/// handed out once per test process, so two parallel tests never get the same one (the
+/// kernel may offer a just-released port again before its first taker has bound it).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local_addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no unused loopback port after 1000 tries")
 }
 
 /// Seconds in a response-side unit (SECOND 1 ... YEAR 365 d, WEEK 7 d).

@@ -16,6 +16,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// How long a server may take to report healthy.
 pub const STARTUP_LIMIT: Duration = Duration::from_secs(15);
+/// How many times a server is started on fresh ports when its ports were taken meanwhile.
+pub const PORT_ATTEMPTS: usize = 5;
 /// Per-call gRPC deadline used by the harness channels.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -166,7 +168,30 @@ impl ServerBuilder {
 
     /// Spawn the server; unless `no_wait`, wait (at most 15 s) for `GET /healthcheck` = 200
     /// and for the gRPC port to accept connections.
+    ///
+    /// Ports are picked free just before the spawn, so another process (a parallel test) can
+    /// take one in between: a server that exits at start-up because an address is in use is
+    /// started again on fresh ports, at most [`PORT_ATTEMPTS`] times.
     pub async fn start(self) -> Server {
+        for _ in 1..PORT_ATTEMPTS {
+            let mut server = self.spawn_once();
+            if !self.wait_healthy {
+                return server;
+            }
+            match server.wait_healthy_or_exit(STARTUP_LIMIT).await {
+                Ok(()) => return server,
+                Err(_) if server.logs().contains("Address already in use") => continue,
+                Err(st) => panic!("zael-server exited during start-up with {st}\n{}", server.log_tail()),
+            }
+        }
+        let mut server = self.spawn_once();
+        if self.wait_healthy {
+            server.wait_healthy(STARTUP_LIMIT).await;
+        }
+        server
+    }
+
+    fn spawn_once(&self) -> Server {
         let root = tempfile::Builder::new().prefix("zael-test-").tempdir().expect("tempdir");
         let config_dir = root.path().join("config");
         std::fs::create_dir_all(&config_dir).expect("mkdir config");
@@ -219,7 +244,7 @@ impl ServerBuilder {
         cmd.stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", server_bin().display()));
 
-        let mut server = Server {
+        Server {
             grpc_addr,
             http_addr,
             config_dir,
@@ -230,11 +255,7 @@ impl ServerBuilder {
             exit_status: None,
             channel: plain_channel(grpc_addr),
             root,
-        };
-        if self.wait_healthy {
-            server.wait_healthy(STARTUP_LIMIT).await;
         }
-        server
     }
 }
 
@@ -354,12 +375,19 @@ impl Server {
 
     /// Wait until `GET /healthcheck` answers 200 and the gRPC port accepts TCP connections.
     pub async fn wait_healthy(&mut self, limit: Duration) {
+        if let Err(st) = self.wait_healthy_or_exit(limit).await {
+            panic!("zael-server exited during start-up with {st}\n{}", self.log_tail());
+        }
+    }
+
+    /// Like [`Server::wait_healthy`], but a server that exits gives its exit status.
+    pub async fn wait_healthy_or_exit(&mut self, limit: Duration) -> Result<(), ExitStatus> {
         let deadline = Instant::now() + limit;
         let mut last = String::from("no attempt");
         let mut http_ok = false;
         for _ in 0..10_000 {
             if let Some(st) = self.try_wait() {
-                panic!("zael-server exited during start-up with {st}\n{}", self.log_tail());
+                return Err(st);
             }
             if !http_ok {
                 match self.http_get("/healthcheck").await {
@@ -370,7 +398,7 @@ impl Server {
             }
             if http_ok {
                 match tokio::net::TcpStream::connect(self.grpc_addr).await {
-                    Ok(_) => return,
+                    Ok(_) => return Ok(()),
                     Err(e) => last = format!("gRPC port: {e}"),
                 }
             }
