@@ -33,7 +33,8 @@ pub fn validate(config: Option<&Path>) -> ExitCode {
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
-            println!("{}: valid ({} domains)", path.display(), config.domains().count());
+            let domains = config.domains().count();
+            println!("{}: valid ({domains} domain{})", path.display(), if domains == 1 { "" } else { "s" });
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -78,8 +79,12 @@ async fn open_store(cli: &Cli) -> anyhow::Result<Arc<dyn BucketStore>> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(cli.log_format, &cli.log_level, cli.otlp_endpoint.as_deref())?;
+    // The recorder first, so that the store's start-up calls are counted too.
+    let prometheus = m::install(match cli.store {
+        StoreKind::Memory => "memory",
+        StoreKind::Dynamodb => "dynamodb",
+    })?;
     let store = open_store(&cli).await?;
-    let prometheus = m::install(store.name())?;
     if cli.store == StoreKind::Dynamodb {
         zael_table::describe_metrics();
     }

@@ -188,3 +188,28 @@ async fn wait_balance(s: &Server, user: &str, want: Option<u32>) -> RateLimitRes
         }
     }
 }
+
+/// The examples users copy must stay valid: Envoy accepts `examples/envoy/envoy.yaml`, and
+/// zael-server accepts `examples/config`.
+#[test]
+fn the_example_configs_are_valid() {
+    let root = workspace_root();
+    let out = std::process::Command::new(zael_tests::envoy::envoy_bin())
+        .args(["--mode", "validate", "-c"])
+        .arg(root.join("examples/envoy/envoy.yaml"))
+        .output()
+        .expect("run envoy --mode validate");
+    assert!(
+        out.status.success(),
+        "envoy rejected examples/envoy/envoy.yaml:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let args = ["--validate".into(), "--config".into(), root.join("examples/config").into_os_string()];
+    let out = zael_tests::server::run_to_completion(&args, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "zael-server rejected examples/config:\n{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{}: valid (1 domain)", root.join("examples/config").display())
+    );
+}
