@@ -158,13 +158,13 @@ impl BucketState {
     ///
     /// Cost 0 checks only and passes iff the balance is not in debt. A strict charge passes
     /// iff the balance covers it and consumes nothing otherwise; a debt charge is applied
-    /// anyway, flooring the balance at −capacity.
-    pub fn charge(&mut self, limit: &BucketLimit, charge: Charge) -> ChargeOutcome {
+    /// anyway, flooring the balance at −`capacity`.
+    pub fn charge(&mut self, capacity: Millitokens, charge: Charge) -> ChargeOutcome {
         let need = i128::from(charge.cost) * i128::from(Millitokens::PER_TOKEN);
         let have = i128::from(self.tokens.0);
         let admitted = if charge.cost == 0 { have >= 0 } else { have >= need };
         if admitted || charge.allow_debt {
-            let floor = -i128::from(limit.capacity.0);
+            let floor = -i128::from(capacity.0);
             let after = (have - need).max(floor).min(have);
             self.tokens = Millitokens(after as i64);
         }
@@ -175,7 +175,7 @@ impl BucketState {
     /// previous one left.
     pub fn charge_all(&mut self, limit: &BucketLimit, now: EpochMillis, charges: &[Charge]) -> Vec<ChargeOutcome> {
         *self = self.refilled(limit, now);
-        charges.iter().map(|c| self.charge(limit, *c)).collect()
+        charges.iter().map(|c| self.charge(limit.capacity, *c)).collect()
     }
 
     /// Milliseconds from `now` until the balance reaches `target`, if nothing else happens.
@@ -260,10 +260,10 @@ mod tests {
     fn strict_charge_admits_iff_covered_and_consumes_nothing_otherwise() {
         let limit = rpm(5);
         let mut s = BucketState { tokens: Millitokens(2003), refilled_at: EpochMillis(0) };
-        let rejected = s.charge(&limit, Charge { cost: 3, allow_debt: false });
+        let rejected = s.charge(limit.capacity, Charge { cost: 3, allow_debt: false });
         assert!(!rejected.admitted);
         assert_eq!(s.tokens, Millitokens(2003));
-        let ok = s.charge(&limit, Charge { cost: 2, allow_debt: false });
+        let ok = s.charge(limit.capacity, Charge { cost: 2, allow_debt: false });
         assert!(ok.admitted);
         assert_eq!(ok.tokens, Millitokens(3));
     }
@@ -272,9 +272,9 @@ mod tests {
     fn check_only_passes_until_debt() {
         let limit = rpm(5);
         let mut zero = BucketState { tokens: Millitokens(0), refilled_at: EpochMillis(0) };
-        assert!(zero.charge(&limit, Charge { cost: 0, allow_debt: false }).admitted);
+        assert!(zero.charge(limit.capacity, Charge { cost: 0, allow_debt: false }).admitted);
         let mut debt = BucketState { tokens: Millitokens(-1), refilled_at: EpochMillis(0) };
-        assert!(!debt.charge(&limit, Charge { cost: 0, allow_debt: true }).admitted);
+        assert!(!debt.charge(limit.capacity, Charge { cost: 0, allow_debt: true }).admitted);
         assert_eq!(debt.tokens, Millitokens(-1));
     }
 
@@ -282,10 +282,10 @@ mod tests {
     fn debt_charge_applies_and_floors_at_minus_capacity() {
         let limit = rpm(5);
         let mut s = BucketState { tokens: Millitokens(1000), refilled_at: EpochMillis(0) };
-        let o = s.charge(&limit, Charge { cost: 3, allow_debt: true });
+        let o = s.charge(limit.capacity, Charge { cost: 3, allow_debt: true });
         assert!(!o.admitted);
         assert_eq!(o.tokens, Millitokens(-2000));
-        let o = s.charge(&limit, Charge { cost: 100, allow_debt: true });
+        let o = s.charge(limit.capacity, Charge { cost: 100, allow_debt: true });
         assert_eq!(o.tokens, Millitokens(-5000));
     }
 

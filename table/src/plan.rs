@@ -116,19 +116,17 @@ pub(crate) fn decide(
                 (true, n)
             }
             Admission::Enforced => {
-                let ok = if charge.cost == 0 { have >= 0 } else { have >= n };
-                if ok {
+                // The admission rule and the debt floor are core's (`BucketState::charge`).
+                let mut state = BucketState { tokens: Millitokens(sat(have)), refilled_at };
+                let outcome = state.charge(Millitokens(capacity), *charge);
+                let d = have - i128::from(state.tokens.0);
+                if outcome.admitted {
                     guard = Some(guard.unwrap_or(0).max(prefix + n));
                     admitted += n;
-                    (true, n)
-                } else if charge.allow_debt {
-                    let after = (have - n).max(-i128::from(capacity)).min(have);
-                    let d = have - after;
-                    debt += d;
-                    (false, d)
                 } else {
-                    (false, 0)
+                    debt += d;
                 }
+                (outcome.admitted, d)
             }
         };
         all &= ok;
