@@ -194,6 +194,8 @@ enum Slot {
 /// What a request charges, and how to report it.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// The configured domain the request named, if the config has it.
+    domain: Option<Arc<str>>,
     slots: Vec<Slot>,
     buckets: Vec<BucketRequest>,
 }
@@ -206,7 +208,7 @@ fn bucket_limit(requests_per_unit: u32, burst: Option<u32>, unit: Unit) -> Bucke
 /// [`Request::validate`].
 pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Plan {
     let Some(domain) = config.domain(request.domain) else {
-        return Plan { slots: vec![Slot::NoLimit; request.descriptors.len()], buckets: Vec::new() };
+        return Plan { domain: None, slots: vec![Slot::NoLimit; request.descriptors.len()], buckets: Vec::new() };
     };
     let request_cost = u64::from(request.hits_addend.max(1));
     // Each descriptor's rule, and the names the limits of non-override descriptors replace.
@@ -224,7 +226,8 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Plan {
         .flat_map(|r| r.replaces.iter().map(String::as_str))
         .collect();
 
-    let mut plan = Plan { slots: Vec::with_capacity(rules.len()), buckets: Vec::new() };
+    let mut plan =
+        Plan { domain: Some(domain.name.clone()), slots: Vec::with_capacity(rules.len()), buckets: Vec::new() };
     for (descriptor, rule) in request.descriptors.iter().zip(rules) {
         let cost = descriptor.hits_addend.unwrap_or(request_cost);
         let (limited, resource, allow_debt) = match (descriptor.limit_override, rule) {
@@ -345,6 +348,11 @@ impl Limited {
 }
 
 impl Plan {
+    /// The configured domain the request named; `None` for a domain the config lacks.
+    pub fn domain(&self) -> Option<&str> {
+        self.domain.as_deref()
+    }
+
     /// The buckets to charge, for the store.
     pub fn bucket_requests(&self) -> &[BucketRequest] {
         &self.buckets

@@ -127,12 +127,16 @@ fn request_error_reason(e: &decision::RequestError) -> &'static str {
     }
 }
 
+fn wire_code(code: Code) -> i32 {
+    match code {
+        Code::Ok => WireCode::Ok as i32,
+        Code::OverLimit => WireCode::OverLimit as i32,
+    }
+}
+
 fn wire_status(s: &decision::Status) -> DescriptorStatus {
     DescriptorStatus {
-        code: match s.code {
-            Code::Ok => WireCode::Ok,
-            Code::OverLimit => WireCode::OverLimit,
-        } as i32,
+        code: wire_code(s.code),
         current_limit: s.current_limit.as_ref().map(|l| rate_limit_response::RateLimit {
             name: l.name.to_string(),
             requests_per_unit: l.requests_per_unit,
@@ -186,20 +190,13 @@ impl RateLimiter {
             }
         };
         let decision = plan.decide(&outcomes, now, self.global_shadow);
-        let domain_label = match config.domain(&request.domain) {
-            Some(d) => &*d.name,
-            None => m::UNKNOWN_DOMAIN,
-        };
-        record_metrics(domain_label, &core, &decision, started);
+        record_metrics(plan.domain().unwrap_or(m::UNKNOWN_DOMAIN), &core, &decision, started);
         Ok(self.response(&decision))
     }
 
     fn response(&self, decision: &Decision) -> RateLimitResponse {
         let mut response = RateLimitResponse {
-            overall_code: match decision.overall {
-                Code::Ok => WireCode::Ok,
-                Code::OverLimit => WireCode::OverLimit,
-            } as i32,
+            overall_code: wire_code(decision.overall),
             statuses: decision.statuses.iter().map(wire_status).collect(),
             ..Default::default()
         };
