@@ -502,7 +502,7 @@ async fn json_log_format_writes_one_json_object_per_line() {
 }
 
 #[tokio::test]
-async fn invalid_config_at_startup_refuses_to_start_or_reports_unhealthy() {
+async fn invalid_config_at_startup_refuses_to_start_naming_the_file() {
     let mut s = Server::builder()
         .file(
             "bad.yaml",
@@ -511,52 +511,14 @@ async fn invalid_config_at_startup_refuses_to_start_or_reports_unhealthy() {
         .no_wait()
         .start()
         .await;
-    // Either the process exits non-zero, or it runs with /healthcheck 500 and gRPC NOT_SERVING
-    // / UNAVAILABLE.
-    let outcome = poll_until(Duration::from_secs(15), Duration::from_millis(50), || {
-        let exited = s.try_wait();
-        let addr = s.http_addr;
-        async move {
-            if let Some(st) = exited {
-                return Some(Err(st));
-            }
-            match http_request(addr, "GET", "/healthcheck", &[], None).await {
-                Ok(r) => Some(Ok(r.status)),
-                Err(_) => None,
-            }
-        }
-    })
-    .await;
-    match outcome {
-        None => panic!("neither exited nor answered /healthcheck within 15 s"),
-        Some(Err(st)) => {
-            eprintln!("server refused to start on an invalid config: {st}");
-            assert_ne!(st.code(), Some(0), "exited with success on an invalid config");
-            assert!(s.logs().contains("bad.yaml"), "the start-up error should name bad.yaml:\n{}", s.logs());
-        }
-        Some(Ok(status)) => {
-            eprintln!("server runs unhealthy on an invalid config: /healthcheck {status}");
-            assert_eq!(status, 500, "/healthcheck with no valid config");
-            let g = s.grpc_health("").await;
-            assert!(
-                matches!(g, Ok(ServingStatus::NotServing)) || g.is_err(),
-                "gRPC health with no valid config: {g:?}"
-            );
-            let r = s.call(req("d", vec![desc(&[("k", "a")])])).await;
-            match r {
-                Err(st) => assert_eq!(st.code(), tonic::Code::Unavailable, "{st:?}"),
-                Ok(resp) => panic!("answered without a config:\n{}", describe(&resp)),
-            }
-            // A good file arriving makes it healthy.
-            s.write_config(
-                "bad.yaml",
-                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 1}\n",
-            );
-            s.wait_healthy(Duration::from_secs(10)).await;
-            let r = s.should(req("d", vec![desc(&[("k", "a")])])).await;
-            assert_response(&r, Code::Ok, &[ok(1, Unit::Minute, "", 0)]);
-        }
-    }
+    // The documented choice (README "Health, shutdown, reload"): refuse to start, exit 1, and
+    // name every error with its file.
+    let status = s.wait_exit(Duration::from_secs(15)).await;
+    let status = status.unwrap_or_else(|| panic!("still running on an invalid config:\n{}", s.log_tail()));
+    assert_eq!(status.code(), Some(1), "exit status on an invalid config:\n{}", s.log_tail());
+    let logs = s.logs();
+    assert!(logs.contains("Error: invalid config"), "{logs}");
+    assert!(logs.contains("bad.yaml") && logs.contains("unknown unit 'fortnight'"), "{logs}");
 }
 
 #[tokio::test]
