@@ -9,7 +9,8 @@
 use crate::bucket::{BucketLimit, BucketState, Charge, ChargeOutcome, EpochMillis, Millitokens};
 use crate::config::{RateLimitConfig, RuleLimit, Unit};
 use crate::keys::{BucketKey, encode_entries, override_resource};
-use crate::store::BucketRequest;
+use crate::store::{BucketRequest, EntityOutcome, EntityRequest};
+use entity::EntityReporting;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -65,6 +66,8 @@ pub enum RequestError {
     UnknownOverrideUnit { descriptor: usize },
     #[error("domain is {0} bytes (at most {MAX_ENTRY_BYTES})")]
     DomainTooLong(usize),
+    #[error("descriptor {descriptor}: '{value}' is not a valid zae-limiter {what}")]
+    InvalidEntity { descriptor: usize, what: &'static str, value: String },
 }
 
 impl Request<'_> {
@@ -189,6 +192,11 @@ enum Slot {
         charge: usize,
         cost: u64,
     },
+    /// An entity rule: the `entity`-th entity request.
+    Entity {
+        reporting: EntityReporting,
+        entity: usize,
+    },
 }
 
 /// What a request charges, and how to report it.
@@ -198,6 +206,7 @@ pub struct Plan {
     domain: Option<Arc<str>>,
     slots: Vec<Slot>,
     buckets: Vec<BucketRequest>,
+    entities: Vec<EntityRequest>,
 }
 
 fn bucket_limit(requests_per_unit: u32, burst: Option<u32>, unit: Unit) -> BucketLimit {
@@ -205,10 +214,16 @@ fn bucket_limit(requests_per_unit: u32, burst: Option<u32>, unit: Unit) -> Bucke
 }
 
 /// Resolves a request against the config. The request must have passed
-/// [`Request::validate`].
-pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Plan {
+/// [`Request::validate`]; an entity rule whose entry values are not zae-limiter identifiers
+/// fails the request ([`RequestError::InvalidEntity`]).
+pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Result<Plan, RequestError> {
     let Some(domain) = config.domain(request.domain) else {
-        return Plan { domain: None, slots: vec![Slot::NoLimit; request.descriptors.len()], buckets: Vec::new() };
+        return Ok(Plan {
+            domain: None,
+            slots: vec![Slot::NoLimit; request.descriptors.len()],
+            buckets: Vec::new(),
+            entities: Vec::new(),
+        });
     };
     let request_cost = u64::from(request.hits_addend.max(1));
     // Each descriptor's rule, and the names the limits of non-override descriptors replace.
@@ -226,9 +241,13 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Plan {
         .flat_map(|r| r.replaces.iter().map(String::as_str))
         .collect();
 
-    let mut plan =
-        Plan { domain: Some(domain.name.clone()), slots: Vec::with_capacity(rules.len()), buckets: Vec::new() };
-    for (descriptor, rule) in request.descriptors.iter().zip(rules) {
+    let mut plan = Plan {
+        domain: Some(domain.name.clone()),
+        slots: Vec::with_capacity(rules.len()),
+        buckets: Vec::new(),
+        entities: Vec::new(),
+    };
+    for (index, (descriptor, rule)) in request.descriptors.iter().zip(rules).enumerate() {
         let cost = descriptor.hits_addend.unwrap_or(request_cost);
         let (limited, resource, allow_debt) = match (descriptor.limit_override, rule) {
             (Some(o), rule) => {
@@ -255,12 +274,23 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Plan {
                 plan.slots.push(Slot::NoLimit);
                 continue;
             }
-            (None, Some(rule)) => match rule.limit {
+            (None, Some(rule)) => match &rule.limit {
                 RuleLimit::Unlimited => {
                     plan.slots.push(Slot::Unlimited);
                     continue;
                 }
-                RuleLimit::Limited { unit, requests_per_unit, burst } => {
+                RuleLimit::Entity(entity) => {
+                    let request = entity::request(entity, &domain.namespace, &descriptor.entries, cost, index)?;
+                    let reporting = EntityReporting {
+                        shadow: rule.shadow_mode,
+                        rule: rule.path.clone(),
+                        detailed_metric: rule.detailed_metric,
+                    };
+                    plan.entities.push(request);
+                    plan.slots.push(Slot::Entity { reporting, entity: plan.entities.len() - 1 });
+                    continue;
+                }
+                &RuleLimit::Limited { unit, requests_per_unit, burst } => {
                     let limited = Limited {
                         limit: ReportedLimit { requests_per_unit, unit, name: rule.name.clone() },
                         bucket_limit: bucket_limit(requests_per_unit, burst, unit),
@@ -295,7 +325,7 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Plan {
         let charge = plan.buckets[bucket].charges.len() - 1;
         plan.slots.push(Slot::Charged { limited, bucket, charge, cost });
     }
-    plan
+    Ok(plan)
 }
 
 /// Seconds for `ms`, rounded up and clamped to `[1, max]`.
@@ -358,9 +388,21 @@ impl Plan {
         &self.buckets
     }
 
+    /// The entity acquires, for the store.
+    pub fn entity_requests(&self) -> &[EntityRequest] {
+        &self.entities
+    }
+
     /// Builds the answer from the store's outcomes (one list per bucket request, one outcome
-    /// per charge). With `global_shadow`, the overall code is OK whatever the statuses say.
-    pub fn decide(&self, outcomes: &[Vec<ChargeOutcome>], now: EpochMillis, global_shadow: bool) -> Decision {
+    /// per charge; one outcome per entity request). With `global_shadow`, the overall code is
+    /// OK whatever the statuses say.
+    pub fn decide(
+        &self,
+        outcomes: &[Vec<ChargeOutcome>],
+        entities: &[EntityOutcome],
+        now: EpochMillis,
+        global_shadow: bool,
+    ) -> Decision {
         let statuses: Vec<Status> = self
             .slots
             .iter()
@@ -370,6 +412,10 @@ impl Plan {
                 Slot::Blocked(limited) => {
                     limited.status(Code::OverLimit, 0, limited.limit.unit.seconds(), StatusKind::OverLimit, false)
                 }
+                Slot::Entity { reporting, entity } => match entities.get(*entity) {
+                    Some(outcome) => reporting.decide(outcome),
+                    None => reporting.decide(&EntityOutcome::Rejected(Vec::new())),
+                },
                 Slot::Charged { limited, bucket, charge, cost } => {
                     match outcomes.get(*bucket).and_then(|o| o.get(*charge)) {
                         Some(outcome) => limited.charged_status(outcome, *cost, now),
@@ -391,5 +437,10 @@ impl Plan {
     }
 }
 
+mod entity;
+pub use entity::reported_rate;
+
+#[cfg(test)]
+mod entity_tests;
 #[cfg(test)]
 mod tests;

@@ -94,6 +94,26 @@ pub fn is_valid_resource(name: &str) -> bool {
         && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || b"_.-/:".contains(&b))
 }
 
+/// Whether `id` is a valid zae-limiter entity id (`IDENTIFIER_PATTERN`, at most 256 bytes).
+pub fn is_valid_entity_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 256
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|&c| c.is_ascii_alphanumeric() || b"_.-:@".contains(&c))
+}
+
+/// Whether `name` is a valid zae-limiter limit name (`NAME_PATTERN`, at most 64 bytes, not
+/// the reserved `wcu`).
+pub fn is_valid_limit_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_RESOURCE_LEN
+        && b[0].is_ascii_alphabetic()
+        && b.iter().all(|&c| c.is_ascii_alphanumeric() || b"_.-".contains(&c))
+        && name != "wcu"
+}
+
 /// Resource of a YAML rule: its place in the config, readable when it fits. Each level is
 /// `key` (default node) or `key:value`, escaped as entity ids are, levels joined with `/`:
 /// `user`, `user:vip`, `remote_5Faddress/path:_2Fapi_2F_2A`. One that does not start with a

@@ -15,9 +15,9 @@
 //! let request = Request { domain: "demo", descriptors: vec![Descriptor { entries: vec![("user", "alice")], ..Default::default() }], hits_addend: 0 };
 //! let now = EpochMillis(0);
 //! for expected in [Code::Ok, Code::OverLimit] {
-//!     let plan = plan(&config, &request);
+//!     let plan = plan(&config, &request).unwrap();
 //!     let outcomes: Vec<_> = plan.bucket_requests().iter().map(|r| store.charge_bucket(r, now)).collect();
-//!     assert_eq!(plan.decide(&outcomes, now, false).overall, expected);
+//!     assert_eq!(plan.decide(&outcomes, &[], now, false).overall, expected);
 //! }
 //! ```
 

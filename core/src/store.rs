@@ -14,8 +14,9 @@
 //! knows of the namespace ([`BucketStore::on_unavailable`], zae-limiter's system config),
 //! else [`OnUnavailable::Block`].
 
-use crate::bucket::{BucketLimit, Charge, ChargeOutcome, EpochMillis};
+use crate::bucket::{BucketLimit, Charge, ChargeOutcome, EpochMillis, Millitokens};
 use crate::keys::BucketKey;
+use std::sync::Arc;
 
 /// One bucket and what a request charges it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +26,47 @@ pub struct BucketRequest {
     pub limit: BucketLimit,
     /// Charges in request order.
     pub charges: Vec<Charge>,
+}
+
+/// One acquire of an entity rule: the stored limits of `entity` on `resource` in
+/// `namespace` (zae-limiter's `acquire(entity_id, resource, consume)`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntityRequest {
+    pub namespace: Arc<str>,
+    pub entity: String,
+    pub resource: String,
+    /// Limit name and amount, in millitokens (0 checks without consuming).
+    pub consume: Vec<(Arc<str>, Millitokens)>,
+}
+
+/// One stored limit as an entity acquire judged it (the library's `LimitStatus`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitReport {
+    /// The entity whose bucket holds the limit: the requested one or its parent.
+    pub entity: String,
+    pub name: String,
+    /// The limit's own parameters (undivided: the whole limit, not one shard's share).
+    pub limit: BucketLimit,
+    /// The shards the limit is spread over; the balance below is one shard's.
+    pub shard_count: i64,
+    /// The shard's balance after the decision (after the debit when admitted), at `at`.
+    pub tokens: Millitokens,
+    pub at: EpochMillis,
+    pub requested: Millitokens,
+    pub exceeded: bool,
+}
+
+/// What an entity acquire decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntityOutcome {
+    /// No stored limit applies at any config level: admitted, nothing charged.
+    NoLimits,
+    /// Every requested limit admitted and debited (the parent's too under cascade).
+    Admitted(Vec<LimitReport>),
+    /// Some limit could not admit; nothing was debited.
+    Rejected(Vec<LimitReport>),
+    /// The entity (or its parent under cascade) is disabled for the resource.
+    Disabled { entity: String },
 }
 
 /// Why a store could not answer. The server turns this into gRPC UNAVAILABLE, unless the
@@ -117,6 +159,12 @@ pub trait BucketStore: Send + Sync + 'static {
     async fn charge(&self, requests: &[BucketRequest], now: EpochMillis)
     -> Result<Vec<Vec<ChargeOutcome>>, StoreError>;
 
+    /// Acquires each entity request at `now`, each on its own (one failing does not fail the
+    /// others). A store without stored limits answers [`EntityOutcome::NoLimits`].
+    async fn acquire(&self, requests: &[EntityRequest], _now: EpochMillis) -> Vec<Result<EntityOutcome, StoreError>> {
+        requests.iter().map(|_| Ok(EntityOutcome::NoLimits)).collect()
+    }
+
     /// The failure policy the store's own data sets for `namespace` (for zae-limiter, the
     /// `on_unavailable` attribute of the namespace's system config), as last loaded; `None`
     /// when it knows none. Answered from memory without I/O: it is asked right after a
@@ -129,7 +177,6 @@ pub trait BucketStore: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bucket::Millitokens;
 
     #[test]
     fn failure_policy_spelling() {

@@ -70,6 +70,7 @@ async fn open_store(cli: &Cli) -> anyhow::Result<Arc<dyn BucketStore>> {
                 region: cli.region.clone(),
                 endpoint_url: cli.endpoint_url.clone(),
                 call_timeout: cli.store_timeout,
+                config_cache_ttl: cli.config_cache_ttl,
                 ..zael_table::DynamoStoreOptions::new(table)
             };
             Arc::new(zael_table::DynamoStore::connect(options).await?)

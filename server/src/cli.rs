@@ -124,6 +124,11 @@ pub struct Cli {
     #[arg(long, env = "ZAEL_STORE_TIMEOUT", default_value = "40ms", value_parser = parse_duration)]
     pub store_timeout: Duration,
 
+    /// How long stored limits (entity rules' config levels) are cached, as the library's
+    /// `config_cache_ttl`; `0s` reads them on every acquire.
+    #[arg(long, env = "ZAEL_CONFIG_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub config_cache_ttl: Duration,
+
     /// When the store fails: `block` answers UNAVAILABLE, `allow` admits the descriptors whose
     /// buckets could not be charged. Default: the namespace's zae-limiter system config
     /// (`on_unavailable`), else block.
@@ -181,6 +186,7 @@ mod tests {
         let cli = Cli::try_parse_from(["zael-server", "--store", "dynamodb", "--table", "zae-limiter"]).unwrap();
         assert_eq!((cli.store, cli.table.as_deref()), (StoreKind::Dynamodb, Some("zae-limiter")));
         assert_eq!(cli.store_timeout, Duration::from_millis(40));
+        assert_eq!(cli.config_cache_ttl, Duration::from_secs(60));
         assert!(Cli::try_parse_from(["zael-server", "--store", "dynamodb"]).is_err(), "--table is required");
         assert_eq!(cli.on_unavailable, None);
         let cli = Cli::try_parse_from(["zael-server", "--on-unavailable", "allow"]).unwrap();

@@ -18,7 +18,7 @@
 
 use crate::metrics as m;
 use zael_core::bucket::{ChargeOutcome, EpochMillis};
-use zael_core::store::{BucketRequest, BucketStore, OnUnavailable, StoreError};
+use zael_core::store::{BucketRequest, BucketStore, EntityOutcome, EntityRequest, OnUnavailable, StoreError};
 
 /// The outcomes to decide on after `error`, or the error when the policy is `block` (or the
 /// store refused).
@@ -51,6 +51,25 @@ pub fn admit(
         .collect();
     metrics::counter!(m::FAIL_OPEN, "store" => store.name()).increment(admitted);
     Ok(outcomes)
+}
+
+/// The outcome of an entity acquire that failed with `error`: [`EntityOutcome::NoLimits`]
+/// (admitted, nothing charged, no limit reported: the library's degraded lease) when the
+/// policy is `allow`, else the error.
+pub fn admit_entity(
+    flag: Option<OnUnavailable>,
+    store: &dyn BucketStore,
+    request: &EntityRequest,
+    error: StoreError,
+) -> Result<EntityOutcome, StoreError> {
+    if !error.may_fail_open() {
+        return Err(error);
+    }
+    if flag.or_else(|| store.on_unavailable(&request.namespace)).unwrap_or_default() == OnUnavailable::Block {
+        return Err(error);
+    }
+    metrics::counter!(m::FAIL_OPEN, "store" => store.name()).increment(1);
+    Ok(EntityOutcome::NoLimits)
 }
 
 #[cfg(test)]

@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
-use zael_core::bucket::EpochMillis;
+use zael_core::bucket::{ChargeOutcome, EpochMillis};
 use zael_core::config::Unit;
 use zael_core::decision::{self, Code, Decision, LimitOverride, StatusKind};
-use zael_core::store::{BucketStore, OnUnavailable};
+use zael_core::store::{BucketStore, EntityOutcome, OnUnavailable};
 
 /// Names of the headers `--response-headers` adds.
 #[derive(Clone, Debug)]
@@ -124,6 +124,7 @@ fn request_error_reason(e: &decision::RequestError) -> &'static str {
         E::EmptyKey { .. } => "empty_key",
         E::TooLong { .. } => "entry_too_long",
         E::UnknownOverrideUnit { .. } => "override_unit",
+        E::InvalidEntity { .. } => "invalid_entity",
     }
 }
 
@@ -170,28 +171,63 @@ impl RateLimiter {
         let Some(config) = self.config.current() else {
             return Err(Status::unavailable("no rate limit configuration loaded"));
         };
-        let plan = decision::plan(&config, &core);
-        let now = EpochMillis::now();
-        let outcomes = if plan.bucket_requests().is_empty() {
-            Vec::new()
-        } else {
-            let span =
-                tracing::trace_span!("store.charge", store = self.store.name(), buckets = plan.bucket_requests().len());
-            match self.store.charge(plan.bucket_requests(), now).instrument(span).await {
-                Ok(outcomes) => outcomes,
-                Err(e) => {
-                    metrics::counter!(m::STORE_ERRORS, "store" => self.store.name()).increment(1);
-                    tracing::warn!(error = %e, domain = %request.domain, "store call failed");
-                    match crate::fail_open::admit(self.on_unavailable, &*self.store, plan.bucket_requests(), e, now) {
-                        Ok(outcomes) => outcomes,
-                        Err(e) => return Err(Status::unavailable(e.to_string())),
-                    }
-                }
-            }
+        let plan = match decision::plan(&config, &core) {
+            Ok(plan) => plan,
+            Err(e) => return Err(invalid(request_error_reason(&e), e.to_string())),
         };
-        let decision = plan.decide(&outcomes, now, self.global_shadow);
+        let now = EpochMillis::now();
+        let (outcomes, entities) = tokio::join!(self.charge(&plan, &request.domain, now), self.acquire(&plan, now));
+        let (outcomes, entities) = (outcomes?, entities?);
+        let decision = plan.decide(&outcomes, &entities, now, self.global_shadow);
         record_metrics(plan.domain().unwrap_or(m::UNKNOWN_DOMAIN), &core, &decision, started);
         Ok(self.response(&decision))
+    }
+
+    /// The plan's bucket charges, with the failure policy applied when the store fails.
+    async fn charge(
+        &self,
+        plan: &decision::Plan,
+        domain: &str,
+        now: EpochMillis,
+    ) -> Result<Vec<Vec<ChargeOutcome>>, Status> {
+        if plan.bucket_requests().is_empty() {
+            return Ok(Vec::new());
+        }
+        let span =
+            tracing::trace_span!("store.charge", store = self.store.name(), buckets = plan.bucket_requests().len());
+        match self.store.charge(plan.bucket_requests(), now).instrument(span).await {
+            Ok(outcomes) => Ok(outcomes),
+            Err(e) => {
+                metrics::counter!(m::STORE_ERRORS, "store" => self.store.name()).increment(1);
+                tracing::warn!(error = %e, domain = %domain, "store call failed");
+                crate::fail_open::admit(self.on_unavailable, &*self.store, plan.bucket_requests(), e, now)
+                    .map_err(|e| Status::unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// The plan's entity acquires, with the failure policy applied to each that failed.
+    async fn acquire(&self, plan: &decision::Plan, now: EpochMillis) -> Result<Vec<EntityOutcome>, Status> {
+        let requests = plan.entity_requests();
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let span = tracing::trace_span!("store.acquire", store = self.store.name(), entities = requests.len());
+        let results = self.store.acquire(requests, now).instrument(span).await;
+        let mut outcomes = Vec::with_capacity(results.len());
+        for (request, result) in requests.iter().zip(results) {
+            match result {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(e) => {
+                    metrics::counter!(m::STORE_ERRORS, "store" => self.store.name()).increment(1);
+                    tracing::warn!(error = %e, entity = %request.entity, resource = %request.resource, "entity acquire failed");
+                    let outcome = crate::fail_open::admit_entity(self.on_unavailable, &*self.store, request, e)
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    outcomes.push(outcome);
+                }
+            }
+        }
+        Ok(outcomes)
     }
 
     fn response(&self, decision: &Decision) -> RateLimitResponse {

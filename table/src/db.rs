@@ -7,8 +7,8 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConsumedCapacity, ReturnConsumedCapacity, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem,
+    AttributeValue, ConsumedCapacity, KeysAndAttributes, ReturnConsumedCapacity, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem,
 };
 use rand::Rng;
 use std::collections::HashMap;
@@ -29,19 +29,21 @@ const MAX_BACKOFF: Duration = Duration::from_millis(25);
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct CallCounts {
     pub get_item: u64,
+    pub batch_get_item: u64,
     pub update_item: u64,
     pub transact_write_items: u64,
 }
 
 impl CallCounts {
     pub fn total(&self) -> u64 {
-        self.get_item + self.update_item + self.transact_write_items
+        self.get_item + self.batch_get_item + self.update_item + self.transact_write_items
     }
 }
 
 #[derive(Default)]
 struct Counters {
     get_item: AtomicU64,
+    batch_get_item: AtomicU64,
     update_item: AtomicU64,
     transact_write_items: AtomicU64,
 }
@@ -49,6 +51,7 @@ struct Counters {
 #[derive(Copy, Clone, Debug)]
 enum Op {
     GetItem,
+    BatchGetItem,
     UpdateItem,
     TransactWriteItems,
 }
@@ -57,6 +60,7 @@ impl Op {
     fn name(self) -> &'static str {
         match self {
             Op::GetItem => "GetItem",
+            Op::BatchGetItem => "BatchGetItem",
             Op::UpdateItem => "UpdateItem",
             Op::TransactWriteItems => "TransactWriteItems",
         }
@@ -181,6 +185,7 @@ impl Db {
     pub fn calls(&self) -> CallCounts {
         CallCounts {
             get_item: self.counters.get_item.load(Ordering::Relaxed),
+            batch_get_item: self.counters.batch_get_item.load(Ordering::Relaxed),
             update_item: self.counters.update_item.load(Ordering::Relaxed),
             transact_write_items: self.counters.transact_write_items.load(Ordering::Relaxed),
         }
@@ -189,6 +194,7 @@ impl Db {
     fn count(&self, op: Op, outcome: &'static str, started: Instant) {
         let counter = match op {
             Op::GetItem => &self.counters.get_item,
+            Op::BatchGetItem => &self.counters.batch_get_item,
             Op::UpdateItem => &self.counters.update_item,
             Op::TransactWriteItems => &self.counters.transact_write_items,
         };
@@ -263,6 +269,61 @@ impl Db {
                 Err(e) => e,
             })?;
         Ok(out.item)
+    }
+
+    /// BatchGetItem of `keys` (`(PK, SK)` pairs, at most 100), unprocessed keys re-sent up to
+    /// three times; the items found, keyed by `(PK, SK)`.
+    pub async fn batch_get(
+        &self,
+        keys: &[(String, String)],
+        consistent: bool,
+    ) -> Result<HashMap<(String, String), Item>, DbError> {
+        let mut pending: Vec<HashMap<String, AttributeValue>> = keys
+            .iter()
+            .map(|(pk, sk)| {
+                HashMap::from([
+                    ("PK".to_owned(), AttributeValue::S(pk.clone())),
+                    ("SK".to_owned(), AttributeValue::S(sk.clone())),
+                ])
+            })
+            .collect();
+        pending.dedup();
+        let mut found = HashMap::new();
+        for round in 0..4u32 {
+            if pending.is_empty() {
+                break;
+            }
+            if round > 0 {
+                tokio::time::sleep(jitter(round)).await;
+            }
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(pending.clone()))
+                .consistent_read(consistent)
+                .build()
+                .map_err(|e| DbError::Other(format!("building a BatchGetItem: {e}")))?;
+            let requests = HashMap::from([(self.table.clone(), request)]);
+            let out = self
+                .retrying(Op::BatchGetItem, || {
+                    self.client.batch_get_item().set_request_items(Some(requests.clone())).send()
+                })
+                .await
+                .map_err(|e| match e {
+                    Ok(err) => fatal(Op::BatchGetItem, &err),
+                    Err(e) => e,
+                })?;
+            for item in out.responses.unwrap_or_default().remove(&self.table).unwrap_or_default() {
+                let key = |a: &str| match item.get(a) {
+                    Some(AttributeValue::S(v)) => v.clone(),
+                    _ => String::new(),
+                };
+                found.insert((key("PK"), key("SK")), item);
+            }
+            pending = out.unprocessed_keys.unwrap_or_default().remove(&self.table).map(|k| k.keys).unwrap_or_default();
+        }
+        if !pending.is_empty() {
+            return Err(DbError::Other(format!("BatchGetItem left {} keys unprocessed", pending.len())));
+        }
+        Ok(found)
     }
 
     /// A conditional UpdateItem on `(pk, #STATE)`, `ALL_NEW` on success and `ALL_OLD` on a

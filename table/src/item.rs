@@ -48,6 +48,8 @@ pub(crate) struct BucketImage {
     pub limits: Vec<LimitImage>,
     /// The first zae-limiter feature on the item that zael does not implement.
     pub unsupported: Option<String>,
+    /// The owner's parent when the item is stamped `cascade = true` with a `parent_id`.
+    pub cascades_to: Option<String>,
 }
 
 fn num(item: &Item, attr: &str) -> Result<Option<i64>, String> {
@@ -95,9 +97,6 @@ impl BucketImage {
         {
             note(format!("a schedule boundary (`vu = {v}`)"));
         }
-        if matches!(item.get("cascade"), Some(AttributeValue::Bool(true))) && item.contains_key("parent_id") {
-            note("a cascade to a parent entity".to_owned());
-        }
         let mut names: Vec<&str> = Vec::new();
         for attr in item.keys() {
             let Some((name, field)) = keys::parse_battr(attr) else { continue };
@@ -141,7 +140,19 @@ impl BucketImage {
             bypass: stamp(item, "bypass"),
             limits,
             unsupported,
+            cascades_to: match (item.get("cascade"), item.get("parent_id")) {
+                (Some(AttributeValue::Bool(true)), Some(AttributeValue::S(p))) => Some(p.clone()),
+                _ => None,
+            },
         })
+    }
+
+    /// What a YAML rule's bucket cannot have: the unsupported features, and a cascade
+    /// (a zae-limiter entity's bucket, not one of zael's).
+    pub fn yaml_unsupported(&self) -> Option<String> {
+        self.unsupported
+            .clone()
+            .or_else(|| self.cascades_to.as_ref().map(|_| "a cascade to a parent entity".to_owned()))
     }
 
     pub fn limit(&self, name: &str) -> Option<&LimitImage> {
@@ -313,7 +324,9 @@ mod tests {
         item.insert("cascade".into(), AttributeValue::Bool(true));
         assert_eq!(BucketImage::parse(&item).unwrap().unsupported, None, "vu = 0 only forces a slow pass");
         item.insert("parent_id".into(), s("proj-1"));
-        assert!(BucketImage::parse(&item).unwrap().unsupported.is_some());
+        let image = BucketImage::parse(&item).unwrap();
+        assert_eq!(image.cascades_to.as_deref(), Some("proj-1"));
+        assert!(image.yaml_unsupported().is_some());
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub const TTL_MULTIPLIER: f64 = 7.0;
 
 /// SK of a config item (`{ns}/SYSTEM#` `#CONFIG`: the namespace's system config).
 pub const SK_CONFIG: &str = "#CONFIG";
+/// Prefix of the entity-level config sorts: `#CONFIG#{resource}` (or `_default_`).
+pub const SK_CONFIG_PREFIX: &str = "#CONFIG#";
 
 /// `{ns}/SYSTEM#`: the namespace's system records.
 pub fn pk_system(ns: &str) -> String {
@@ -47,7 +49,12 @@ pub fn pk_bucket(ns: &str, entity: &str, resource: &str, shard: i64) -> String {
     format!("{ns}/BUCKET#{entity}#{resource}#{shard}")
 }
 
-/// `{ns}/ENTITY#{e}`: the entity's META (and config) partition.
+/// `{ns}/RESOURCE#{r}`: the resource-level config partition.
+pub fn pk_resource(ns: &str, resource: &str) -> String {
+    format!("{ns}/RESOURCE#{resource}")
+}
+
+/// The entity partition key `{ns}/ENTITY#{entity}` (META and entity-level config).
 pub fn pk_entity(ns: &str, entity: &str) -> String {
     format!("{ns}/ENTITY#{entity}")
 }

@@ -40,6 +40,8 @@ pub const TIMEOUTS: &str = "zael_dynamodb_timeouts_total";
 /// Time of one store call (every bucket of one request, concurrently), in seconds, by
 /// `result` (`ok`, `error`).
 pub const CHARGE_DURATION: &str = "zael_dynamodb_charge_duration_seconds";
+/// Time of one entity acquire (child and parent), in seconds, by `result`.
+pub const ACQUIRE_DURATION: &str = "zael_dynamodb_acquire_duration_seconds";
 
 /// Histogram buckets for [`REQUEST_DURATION`] and [`CHARGE_DURATION`], in seconds.
 pub const DURATION_BUCKETS: &[f64] =
@@ -63,6 +65,11 @@ pub fn describe_metrics() {
         CHARGE_DURATION,
         metrics::Unit::Seconds,
         "Time of one DynamoDB store call (all buckets of a request), by result."
+    );
+    describe_histogram!(
+        ACQUIRE_DURATION,
+        metrics::Unit::Seconds,
+        "Time of one entity acquire of the DynamoDB store (the entity and its parent), by result."
     );
     // Present from the start, so ratios and alerts see zeros rather than gaps.
     for name in [BUCKET_DECISIONS, FAST_ADMITS, REJECTION_CACHE_HITS, TIMEOUTS] {

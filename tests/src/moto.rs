@@ -128,6 +128,35 @@ impl Moto {
         }
     }
 
+    /// A fresh table made by the Python library zae-limiter 0.17.0 with the entities, parents
+    /// and stored limits of `ENTITY_SCENARIO` in namespace `tenant`
+    /// (`table/tests/py/oracle.py entity-setup`), plus `extra` namespaces registered by zael's
+    /// test support; the table name.
+    pub async fn library_table(&self, extra: &[&str]) -> String {
+        let table = unique("zl");
+        let script = crate::workspace_root().join("table").join("tests").join("py").join("oracle.py");
+        let mut cmd = tokio::process::Command::new(python());
+        cmd.arg(script)
+            .args(["entity-setup", &table, "tenant"])
+            .env("ZAEL_TEST_ENDPOINT", self.endpoint())
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_SESSION_TOKEN", "testing")
+            .env("AWS_REGION", REGION)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .expect("the library's setup within 120 s")
+            .expect("run the oracle");
+        assert!(out.status.success(), "entity-setup failed: {}", String::from_utf8_lossy(&out.stderr));
+        let client = zael_table::testing::local_client(&self.endpoint(), REGION).await;
+        for name in extra {
+            zael_table::testing::register_namespace(&client, &table, name).await.expect("register");
+        }
+        table
+    }
+
     /// Writes the namespace's system config with `on_unavailable` (like the library's
     /// `set_system_defaults`).
     pub async fn set_on_unavailable(&self, table: &str, namespace_id: &str, value: &str) {

@@ -2,12 +2,15 @@
 //! format (`envoy-rls.md` §2.1), and compilation into the matcher.
 
 use super::Unit;
-use super::matcher::{Domain, KeyNodes, Level, Node, Pattern, RateLimitConfig, Rule, RuleLimit};
-use super::model::{DescriptorNode, DomainFile, RateLimit};
-use crate::keys::rule_resource;
+use super::matcher::{
+    Amount, Domain, EntityRule, KeyNodes, Level, Node, Pattern, RateLimitConfig, ResourceSource, Rule, RuleLimit,
+};
+use super::model::{self, DescriptorNode, DomainFile, EntityBinding, RateLimit};
+use crate::keys::{is_valid_limit_name, is_valid_resource, rule_resource};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// One problem in one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,8 +213,16 @@ impl Builder<'_, '_> {
             if raw.share_threshold && !raw.value.as_deref().is_some_and(|v| v.contains('*')) {
                 self.report.error(format!("{at}: share_threshold needs a value containing '*'"));
             }
-            let rule = raw.rate_limit.as_ref().and_then(|rl| self.rule(rl, raw, &at, &path, &segments));
-            if raw.allow_debt && raw.rate_limit.is_none() {
+            let rule = match (&raw.rate_limit, &raw.entity) {
+                (Some(_), Some(_)) => {
+                    self.report.error(format!("{at}: a node has either a rate_limit or an entity, not both"));
+                    None
+                }
+                (Some(rl), None) => self.rule(rl, raw, &at, &path, &segments),
+                (None, Some(binding)) => self.entity_rule(binding, raw, &at, &path, &segments),
+                (None, None) => None,
+            };
+            if raw.allow_debt && raw.rate_limit.is_none() && raw.entity.is_none() {
                 self.report.warn(format!("{at}: allow_debt has no effect without a rate_limit"));
             }
             let children = self.level(&raw.descriptors, &format!("{at}.descriptors"), &path, &segments);
@@ -311,6 +322,97 @@ impl Builder<'_, '_> {
             path: path.into(),
         })
     }
+
+    fn entity_rule(
+        &mut self,
+        binding: &EntityBinding,
+        raw: &DescriptorNode,
+        at: &str,
+        path: &str,
+        segments: &[(&str, Option<&str>)],
+    ) -> Option<Rule> {
+        let at = format!("{at}.entity");
+        let errors_before = self.report.errors.len();
+        let on_path = |key: &str| segments.iter().any(|(k, _)| *k == key);
+        let keys = || segments.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ");
+        let id_from = binding
+            .id_from
+            .clone()
+            .unwrap_or_else(|| segments.last().map(|(k, _)| (*k).to_owned()).unwrap_or_default());
+        if !on_path(&id_from) {
+            self.report.error(format!("{at}: id_from '{id_from}' is not a key on this node's path ({})", keys()));
+        }
+        let resource = match (&binding.resource, &binding.resource_from) {
+            (Some(_), Some(_)) => {
+                self.report.error(format!("{at}: give either resource or resource_from, not both"));
+                None
+            }
+            (None, None) => {
+                self.report.error(format!("{at}: a resource is required (resource: NAME or resource_from: KEY)"));
+                None
+            }
+            (Some(r), None) if !is_valid_resource(r) || r == "_default_" => {
+                self.report.error(format!(
+                    "{at}: resource '{r}' is not a zae-limiter resource name (a letter, then letters, digits and _.-/:, at most 64)"
+                ));
+                None
+            }
+            (Some(r), None) => Some(ResourceSource::Literal(r.clone())),
+            (None, Some(key)) if !on_path(key) => {
+                self.report.error(format!("{at}: resource_from '{key}' is not a key on this node's path ({})", keys()));
+                None
+            }
+            (None, Some(key)) => Some(ResourceSource::Entry(key.clone())),
+        };
+        if binding.consume.is_empty() {
+            self.report.error(format!("{at}: consume must name at least one limit, e.g. {{rpm: 1, tpm: hits}}"));
+        }
+        let mut consume = Vec::with_capacity(binding.consume.len());
+        for (name, amount) in &binding.consume {
+            if !is_valid_limit_name(name) {
+                self.report.error(format!(
+                    "{at}.consume: '{name}' is not a zae-limiter limit name (a letter, then letters, digits and _.-, at most 64, not wcu)"
+                ));
+                continue;
+            }
+            let amount = match amount {
+                model::Amount::Tokens(n) => Amount::Tokens(*n),
+                model::Amount::Word(w) if w == "hits" => Amount::Hits,
+                model::Amount::Word(w) => {
+                    self.report.error(format!(
+                        "{at}.consume.{name}: '{w}' is not an amount (a whole number of tokens, or hits)"
+                    ));
+                    continue;
+                }
+                model::Amount::Number(v) => {
+                    self.report.error(format!(
+                        "{at}.consume.{name}: {v} is not an amount (a whole number of tokens, or hits)"
+                    ));
+                    continue;
+                }
+            };
+            consume.push((Arc::<str>::from(name.as_str()), amount));
+        }
+        if raw.allow_debt {
+            self.report.error(format!(
+                "{at}: allow_debt applies to rate_limit rules; soft limits are set on the stored limit"
+            ));
+        }
+        if self.report.errors.len() > errors_before {
+            return None;
+        }
+        let rule = EntityRule { id_from, resource: resource?, consume };
+        Some(Rule {
+            limit: RuleLimit::Entity(Arc::new(rule)),
+            name: "".into(),
+            replaces: Vec::new(),
+            shadow_mode: raw.shadow_mode,
+            allow_debt: false,
+            detailed_metric: raw.detailed_metric,
+            resource: rule_resource(segments).into(),
+            path: path.into(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -340,6 +442,50 @@ mod tests {
         assert_eq!(&*d.namespace, "tenant-a");
         let rule = d.lookup([("k", "x")]).unwrap();
         assert_eq!(rule.limit, RuleLimit::Limited { unit: Unit::Minute, requests_per_unit: 5, burst: Some(10) });
+    }
+
+    #[test]
+    fn entity_rules_load() {
+        let cfg = parse_domain(
+            "e.yaml",
+            "domain: d\ndescriptors:\n  - key: org\n    descriptors:\n      - key: key\n        entity: {resource_from: org, consume: {tpm: hits, rpm: 1}}\n",
+        )
+        .unwrap();
+        let rule = cfg.domain("d").unwrap().lookup([("org", "o"), ("key", "k")]).unwrap();
+        let RuleLimit::Entity(entity) = &rule.limit else { panic!("{rule:?}") };
+        assert_eq!(entity.id_from, "key", "the node's own key by default");
+        assert_eq!(entity.resource, ResourceSource::Entry("org".into()));
+        assert_eq!(entity.consume, vec![("rpm".into(), Amount::Tokens(1)), ("tpm".into(), Amount::Hits)]);
+    }
+
+    #[test]
+    fn entity_rule_errors() {
+        let node = |entity: &str| format!("domain: d\ndescriptors:\n  - key: k\n    entity: {entity}\n");
+        let table = [
+            (node("{resource: r, consume: {rpm: 1}, nope: 1}"), "unknown field `nope`"),
+            (node("{consume: {rpm: 1}}"), "a resource is required"),
+            (node("{resource: r, resource_from: k, consume: {rpm: 1}}"), "either resource or resource_from"),
+            (node("{resource: 9r, consume: {rpm: 1}}"), "not a zae-limiter resource name"),
+            (node("{resource: _default_, consume: {rpm: 1}}"), "not a zae-limiter resource name"),
+            (node("{resource_from: other, consume: {rpm: 1}}"), "resource_from 'other' is not a key on this node's path (k)"),
+            (node("{id_from: other, resource: r, consume: {rpm: 1}}"), "id_from 'other' is not a key"),
+            (node("{resource: r}"), "consume must name at least one limit"),
+            (node("{resource: r, consume: {wcu: 1}}"), "'wcu' is not a zae-limiter limit name"),
+            (node("{resource: r, consume: {rpm: lots}}"), "'lots' is not an amount"),
+            (node("{resource: r, consume: {rpm: -1}}"), "not an amount"),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n    entity: {resource: r, consume: {rpm: 1}}\n".to_owned(),
+                "either a rate_limit or an entity",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    allow_debt: true\n    entity: {resource: r, consume: {rpm: 1}}\n".to_owned(),
+                "allow_debt applies to rate_limit rules",
+            ),
+        ];
+        for (yaml, fragment) in table {
+            let errors = errors(&yaml);
+            assert!(errors.iter().any(|e| e.contains(fragment)), "{yaml}: {errors:?}");
+        }
     }
 
     #[test]

@@ -67,6 +67,34 @@ pub enum RuleLimit {
         requests_per_unit: u32,
         burst: Option<u32>,
     },
+    /// `entity:`: the limits stored for a zae-limiter entity (a zael extension).
+    Entity(Arc<EntityRule>),
+}
+
+/// Where an entity rule's resource comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResourceSource {
+    Literal(String),
+    /// The value of the request entry with this key.
+    Entry(String),
+}
+
+/// How much of a stored limit each request takes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Amount {
+    Tokens(u64),
+    /// The descriptor's hits (`hits_addend`, default 1).
+    Hits,
+}
+
+/// An `entity:` rule: the request entry `id_from` names the entity, `resource` the resource,
+/// and `consume` lists the stored limits each request charges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntityRule {
+    pub id_from: String,
+    pub resource: ResourceSource,
+    /// By limit name, in name order.
+    pub consume: Vec<(Arc<str>, Amount)>,
 }
 
 /// A descriptor node with a `rate_limit`.

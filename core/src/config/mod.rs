@@ -1,15 +1,15 @@
 //! The envoyproxy/ratelimit YAML config: model, loading, validation and the compiled matcher.
 //!
-//! One domain per file. Besides the reference format this accepts three extensions:
-//! `namespace:` at the top of a file, `burst:` in a `rate_limit`, and `allow_debt:` on a
-//! descriptor node (see the README).
+//! One domain per file. Besides the reference format this accepts four extensions:
+//! `namespace:` at the top of a file, `burst:` in a `rate_limit`, and `allow_debt:` and
+//! `entity:` on a descriptor node (see the README).
 
 mod load;
 mod matcher;
 mod model;
 
 pub use load::{ConfigError, ConfigErrors, compile, load_path, parse_domain, read_sources};
-pub use matcher::{Domain, RateLimitConfig, Rule, RuleLimit};
+pub use matcher::{Amount, Domain, EntityRule, RateLimitConfig, ResourceSource, Rule, RuleLimit};
 
 /// The units of the config format, with the lengths envoyproxy/ratelimit uses.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]

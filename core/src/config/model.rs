@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +20,8 @@ pub(super) struct DescriptorNode {
     pub key: Option<String>,
     pub value: Option<String>,
     pub rate_limit: Option<RateLimit>,
+    /// zael extension: the node charges a zae-limiter entity's stored limits.
+    pub entity: Option<EntityBinding>,
     #[serde(default)]
     pub shadow_mode: bool,
     #[serde(default)]
@@ -55,4 +58,29 @@ pub(super) struct RateLimit {
 #[serde(deny_unknown_fields)]
 pub(super) struct Replace {
     pub name: Option<String>,
+}
+
+/// `entity:` on a descriptor node (a zael extension): which entry names the zae-limiter
+/// entity, which resource it charges and how much of each stored limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EntityBinding {
+    /// The key of the entry whose value is the entity id; default: this node's key.
+    pub id_from: Option<String>,
+    /// A literal resource name.
+    pub resource: Option<String>,
+    /// The key of the entry whose value is the resource name.
+    pub resource_from: Option<String>,
+    /// Limit name to amount: whole tokens, or `hits` for the descriptor's hits.
+    #[serde(default)]
+    pub consume: BTreeMap<String, Amount>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Amount {
+    Tokens(u64),
+    Word(String),
+    /// Anything else numeric (negative, fractional), reported as an error.
+    Number(f64),
 }

@@ -58,9 +58,9 @@ impl Harness {
 
     fn run(&self, request: &Request<'_>, global_shadow: bool) -> Decision {
         request.validate().unwrap();
-        let plan = plan(&self.config, request);
+        let plan = plan(&self.config, request).expect("valid");
         let outcomes: Vec<_> = plan.bucket_requests().iter().map(|r| self.store.charge_bucket(r, self.now)).collect();
-        plan.decide(&outcomes, self.now, global_shadow)
+        plan.decide(&outcomes, &[], self.now, global_shadow)
     }
 
     fn one(&self, entries: &[(&str, &str)]) -> Status {
@@ -154,7 +154,7 @@ fn unlimited_and_blocklist() {
         descriptors: vec![Descriptor { entries: vec![("block", "x")], hits_addend: Some(0), limit_override: None }],
         hits_addend: 0,
     };
-    let p = plan(&h.config, &blocked);
+    let p = plan(&h.config, &blocked).unwrap();
     assert!(p.bucket_requests().is_empty());
     let s = &h.run(&blocked, false).statuses[0];
     assert_eq!((s.code, s.limit_remaining, s.duration_until_reset_secs), (Code::OverLimit, 0, Some(1)));
@@ -209,12 +209,12 @@ fn override_shares_the_bucket_of_the_rule_with_the_same_unit() {
         limit_override: Some(LimitOverride { requests_per_unit: 10, unit }),
         hits_addend: None,
     };
-    let p = plan(&h.config, &req(&[with_unit(Unit::Minute)]));
+    let p = plan(&h.config, &req(&[with_unit(Unit::Minute)])).unwrap();
     assert_eq!(&*p.bucket_requests()[0].key.resource, "user");
     // Same bucket, new capacity 10: 2 left before, 1 after.
     assert_eq!(h.run(&req(&[with_unit(Unit::Minute)]), false).statuses[0].limit_remaining, 1);
     // Another unit: a bucket of its own.
-    let p = plan(&h.config, &req(&[with_unit(Unit::Hour)]));
+    let p = plan(&h.config, &req(&[with_unit(Unit::Hour)])).unwrap();
     assert_eq!(&*p.bucket_requests()[0].key.resource, "override::hour");
     assert_eq!(h.run(&req(&[with_unit(Unit::Hour)]), false).statuses[0].limit_remaining, 9);
 }
@@ -261,7 +261,7 @@ fn same_bucket_twice_is_charged_in_order() {
     let h = Harness::new();
     let d = desc(&[("user", "twice")]);
     let r = Request { domain: "d", descriptors: vec![d.clone(), d.clone(), d.clone(), d], hits_addend: 0 };
-    let plan = plan(&h.config, &r);
+    let plan = plan(&h.config, &r).unwrap();
     assert_eq!(plan.bucket_requests().len(), 1);
     assert_eq!(plan.bucket_requests()[0].charges.len(), 4);
     let decision = h.run(&r, false);

@@ -25,7 +25,7 @@ impl Inner {
         if image.disabled {
             return Class::Disabled;
         }
-        if let Some(what) = &image.unsupported {
+        if let Some(what) = &image.yaml_unsupported() {
             return Class::Unsupported(what.clone());
         }
         let bypass_live = image.bypass.as_ref().is_some_and(|b| b.live(now));

@@ -117,7 +117,7 @@ impl Inner {
         if image.disabled {
             return Ok(Step::Done(self.disabled(cx, &image)));
         }
-        if let Some(what) = &image.unsupported {
+        if let Some(what) = &image.yaml_unsupported() {
             return Err(self.unsupported(cx, shard, what));
         }
         self.learn(&cx.id, &image);
@@ -327,7 +327,7 @@ impl Inner {
             Ok(Update::ConditionFailed(Some(item))) => {
                 let image = parse(&item)?;
                 let Some(hits) = image.limit(LIMIT_NAME) else { return Ok(Step::Replan(Some(count))) };
-                if image.disabled || image.unsupported.is_some() || image.bypass.is_some() {
+                if image.disabled || image.yaml_unsupported().is_some() || image.bypass.is_some() {
                     return Ok(Step::Replan(Some(image.shard_count)));
                 }
                 // Rejected: every strict charge fails; debt charges are still recorded.

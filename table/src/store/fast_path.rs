@@ -49,7 +49,7 @@ impl Inner {
                         if image.wcu_would_refill(cx.now.0) {
                             return self.slow(cx, shard, Some(sc)).await;
                         }
-                        let count = self.double(cx, sc).await?;
+                        let count = self.double(&cx.id, sc).await?;
                         if count > sc {
                             let new_shard = rand::rng().random_range(sc..count);
                             return self.slow(cx, new_shard, Some(count)).await;

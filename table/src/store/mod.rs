@@ -21,6 +21,7 @@
 
 mod classify;
 mod commit;
+mod entity;
 mod expr;
 mod fast_path;
 mod learning;
@@ -37,7 +38,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zael_core::bucket::{ChargeOutcome, EpochMillis};
-use zael_core::store::{BucketRequest, BucketStore, OnUnavailable, StoreError};
+use zael_core::store::{BucketRequest, BucketStore, EntityOutcome, EntityRequest, OnUnavailable, StoreError};
 
 use crate::db::{CallCounts, Db};
 use crate::keys;
@@ -54,6 +55,8 @@ pub const LIMIT_NAME: &str = "hits";
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(40);
 /// Default lifetime of a cached namespace id (and of the cached version verdict).
 pub const DEFAULT_NAMESPACE_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Default lifetime of a cached stored-config item (the library's `config_cache_ttl`).
+pub const DEFAULT_CONFIG_CACHE_TTL: Duration = Duration::from_secs(60);
 /// How long [`DynamoStore::connect`] may take to read the version record.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound of the in-process sets and maps keyed by bucket.
@@ -73,6 +76,9 @@ pub struct DynamoStoreOptions {
     pub call_timeout: Duration,
     /// Lifetime of a resolved namespace id and of the version record verdict.
     pub namespace_cache_ttl: Duration,
+    /// Lifetime of a cached stored-config item (entity rules' limits; the library's
+    /// `config_cache_ttl`, 60 s by default); zero reads the config on every acquire.
+    pub config_cache_ttl: Duration,
     /// Answer charges that recent images prove short without a DynamoDB call (each image
     /// trusted for at most 1 s); `false` sends every charge to the table.
     pub rejection_cache: bool,
@@ -88,6 +94,7 @@ impl DynamoStoreOptions {
             endpoint_url: None,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             namespace_cache_ttl: DEFAULT_NAMESPACE_CACHE_TTL,
+            config_cache_ttl: DEFAULT_CONFIG_CACHE_TTL,
             rejection_cache: true,
         }
     }
@@ -135,6 +142,11 @@ struct Inner {
     shard_counts: Mutex<HashMap<BucketId, i64>>,
     /// Buckets seen stamped `bypass`: their fast path is written in the bypass shape.
     bypassed: Mutex<HashSet<BucketId>>,
+    /// Per (entity, resource), the parent its last bucket image said it cascades to.
+    parents: Mutex<HashMap<BucketId, Option<String>>>,
+    /// Stored config items by `(PK, SK)` (`None`: absent), with when they were read.
+    config_cache: Mutex<HashMap<(String, String), CachedItem>>,
+    config_ttl: Duration,
     /// Bucket PKs already logged as unsupported.
     warned: Mutex<HashSet<String>>,
     /// Shards recently seen short (the rejection cache).
@@ -145,7 +157,9 @@ struct Inner {
 }
 
 /// A cached answer and when it was fetched (failures are cached as their message).
-type Cached<T> = (Instant, Result<T, String>);
+type Cached<T, E = String> = (Instant, Result<T, E>);
+/// A stored item (`None`: absent) and when it was read.
+type CachedItem = Cached<Option<Arc<crate::item::Item>>, ()>;
 
 /// A test hook: called with the bucket PK after a slow path's read, before its commit.
 pub type CommitHook =
@@ -196,6 +210,9 @@ impl DynamoStore {
                 version: Mutex::new(None),
                 shard_counts: Mutex::new(HashMap::new()),
                 bypassed: Mutex::new(HashSet::new()),
+                parents: Mutex::new(HashMap::new()),
+                config_cache: Mutex::new(HashMap::new()),
+                config_ttl: options.config_cache_ttl,
                 warned: Mutex::new(HashSet::new()),
                 rejections: Rejections::new(),
                 rejection_cache: options.rejection_cache,
@@ -253,6 +270,26 @@ impl BucketStore for DynamoStore {
         let result = if answer.is_ok() { "ok" } else { "error" };
         metrics::histogram!(m::CHARGE_DURATION, "result" => result).record(started.elapsed().as_secs_f64());
         answer
+    }
+
+    /// Each entity acquire concurrently, each under the call's one deadline.
+    async fn acquire(&self, requests: &[EntityRequest], now: EpochMillis) -> Vec<Result<EntityOutcome, StoreError>> {
+        let deadline = tokio::time::Instant::now() + self.inner.call_timeout;
+        let timeout = u64::try_from(self.inner.call_timeout.as_millis()).unwrap_or(u64::MAX);
+        join_all(requests.iter().map(|r| async move {
+            let started = Instant::now();
+            let result = match tokio::time::timeout_at(deadline, self.inner.acquire_entity(r, now)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    metrics::counter!(m::TIMEOUTS).increment(1);
+                    Err(StoreError::Timeout(timeout))
+                }
+            };
+            let label = if result.is_ok() { "ok" } else { "error" };
+            metrics::histogram!(m::ACQUIRE_DURATION, "result" => label).record(started.elapsed().as_secs_f64());
+            result
+        }))
+        .await
     }
 
     /// The namespace's system config `on_unavailable` as last loaded (read when the namespace

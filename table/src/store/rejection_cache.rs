@@ -67,7 +67,7 @@ impl Inner {
         }
         let hits = image.limit(LIMIT_NAME);
         let judgeable = !image.disabled
-            && image.unsupported.is_none()
+            && image.yaml_unsupported().is_none()
             && image.bypass.is_none()
             && image.vu.is_none_or(|vu| vu == 0)
             && hits.is_some_and(|h| h.soft.is_none() && cx.params_match(h));

@@ -35,11 +35,17 @@ pub(super) struct Ctx<'a> {
 
 impl Ctx<'_> {
     pub(super) fn pk(&self, shard: i64) -> String {
-        keys::pk_bucket(&self.id.ns, &self.id.entity, &self.id.resource, shard)
+        self.id.pk(shard)
     }
 
     pub(super) fn params_match(&self, l: &LimitImage) -> bool {
         (l.cp, l.ra, l.rp) == (self.cp, self.ra, self.rp)
+    }
+}
+
+impl BucketId {
+    pub(super) fn pk(&self, shard: i64) -> String {
+        keys::pk_bucket(&self.ns, &self.entity, &self.resource, shard)
     }
 }
 

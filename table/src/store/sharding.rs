@@ -6,7 +6,7 @@ use tokio::task::JoinSet;
 use zael_core::store::StoreError;
 
 use super::expr::Ex;
-use super::request::{Ctx, parse, path, unavailable};
+use super::request::{parse, path, unavailable};
 use super::{BucketId, CACHE_LIMIT, Inner};
 use crate::db::{DbError, Update};
 use crate::keys::MAX_SHARD_COUNT;
@@ -48,19 +48,19 @@ impl Inner {
     }
 
     /// Doubles `shard_count` through shard 0 (§11.8); returns the count to use.
-    pub(super) async fn double(self: &Arc<Self>, cx: &Ctx<'_>, current: i64) -> Result<i64, StoreError> {
+    pub(super) async fn double(self: &Arc<Self>, id: &BucketId, current: i64) -> Result<i64, StoreError> {
         if current >= MAX_SHARD_COUNT {
-            return Ok(self.learn_count(&cx.id, current));
+            return Ok(self.learn_count(id, current));
         }
         let new = current * 2;
         let mut ex = Ex::default();
         ex.num(":old", current).num(":new", new);
-        let req = ex.req(cx.pk(0), "SET shard_count = :new".into(), vec!["shard_count = :old".into()]);
+        let req = ex.req(id.pk(0), "SET shard_count = :new".into(), vec!["shard_count = :old".into()]);
         let count = match self.db.update(req).await {
             Ok(Update::Done(_)) => {
                 path("double");
-                tracing::info!(resource = %cx.id.resource, from = current, to = new, "doubled a bucket's shard count");
-                self.propagate(cx, current, new).await;
+                tracing::info!(resource = %id.resource, from = current, to = new, "doubled a bucket's shard count");
+                self.propagate(id, current, new).await;
                 new
             }
             Ok(Update::ConditionFailed(item)) => {
@@ -70,15 +70,15 @@ impl Inner {
             Err(DbError::Conflict) => current,
             Err(e) => return Err(unavailable(e)),
         };
-        Ok(self.learn_count(&cx.id, count))
+        Ok(self.learn_count(id, count))
     }
 
     /// Stamps the new count on shards `1..old` (the library's `_propagate_shard_count`).
-    async fn propagate(self: &Arc<Self>, cx: &Ctx<'_>, old: i64, new: i64) {
+    async fn propagate(self: &Arc<Self>, id: &BucketId, old: i64, new: i64) {
         let mut set = JoinSet::new();
         for target in 1..old {
             let me = Arc::clone(self);
-            let pk = cx.pk(target);
+            let pk = id.pk(target);
             set.spawn(async move {
                 let mut ex = Ex::default();
                 ex.num(":new", new);

@@ -8,6 +8,15 @@ Usage (endpoint and region from ZAEL_TEST_ENDPOINT / AWS_REGION, credentials fro
       prints one {"admitted", "slow", "tokens_milli"} per acquire
   oracle.py hammer TABLE NAMESPACE ENTITY RESOURCE CP RA RP ATTEMPTS CONCURRENCY
       ATTEMPTS acquires of 1, CONCURRENCY at a time; prints {"admitted": N}
+  oracle.py entity-setup TABLE NAMESPACE
+      creates the table, the namespace and the entities and stored limits of ENTITY_SCENARIO
+  oracle.py entity-run TABLE NAMESPACE STEPS_JSON
+      runs each step [entity, resource, {limit: amount}] with the stored limits; prints per
+      step [outcome, {entity: {limit: available}}, slow] for the entity and its cascade parent,
+      where outcome is "admitted", "rejected", "disabled" or "no_limits" and slow says whether
+      the library took its slow path
+  oracle.py entity-available TABLE NAMESPACE PAIRS_JSON
+      prints {"entity/resource": {limit: available}} for each [entity, resource]
 """
 
 import asyncio
@@ -17,6 +26,7 @@ import sys
 import warnings
 
 from zae_limiter import Limit, RateLimiter, RateLimitExceeded, Repository
+from zae_limiter.exceptions import ResourceDisabled, ValidationError
 
 warnings.simplefilter("ignore")
 ENDPOINT = os.environ["ZAEL_TEST_ENDPOINT"]
@@ -79,7 +89,86 @@ async def hammer(table, namespace, entity, resource, cp, ra, rp, attempts, concu
     print(json.dumps({"admitted": admitted}))
 
 
-COMMANDS = {"setup": setup, "acquire": acquire, "hammer": hammer}
+def per_day(name, capacity):
+    return Limit(name=name, capacity=capacity, refill_amount=capacity, refill_period_seconds=86400)
+
+
+# Entities, parents and stored limits at every config level (per-day limits, so that the
+# few milliseconds between steps refill nothing visible).
+async def entity_setup(table, namespace):
+    await setup(table, namespace)
+    limiter = await open_limiter(table, namespace)
+    await limiter.create_entity("proj-1")
+    await limiter.create_entity("proj-2")
+    await limiter.create_entity("key-1", parent_id="proj-1", cascade=True)
+    await limiter.create_entity("key-2")
+    await limiter.create_entity("key-3", parent_id="proj-1", cascade=True)
+    await limiter.create_entity("key-4", parent_id="proj-2", cascade=True)
+    await limiter.create_entity("key-5", parent_id="proj-1", cascade=False)
+    await limiter.set_limits("key-1", [per_day("rpm", 5), per_day("tpm", 100)], resource="gpt-4")
+    await limiter.set_limits("proj-1", [per_day("rpm", 8)], resource="gpt-4")
+    await limiter.set_limits("key-4", [per_day("rpm", 10)], resource="gpt-4")
+    await limiter.set_limits("proj-2", [per_day("rpm", 2)], resource="gpt-4")
+    await limiter.set_limits("key-5", [per_day("rpm", 4)])  # entity default, every resource
+    await limiter.set_resource_defaults("gpt-4", [per_day("rpm", 2)])
+    await limiter.set_system_defaults([per_day("rpm", 3), per_day("tpm", 50)])
+    await limiter._repository.disable_entity("key-2", "claude")
+
+
+async def available_of(limiter, entity, resource):
+    try:
+        return await limiter.available(entity, resource)
+    except Exception as e:  # noqa: BLE001 - the oracle reports what the library says
+        return {"error": type(e).__name__}
+
+
+async def entity_run(table, namespace, steps):
+    limiter = await open_limiter(table, namespace)
+    slow_calls = []
+    original = limiter._slow_acquire
+
+    async def spy(*args, **kwargs):
+        slow_calls.append(1)
+        return await original(*args, **kwargs)
+
+    limiter._slow_acquire = spy
+    out = []
+    for entity, resource, consume in json.loads(steps):
+        before = len(slow_calls)
+        try:
+            async with limiter.acquire(entity, resource, consume):
+                outcome = "admitted"
+        except RateLimitExceeded:
+            outcome = "rejected"
+        except ResourceDisabled:
+            outcome = "disabled"
+        except ValidationError:
+            outcome = "no_limits"
+        meta = await limiter.get_entity(entity)
+        owners = [entity]
+        if meta is not None and meta.parent_id and meta.cascade:
+            owners.append(meta.parent_id)
+        slow = len(slow_calls) > before
+        out.append([outcome, {e: await available_of(limiter, e, resource) for e in owners}, slow])
+    print(json.dumps(out))
+
+
+async def entity_available(table, namespace, pairs):
+    limiter = await open_limiter(table, namespace)
+    out = {}
+    for entity, resource in json.loads(pairs):
+        out[f"{entity}/{resource}"] = await available_of(limiter, entity, resource)
+    print(json.dumps(out, sort_keys=True))
+
+
+COMMANDS = {
+    "setup": setup,
+    "acquire": acquire,
+    "hammer": hammer,
+    "entity-setup": entity_setup,
+    "entity-run": entity_run,
+    "entity-available": entity_available,
+}
 
 if __name__ == "__main__":
     asyncio.run(COMMANDS[sys.argv[1]](*sys.argv[2:]))

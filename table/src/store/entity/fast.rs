@@ -1,0 +1,314 @@
+//! The speculative writes of an entity acquire (§11.2, §11.9): one conditional UpdateItem
+//! per side, child and parent in parallel when the parent is known, refunds of a side whose
+//! partner failed, and the judgement of a failed image (§11.3, §11.4).
+
+use std::sync::Arc;
+use zael_core::bucket::{EpochMillis, Millitokens};
+use zael_core::store::{EntityOutcome, LimitReport, StoreError};
+
+use super::super::Inner;
+use super::super::expr::Ex;
+use super::super::request::{parse, path, unavailable};
+use super::Side;
+use crate::db::{DbError, Update};
+use crate::item::BucketImage;
+use crate::keys::{self, WCU, WCU_PER_WRITE};
+
+/// How a speculative write went.
+pub(super) enum Fast {
+    Admitted(BucketImage),
+    Failed(Option<BucketImage>),
+    Contended,
+}
+
+/// What a failed image decides.
+enum Judged {
+    Disabled,
+    Rejected(Vec<LimitReport>),
+    Slow(i64),
+}
+
+impl Inner {
+    pub(in super::super) async fn fast_entity(
+        self: &Arc<Self>,
+        child: Side,
+        consume: &[(Arc<str>, Millitokens)],
+        now: EpochMillis,
+    ) -> Result<EntityOutcome, StoreError> {
+        let (shard, _) = self.select_shard(&child.id, &[]);
+        let parent = match self.cached_parent(&child.id) {
+            Some(p) => Some(self.parent_side(&child, &p, consume).await?).filter(|p| !p.declared.is_empty()),
+            None => None,
+        };
+        let parent_write = async {
+            match &parent {
+                Some(p) => {
+                    let (pshard, _) = self.select_shard(&p.id, &[]);
+                    Some((pshard, self.speculate_side(p, pshard, now).await))
+                }
+                None => None,
+            }
+        };
+        let (child_result, parent_result) = tokio::join!(self.speculate_side(&child, shard, now), parent_write);
+        let parent_result = match parent_result {
+            Some((pshard, Ok(fast))) => Some((pshard, fast)),
+            Some((_, Err(e))) => {
+                if let Ok(Fast::Admitted(image)) = &child_result {
+                    self.refund_side(&child, shard, image).await;
+                }
+                return Err(e);
+            }
+            None => None,
+        };
+        let child_fast = match child_result {
+            Ok(fast) => fast,
+            Err(e) => {
+                self.refund_admitted(parent.as_ref(), &parent_result).await;
+                return Err(e);
+            }
+        };
+        let child_image = match child_fast {
+            Fast::Admitted(image) => image,
+            failed => {
+                self.refund_admitted(parent.as_ref(), &parent_result).await;
+                return match failed {
+                    Fast::Failed(image) => match self.judge(&child, shard, image, now).await? {
+                        Judged::Disabled => Ok(EntityOutcome::Disabled { entity: child.id.entity.clone() }),
+                        Judged::Rejected(reports) => Ok(EntityOutcome::Rejected(reports)),
+                        Judged::Slow(shard) => self.slow_entity(&child, consume, shard, now).await,
+                    },
+                    _ => self.slow_entity(&child, consume, shard, now).await,
+                };
+            }
+        };
+        self.learn_parent(&child.id, &child_image);
+        if child_image.bypass.as_ref().is_some_and(|b| b.live(now.0)) {
+            // A bypassed bucket counts usage but keeps its balance: give the tokens back.
+            self.refund_tokens(&child, shard, &child_image).await;
+        }
+        let child_reports = child.reports(&child_image, now, true).unwrap_or_default();
+        // The image overrules the cache on whether and where the entity cascades.
+        let charges_parent = match &child_image.cascades_to {
+            Some(to) if parent.as_ref().is_none_or(|p| p.id.entity != *to) => {
+                !self.parent_side(&child, to, consume).await?.declared.is_empty()
+            }
+            Some(_) => true,
+            None => false,
+        };
+        let (parent, parent_result) = match (&child_image.cascades_to, parent) {
+            (None, parent) => {
+                self.refund_admitted(parent.as_ref(), &parent_result).await;
+                path("entity_fast");
+                return Ok(EntityOutcome::Admitted(child_reports));
+            }
+            (Some(to), Some(parent)) if *to == parent.id.entity => (parent, parent_result),
+            (Some(_), parent) if !charges_parent => {
+                self.refund_admitted(parent.as_ref(), &parent_result).await;
+                path("entity_fast");
+                return Ok(EntityOutcome::Admitted(child_reports));
+            }
+            (Some(to), parent) => {
+                self.refund_admitted(parent.as_ref(), &parent_result).await;
+                let parent = self.parent_side(&child, to, consume).await?;
+                let (pshard, _) = self.select_shard(&parent.id, &[]);
+                let fast = match self.speculate_side(&parent, pshard, now).await {
+                    Ok(fast) => fast,
+                    Err(e) => {
+                        self.refund_side(&child, shard, &child_image).await;
+                        return Err(e);
+                    }
+                };
+                (parent, Some((pshard, fast)))
+            }
+        };
+        let Some((pshard, parent_fast)) = parent_result else {
+            return Err(StoreError::Unavailable("internal: cascade without a parent write".into()));
+        };
+        match parent_fast {
+            Fast::Admitted(parent_image) => {
+                if parent_image.bypass.as_ref().is_some_and(|b| b.live(now.0)) {
+                    self.refund_tokens(&parent, pshard, &parent_image).await;
+                }
+                self.learn_count(&parent.id, parent_image.shard_count);
+                path("entity_fast_cascade");
+                let mut reports = child_reports;
+                reports.extend(parent.reports(&parent_image, now, true).unwrap_or_default());
+                Ok(EntityOutcome::Admitted(reports))
+            }
+            Fast::Failed(image) => {
+                self.refund_side(&child, shard, &child_image).await;
+                match self.judge(&parent, pshard, image, now).await? {
+                    Judged::Disabled => Ok(EntityOutcome::Disabled { entity: parent.id.entity.clone() }),
+                    Judged::Rejected(parent_reports) => {
+                        // The child's debit was refunded: report its balance before it.
+                        let mut reports = child_reports;
+                        reports.iter_mut().for_each(|r| {
+                            r.tokens = Millitokens(r.tokens.0.saturating_add(r.requested.0));
+                            r.exceeded = false;
+                        });
+                        reports.extend(parent_reports);
+                        Ok(EntityOutcome::Rejected(reports))
+                    }
+                    Judged::Slow(_) => self.slow_entity(&child, consume, shard, now).await,
+                }
+            }
+            Fast::Contended => {
+                self.refund_side(&child, shard, &child_image).await;
+                self.slow_entity(&child, consume, shard, now).await
+            }
+        }
+    }
+
+    /// The speculative UpdateItem of one side: every condition term of §11.2.
+    pub(super) async fn speculate_side(&self, side: &Side, shard: i64, now: EpochMillis) -> Result<Fast, StoreError> {
+        let mut ex = Ex::default();
+        ex.name("#byp", "bypass").name("#ttl", "ttl").name("#dis", "disabled").name("#vu", "vu");
+        ex.name("#wt", &keys::battr(WCU, "tk")).name("#wc", &keys::battr(WCU, "tc"));
+        ex.num(":now", now.0).num(":nows", now.0.div_euclid(1000)).num(":wper", WCU_PER_WRITE);
+        ex.num(":wd", -WCU_PER_WRITE);
+        let mut add = vec!["#wt :wd".to_owned(), "#wc :wper".to_owned()];
+        let mut cond = vec!["attribute_exists(PK)".to_owned()];
+        for (i, (name, amount)) in side.declared.iter().enumerate() {
+            ex.name(&format!("#t{i}"), &keys::battr(name, "tk"))
+                .name(&format!("#c{i}"), &keys::battr(name, "tc"))
+                .name(&format!("#p{i}"), &keys::battr(name, "cp"))
+                .name(&format!("#s{i}"), &keys::battr(name, "soft"));
+            ex.num(&format!(":a{i}"), *amount).num(&format!(":d{i}"), -amount);
+            add.push(format!("#t{i} :d{i}"));
+            add.push(format!("#c{i} :a{i}"));
+            cond.push(format!(
+                "(#byp > :now OR (#s{i} > :now AND attribute_exists(#p{i}) AND attribute_exists(#t{i})) OR #t{i} >= :a{i})"
+            ));
+            cond.push(format!("(attribute_not_exists(#s{i}) OR #s{i} > :now)"));
+        }
+        cond.push("(attribute_not_exists(#byp) OR #byp > :now)".into());
+        cond.push("#wt >= :wper".into());
+        cond.push("(attribute_not_exists(#ttl) OR #ttl > :nows)".into());
+        cond.push("attribute_not_exists(#dis)".into());
+        cond.push("(#byp > :now OR attribute_not_exists(#vu) OR #vu > :now)".into());
+        let req = ex.req(side.id.pk(shard), format!("ADD {}", add.join(", ")), cond);
+        match self.db.update(req).await {
+            Ok(Update::Done(item)) => Ok(Fast::Admitted(parse(&item)?)),
+            Ok(Update::ConditionFailed(item)) => Ok(Fast::Failed(item.as_ref().map(parse).transpose()?)),
+            Err(DbError::Conflict) => Ok(Fast::Contended),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Why a speculative write failed and what follows, from its `ALL_OLD` image.
+    async fn judge(
+        self: &Arc<Self>,
+        side: &Side,
+        shard: i64,
+        image: Option<BucketImage>,
+        now: EpochMillis,
+    ) -> Result<Judged, StoreError> {
+        let Some(image) = image else { return Ok(Judged::Slow(shard)) };
+        let n = now.0;
+        if image.disabled {
+            path("entity_disabled");
+            return Ok(Judged::Disabled);
+        }
+        if let Some(what) = &image.unsupported {
+            return Err(self.unsupported_entity(&side.id, what));
+        }
+        self.learn_parent(&side.id, &image);
+        let bypass_live = image.bypass.as_ref().is_some_and(|b| b.live(n));
+        let soft_live = |name: &str| image.limit(name).and_then(|l| l.soft.as_ref()).is_some_and(|s| s.live(n));
+        let boundary = image.bypass.as_ref().is_some_and(|b| !b.live(n))
+            || side
+                .declared
+                .iter()
+                .any(|(name, _)| image.limit(name).and_then(|l| l.soft.as_ref()).is_some_and(|s| !s.live(n)))
+            || image.ttl.is_some_and(|t| t <= n.div_euclid(1000));
+        if boundary || bypass_live {
+            return Ok(Judged::Slow(shard));
+        }
+        let Some(reports) = side.reports(&image, now, false) else { return Ok(Judged::Slow(shard)) };
+        if reports.iter().any(|r| r.exceeded && !soft_live(&r.name)) {
+            path("entity_fast_reject");
+            return Ok(Judged::Rejected(reports));
+        }
+        if !image.wcu_would_refill(n) {
+            let sc = image.shard_count;
+            let count = self.double(&side.id, sc).await?;
+            if count > sc {
+                use rand::Rng;
+                return Ok(Judged::Slow(rand::rng().random_range(sc..count)));
+            }
+        }
+        Ok(Judged::Slow(shard))
+    }
+
+    async fn refund_admitted(&self, side: Option<&Side>, result: &Option<(i64, Fast)>) {
+        if let (Some(side), Some((shard, Fast::Admitted(image)))) = (side, result) {
+            self.refund_side(side, *shard, image).await;
+        }
+    }
+
+    /// Credits back a landed debit (`tk` and `tc`), self-trimming at the ceiling (§11.10).
+    pub(super) async fn refund_side(&self, side: &Side, shard: i64, image: &BucketImage) {
+        self.credit(side, shard, image, true).await;
+    }
+
+    /// Gives back the `tk` of a debit that landed on a bypassed bucket (`tc` keeps the usage).
+    async fn refund_tokens(&self, side: &Side, shard: i64, image: &BucketImage) {
+        self.credit(side, shard, image, false).await;
+    }
+
+    async fn credit(&self, side: &Side, shard: i64, image: &BucketImage, usage_too: bool) {
+        let amounts: Vec<&(String, i64)> = side.declared.iter().filter(|(_, a)| *a > 0).collect();
+        if amounts.is_empty() {
+            return;
+        }
+        let sc = image.shard_count.max(1);
+        let mut ex = Ex::default();
+        let mut add = Vec::new();
+        let mut cond = vec!["attribute_exists(PK)".to_owned()];
+        for (i, (name, amount)) in amounts.iter().enumerate() {
+            ex.name(&format!("#t{i}"), &keys::battr(name, "tk")).num(&format!(":c{i}"), *amount);
+            add.push(format!("#t{i} :c{i}"));
+            if usage_too {
+                ex.name(&format!("#c{i}"), &keys::battr(name, "tc")).num(&format!(":u{i}"), -amount);
+                add.push(format!("#c{i} :u{i}"));
+            }
+            if let Some(l) = image.limit(name) {
+                ex.name(&format!("#p{i}"), &keys::battr(name, "cp"));
+                ex.num(&format!(":lim{i}"), l.cp.div_euclid(sc).saturating_sub(*amount)).num(&format!(":cp{i}"), l.cp);
+                cond.push(format!("#t{i} <= :lim{i} AND #p{i} = :cp{i}"));
+            }
+        }
+        ex.name("#sc", "shard_count").name("#vu", "vu").num(":sc", image.shard_count);
+        cond.push("(attribute_not_exists(#sc) OR #sc = :sc)".into());
+        match image.vu {
+            None => cond.push("attribute_not_exists(#vu)".into()),
+            Some(v) => {
+                ex.num(":vur", v);
+                cond.push("#vu = :vur".into());
+            }
+        }
+        let update = format!("ADD {}", add.join(", "));
+        let pk = side.id.pk(shard);
+        let trimmed = ex.req(pk.clone(), update.clone(), cond);
+        let outcome = match self.db.update(trimmed).await {
+            Ok(Update::ConditionFailed(Some(_))) => {
+                // Over the ceiling or changed meanwhile: credit anyway and force a slow pass to clamp.
+                let mut ex = Ex::default();
+                ex.name("#vu", "vu").num(":vz", 0);
+                for (i, (name, amount)) in amounts.iter().enumerate() {
+                    ex.name(&format!("#t{i}"), &keys::battr(name, "tk")).num(&format!(":c{i}"), *amount);
+                    if usage_too {
+                        ex.name(&format!("#c{i}"), &keys::battr(name, "tc")).num(&format!(":u{i}"), -amount);
+                    }
+                }
+                let req = ex.req(pk, format!("SET #vu = :vz {update}"), vec!["attribute_exists(PK)".into()]);
+                self.db.update(req).await.map(|_| ())
+            }
+            other => other.map(|_| ()),
+        };
+        path("entity_refund");
+        if let Err(e) = outcome {
+            tracing::warn!(error = ?e, entity = %side.id.entity, resource = %side.id.resource, "refund failed; the bucket under-admits until it refills");
+        }
+    }
+}

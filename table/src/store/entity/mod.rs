@@ -1,0 +1,165 @@
+//! Entity acquires (`table-format.md` §11 with stored limits): the limits an entity has for
+//! a resource come from the table's config levels ([`config`]), the acquire charges them
+//! all at once, and, when the entity cascades, its parent's bucket too (one hop).
+//!
+//! The order a request meets it: [`Inner::acquire_entity`] resolves the namespace, the
+//! limits and the cached parent, then [`fast`] sends the speculative UpdateItems (child and
+//! parent in parallel, refunding a lost side) and judges a failure from its `ALL_OLD`
+//! image; what the images cannot decide goes to [`slow`]: one consistent BatchGetItem per
+//! side (access walk, META, bucket), the plan, and one commit (an UpdateItem, or one
+//! TransactWriteItems for a create or for child and parent together).
+
+mod config;
+mod fast;
+mod slow;
+
+use std::sync::Arc;
+use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};
+use zael_core::store::{EntityOutcome, EntityRequest, LimitReport, StoreError};
+
+use super::request::path;
+use super::{BucketId, Inner};
+use crate::item::BucketImage;
+use crate::keys;
+use crate::plan;
+pub(crate) use config::Resolved;
+
+/// One side of an acquire (the entity, or its parent) and what it is charged.
+#[derive(Clone, Debug)]
+pub(super) struct Side {
+    pub id: BucketId,
+    pub limits: Resolved,
+    /// Requested limits this side has, with their amounts in millitokens.
+    pub declared: Vec<(String, i64)>,
+}
+
+impl Side {
+    fn new(id: BucketId, limits: Resolved, consume: &[(Arc<str>, Millitokens)]) -> Side {
+        let declared =
+            consume.iter().filter(|(n, _)| limits.limit(n).is_some()).map(|(n, a)| (n.to_string(), a.0)).collect();
+        Side { id, limits, declared }
+    }
+
+    /// The report of each requested limit from an image, its balance projected to `now`;
+    /// `debited` when the image already holds this request's debit.
+    fn reports(&self, image: &BucketImage, now: EpochMillis, debited: bool) -> Option<Vec<LimitReport>> {
+        let sc = image.shard_count.max(1);
+        self.declared
+            .iter()
+            .map(|(name, a)| {
+                let l = image.limit(name)?;
+                let share = plan::share(l.cp, l.ra, l.rp, sc);
+                let before = if debited { l.tk.saturating_add(*a) } else { l.tk };
+                let available = plan::project(before, image.rf, &share, now).tokens.0;
+                let after = if debited { available.saturating_sub(*a) } else { available };
+                Some(report(&self.id.entity, name, (l.cp, l.ra, l.rp), sc, after, now, *a, !debited && available < *a))
+            })
+            .collect()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    entity: &str,
+    name: &str,
+    (cp, ra, rp): (i64, i64, i64),
+    shard_count: i64,
+    tokens: i64,
+    at: EpochMillis,
+    requested: i64,
+    exceeded: bool,
+) -> LimitReport {
+    LimitReport {
+        entity: entity.to_owned(),
+        name: name.to_owned(),
+        limit: BucketLimit { capacity: Millitokens(cp), refill_amount: Millitokens(ra), refill_period_ms: rp },
+        shard_count,
+        tokens: Millitokens(tokens),
+        at,
+        requested: Millitokens(requested),
+        exceeded,
+    }
+}
+
+impl Inner {
+    /// One entity acquire.
+    pub(super) async fn acquire_entity(
+        self: &Arc<Self>,
+        request: &EntityRequest,
+        now: EpochMillis,
+    ) -> Result<EntityOutcome, StoreError> {
+        if !keys::is_valid_entity(&request.entity) || !keys::is_valid_resource(&request.resource) {
+            return Err(StoreError::Refused(format!(
+                "entity '{}' on resource '{}' is outside the zae-limiter identifier rules",
+                request.entity, request.resource
+            )));
+        }
+        let ns = self.namespace_id(&request.namespace).await?;
+        self.check_version().await?;
+        let id = BucketId { ns, entity: request.entity.clone(), resource: request.resource.clone() };
+        let limits = self.resolve_limits(&id.ns, &id.entity, &id.resource).await?;
+        if let Some(what) = &limits.unsupported {
+            return Err(self.unsupported_entity(&id, what));
+        }
+        if limits.limits.is_empty() {
+            path("entity_no_limits");
+            return Ok(EntityOutcome::NoLimits);
+        }
+        let child = Side::new(id, limits, &request.consume);
+        for (name, _) in &request.consume {
+            if child.limits.limit(name).is_none() {
+                tracing::debug!(entity = %child.id.entity, limit = %name, "requested limit not stored for the entity; its parent may have it");
+            }
+        }
+        self.fast_entity(child, &request.consume, now).await
+    }
+
+    /// A parent side: the parent's own limits on the same resource. A parent that has none
+    /// of the requested limits is charged nothing, so it gets no write (`declared` empty).
+    async fn parent_side(
+        &self,
+        child: &Side,
+        parent: &str,
+        consume: &[(Arc<str>, Millitokens)],
+    ) -> Result<Side, StoreError> {
+        let id = BucketId { ns: child.id.ns.clone(), entity: parent.to_owned(), resource: child.id.resource.clone() };
+        let limits = self.resolve_limits(&id.ns, &id.entity, &id.resource).await?;
+        if let Some(what) = &limits.unsupported {
+            return Err(self.unsupported_entity(&id, what));
+        }
+        Ok(Side::new(id, limits, consume))
+    }
+
+    /// A stored feature zael does not implement: logged once per entity and resource, then
+    /// decided by `on_unavailable`.
+    fn unsupported_entity(&self, id: &BucketId, what: &str) -> StoreError {
+        let key = format!("{}/ENTITY#{}#{}", id.ns, id.entity, id.resource);
+        let mut warned = self.warned.lock().expect("lock");
+        if warned.len() >= super::CACHE_LIMIT {
+            warned.clear();
+        }
+        if warned.insert(key) {
+            tracing::warn!(entity = %id.entity, resource = %id.resource, feature = %what, "entity uses a zae-limiter feature zael does not implement; deciding per on_unavailable");
+        }
+        path("unsupported");
+        StoreError::Unavailable(format!(
+            "entity '{}' on resource '{}' uses {what}, which zael does not implement",
+            id.entity, id.resource
+        ))
+    }
+
+    /// The parent an (entity, resource) cascades to, as its last bucket image said.
+    fn cached_parent(&self, id: &BucketId) -> Option<String> {
+        self.parents.lock().expect("lock").get(id).cloned().flatten()
+    }
+
+    fn learn_parent(&self, id: &BucketId, image: &BucketImage) {
+        let mut parents = self.parents.lock().expect("lock");
+        if parents.len() >= super::CACHE_LIMIT {
+            parents.clear();
+        }
+        parents.insert(id.clone(), image.cascades_to.clone());
+        drop(parents);
+        self.learn_count(id, image.shard_count);
+    }
+}
