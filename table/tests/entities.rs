@@ -4,6 +4,7 @@
 
 mod common;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use zael_core::store::{BucketStore, EntityOutcome, EntityRequest};
 
 /// The steps both implementations run: cascade admits and a child-limit rejection (key-1),
 /// an entity without a parent on resource defaults, a disabled entity, a parent rejection
-/// with the child's debit refunded (key-4), an entity default (key-5), system defaults.
+/// with the child's debit refunded (key-4), an entity default (key-5), system defaults, a soft
+/// limit admitting into debt (key-6) and a bypassed entity (key-7).
 fn steps() -> Value {
     let key1 = json!(["key-1", "gpt-4", {"rpm": 1, "tpm": 30}]);
     json!([
@@ -29,6 +31,12 @@ fn steps() -> Value {
         ["key-5", "gpt-4", {"rpm": 1, "tpm": 5}],
         ["nobody", "other", {"rpm": 1, "tpm": 10}],
         ["nobody", "other", {"rpm": 0, "tpm": 45}],
+        ["key-6", "gpt-4", {"rpm": 1, "tpm": 1}],
+        ["key-6", "gpt-4", {"rpm": 1, "tpm": 1}],
+        ["key-6", "gpt-4", {"rpm": 1, "tpm": 1}],
+        ["key-6", "gpt-4", {"rpm": 1, "tpm": 9}],
+        ["key-7", "gpt-4", {"rpm": 1}],
+        ["key-7", "gpt-4", {"rpm": 1}],
     ])
 }
 
@@ -66,7 +74,7 @@ fn outcome_name(outcome: &EntityOutcome) -> &'static str {
 
 fn pairs() -> String {
     let mut pairs = Vec::new();
-    for e in ["key-1", "key-2", "key-3", "key-4", "key-5", "proj-1", "proj-2"] {
+    for e in ["key-1", "key-2", "key-3", "key-4", "key-5", "key-6", "key-7", "proj-1", "proj-2"] {
         pairs.push(json!([e, "gpt-4"]));
     }
     pairs.push(json!(["nobody", "other"]));
@@ -102,8 +110,28 @@ async fn library_entities_and_limits_are_enforced_exactly() {
     // The library reads identical balances off both tables.
     let read =
         |table: String| async move { oracle(&["entity-available".into(), table, "tenant".into(), pairs()]).await };
-    let (on_python, on_zael) = (read(python_table).await, read(zael_table).await);
+    let (on_python, on_zael) = (read(python_table.clone()).await, read(zael_table.clone()).await);
     assert_eq!(on_zael, on_python);
+    // And identical consumption counters (`tc`, what usage snapshots are made of).
+    assert_eq!(consumption(&zael_table).await, consumption(&python_table).await);
+}
+
+/// Every bucket's `b_{n}_tc` (but `wcu`'s, which counts writes), by entity, resource and limit.
+async fn consumption(table: &str) -> std::collections::BTreeMap<String, i64> {
+    let items = client().await.scan().table_name(table).send().await.expect("scan").items.unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    for item in items {
+        if item.get("SK").and_then(|v| v.as_s().ok()).map(String::as_str) != Some("#STATE") {
+            continue;
+        }
+        let owner = format!("{}/{}", item["entity_id"].as_s().unwrap(), item["resource"].as_s().unwrap());
+        for (attr, value) in &item {
+            if attr.starts_with("b_") && attr.ends_with("_tc") && attr != "b_wcu_tc" {
+                out.insert(format!("{owner}/{attr}"), value.as_n().unwrap().parse::<i64>().unwrap());
+            }
+        }
+    }
+    out
 }
 
 #[tokio::test]
@@ -218,4 +246,138 @@ async fn concurrent_cascading_acquires_never_exceed_the_parent() {
     ])
     .await;
     assert_eq!(out.trim(), r#"{"key-4/gpt-4": {"rpm": 8}, "proj-2/gpt-4": {"rpm": 0}}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_library_and_zael_together_never_exceed_a_cascading_parent() {
+    let (table, _) = library_table("ent-mixed").await;
+    // key-8 allows 30 per day, its parent proj-3 only 20: 40 attempts on each side.
+    let args = ["entity-hammer", &table, "tenant", "key-8", "gpt-4", r#"{"rpm": 1}"#, "40", "4"].map(String::from);
+    let python = tokio::spawn(async move { oracle(&args).await });
+    let store = store(&table).await;
+    let consume = json!({"rpm": 1});
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        let consume = consume.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut admitted = 0;
+            for _ in 0..10 {
+                let req = entity_request("key-8", "gpt-4", consume.as_object().unwrap());
+                match store.acquire(&[req], now()).await.pop().unwrap() {
+                    Ok(EntityOutcome::Admitted(_)) => admitted += 1,
+                    Ok(EntityOutcome::Rejected(_)) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            admitted
+        }));
+    }
+    let mut zael = 0;
+    for t in tasks {
+        zael += t.await.unwrap();
+    }
+    let python: Value = serde_json::from_str(&python.await.unwrap()).unwrap();
+    let library = python["admitted"].as_i64().unwrap();
+    assert_eq!(zael + library, 20, "zael admitted {zael}, the library {library}");
+    let out = oracle(&[
+        "entity-available".into(),
+        table,
+        "tenant".into(),
+        json!([["key-8", "gpt-4"], ["proj-3", "gpt-4"]]).to_string(),
+    ])
+    .await;
+    assert_eq!(out.trim(), r#"{"key-8/gpt-4": {"rpm": 10}, "proj-3/gpt-4": {"rpm": 0}}"#);
+}
+
+/// key-5: 4 per day from its entity default, no parent.
+fn key5() -> EntityRequest {
+    entity_request("key-5", "gpt-4", json!({"rpm": 1}).as_object().unwrap())
+}
+
+#[tokio::test]
+async fn a_lost_create_race_and_a_lost_rf_lock_fall_back_to_consumption_only() {
+    let (table, ns) = library_table("ent-races").await;
+    let a = store(&table).await;
+    let b = store(&table).await;
+    let hook = {
+        let b = b.clone();
+        Arc::new(move |_pk: String| {
+            let b = b.clone();
+            Box::pin(async move {
+                // Another server wins the race, between this one's read and its commit.
+                let outcome = b.acquire(&[key5()], now()).await.pop().unwrap().unwrap();
+                assert!(matches!(outcome, EntityOutcome::Admitted(_)), "{outcome:?}");
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        })
+    };
+    a.set_before_commit_hook(Some(hook));
+    let pk = format!("{ns}/BUCKET#key-5#gpt-4#0");
+
+    // Create race: both find no bucket; b creates it first, a's Put fails and a retries the
+    // debit alone on b's item.
+    let before = a.calls();
+    assert!(matches!(acquire(&a, key5(), now()).await, EntityOutcome::Admitted(_)));
+    let after = a.calls();
+    assert_eq!(after.transact_write_items - before.transact_write_items, 1, "one create attempt");
+    let item = get_item(&table, &pk).await.expect("bucket");
+    assert_eq!((num(&item, "b_rpm_tk"), num(&item, "b_rpm_tc")), (2000, 2000));
+
+    // Lost rf lock: `vu = 0` sends both to the slow path; b's normal write moves rf and
+    // clears vu first, a's rf-locked write fails and its consumption-only retry lands.
+    stamp(&table, &pk, &[("vu", n(0))]).await;
+    assert!(matches!(acquire(&a, key5(), now()).await, EntityOutcome::Admitted(_)));
+    let item = get_item(&table, &pk).await.expect("bucket");
+    assert_eq!((num(&item, "b_rpm_tk"), num(&item, "b_rpm_tc")), (0, 4000));
+    assert!(!item.contains_key("vu"), "the winner's slow pass cleared the marker");
+    a.set_before_commit_hook(None);
+    let outcome = acquire(&a, key5(), now()).await;
+    assert!(matches!(outcome, EntityOutcome::Rejected(_)), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn bucket_stamps_and_unsupported_config_are_decided_without_guessing() {
+    let (table, ns) = library_table("ent-stamps").await;
+    let store = store(&table).await;
+    let t = now();
+    assert!(matches!(acquire(&store, key5(), t).await, EntityOutcome::Admitted(_)));
+    let pk = format!("{ns}/BUCKET#key-5#gpt-4#0");
+
+    // A `disabled` stamp: one failed UpdateItem, no reads.
+    stamp(&table, &pk, &[("disabled", AttributeValue::Bool(true))]).await;
+    let before = store.calls();
+    assert_eq!(acquire(&store, key5(), t).await, EntityOutcome::Disabled { entity: "key-5".into() });
+    let after = store.calls();
+    assert_eq!((after.update_item - before.update_item, after.batch_get_item - before.batch_get_item), (1, 0));
+    remove_attrs(&table, &pk, &["disabled"]).await;
+
+    // wcu exhausted and no refill in sight: shard 0 doubles the count, the request goes to a
+    // new shard at its share (4 // 2 = 2 tokens, less this request's).
+    stamp(&table, &pk, &[("b_wcu_tk", n(0)), ("rf", n(t.0 + 600_000))]).await;
+    assert!(matches!(acquire(&store, key5(), t).await, EntityOutcome::Admitted(_)));
+    let zero = get_item(&table, &pk).await.expect("shard 0");
+    assert_eq!(num(&zero, "shard_count"), 2);
+    let one = get_item(&table, &format!("{ns}/BUCKET#key-5#gpt-4#1")).await.expect("shard 1 created");
+    assert_eq!((num(&one, "shard_count"), num(&one, "b_rpm_tk"), num(&one, "b_rpm_cp")), (2, 1000, 4000));
+
+    // A schedule on the stored limits: not implemented, so the store cannot answer (and the
+    // failure policy decides); nothing is written.
+    let config_pk = format!("{ns}/ENTITY#key-1");
+    client()
+        .await
+        .update_item()
+        .table_name(&table)
+        .key("PK", AttributeValue::S(config_pk))
+        .key("SK", AttributeValue::S("#CONFIG#gpt-4".into()))
+        .update_expression("SET l_rpm_sched = :s")
+        .expression_attribute_values(":s", AttributeValue::S("0 9 * * *|10".into()))
+        .send()
+        .await
+        .expect("schedule");
+    let fresh = store_with(options(&table)).await;
+    let req = entity_request("key-1", "gpt-4", json!({"rpm": 1}).as_object().unwrap());
+    let before = fresh.calls();
+    let err = fresh.acquire(&[req], t).await.pop().unwrap().expect_err("unsupported");
+    assert!(err.may_fail_open() && err.to_string().contains("schedule"), "{err}");
+    assert_eq!(fresh.calls().update_item - before.update_item, 0);
 }

@@ -6,7 +6,6 @@
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -56,13 +55,15 @@ pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
         let port = free_port();
+        // moto logs every request: to a file, never a pipe nobody drains (a full pipe blocks it).
+        let log = std::env::temp_dir().join(format!("zael-table-moto-{}-{port}.log", std::process::id()));
         let mut child = Command::new(python())
             .arg(py_script("moto_locked.py"))
             .arg("127.0.0.1")
             .arg(port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("moto log"))
             .spawn()
             .expect("spawn moto");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -71,10 +72,7 @@ pub fn moto() -> &'static Moto {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
+                let err = std::fs::read_to_string(&log).unwrap_or_default();
                 panic!("moto exited with {status}: {err}");
             }
             assert!(Instant::now() < deadline, "moto did not listen on {port} within 60 s");

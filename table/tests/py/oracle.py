@@ -15,6 +15,8 @@ Usage (endpoint and region from ZAEL_TEST_ENDPOINT / AWS_REGION, credentials fro
       step [outcome, {entity: {limit: available}}, slow] for the entity and its cascade parent,
       where outcome is "admitted", "rejected", "disabled" or "no_limits" and slow says whether
       the library took its slow path
+  oracle.py entity-hammer TABLE NAMESPACE ENTITY RESOURCE CONSUME_JSON ATTEMPTS CONCURRENCY
+      ATTEMPTS acquires with the stored limits, CONCURRENCY at a time; prints {"admitted": N}
   oracle.py entity-available TABLE NAMESPACE PAIRS_JSON
       prints {"entity/resource": {limit: available}} for each [entity, resource]
 """
@@ -110,6 +112,16 @@ async def entity_setup(table, namespace):
     await limiter.set_limits("key-4", [per_day("rpm", 10)], resource="gpt-4")
     await limiter.set_limits("proj-2", [per_day("rpm", 2)], resource="gpt-4")
     await limiter.set_limits("key-5", [per_day("rpm", 4)])  # entity default, every resource
+    await limiter.create_entity("key-6")
+    soft = Limit(name="rpm", capacity=2, refill_amount=2, refill_period_seconds=86400, soft=True)
+    await limiter.set_limits("key-6", [soft, per_day("tpm", 10)], resource="gpt-4")
+    await limiter.create_entity("key-7")
+    await limiter.set_limits("key-7", [per_day("rpm", 1)], resource="gpt-4")
+    await limiter._repository.bypass_entity("key-7", "gpt-4")
+    await limiter.create_entity("proj-3")
+    await limiter.create_entity("key-8", parent_id="proj-3", cascade=True)
+    await limiter.set_limits("key-8", [per_day("rpm", 30)], resource="gpt-4")
+    await limiter.set_limits("proj-3", [per_day("rpm", 20)], resource="gpt-4")
     await limiter.set_resource_defaults("gpt-4", [per_day("rpm", 2)])
     await limiter.set_system_defaults([per_day("rpm", 3), per_day("tpm", 50)])
     await limiter._repository.disable_entity("key-2", "claude")
@@ -153,6 +165,24 @@ async def entity_run(table, namespace, steps):
     print(json.dumps(out))
 
 
+async def entity_hammer(table, namespace, entity, resource, consume, attempts, concurrency):
+    limiter = await open_limiter(table, namespace)
+    sem = asyncio.Semaphore(int(concurrency))
+    admitted = 0
+
+    async def one():
+        nonlocal admitted
+        async with sem:
+            try:
+                async with limiter.acquire(entity, resource, json.loads(consume)):
+                    admitted += 1
+            except RateLimitExceeded:
+                pass
+
+    await asyncio.gather(*(one() for _ in range(int(attempts))))
+    print(json.dumps({"admitted": admitted}))
+
+
 async def entity_available(table, namespace, pairs):
     limiter = await open_limiter(table, namespace)
     out = {}
@@ -168,6 +198,7 @@ COMMANDS = {
     "entity-setup": entity_setup,
     "entity-run": entity_run,
     "entity-available": entity_available,
+    "entity-hammer": entity_hammer,
 }
 
 if __name__ == "__main__":

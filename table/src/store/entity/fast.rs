@@ -82,11 +82,7 @@ impl Inner {
             }
         };
         self.learn_parent(&child.id, &child_image);
-        if child_image.bypass.as_ref().is_some_and(|b| b.live(now.0)) {
-            // A bypassed bucket counts usage but keeps its balance: give the tokens back.
-            self.refund_tokens(&child, shard, &child_image).await;
-        }
-        let child_reports = child.reports(&child_image, now, true).unwrap_or_default();
+        let child_reports = self.admitted_reports(&child, shard, &child_image, now).await;
         // The image overrules the cache on whether and where the entity cascades.
         let charges_parent = match &child_image.cascades_to {
             Some(to) if parent.as_ref().is_none_or(|p| p.id.entity != *to) => {
@@ -126,13 +122,10 @@ impl Inner {
         };
         match parent_fast {
             Fast::Admitted(parent_image) => {
-                if parent_image.bypass.as_ref().is_some_and(|b| b.live(now.0)) {
-                    self.refund_tokens(&parent, pshard, &parent_image).await;
-                }
                 self.learn_count(&parent.id, parent_image.shard_count);
                 path("entity_fast_cascade");
                 let mut reports = child_reports;
-                reports.extend(parent.reports(&parent_image, now, true).unwrap_or_default());
+                reports.extend(self.admitted_reports(&parent, pshard, &parent_image, now).await);
                 Ok(EntityOutcome::Admitted(reports))
             }
             Fast::Failed(image) => {
@@ -238,6 +231,25 @@ impl Inner {
             }
         }
         Ok(Judged::Slow(shard))
+    }
+
+    /// The reports of a landed debit. On a bucket stamped `bypass` the usage stays counted but
+    /// the balance is given back (the library's `_refund_bypassed_debit`).
+    async fn admitted_reports(
+        &self,
+        side: &Side,
+        shard: i64,
+        image: &BucketImage,
+        now: EpochMillis,
+    ) -> Vec<LimitReport> {
+        let mut reports = side.reports(image, now, true).unwrap_or_default();
+        if image.bypass.as_ref().is_some_and(|b| b.live(now.0)) {
+            self.refund_tokens(side, shard, image).await;
+            for r in &mut reports {
+                r.tokens = Millitokens(r.tokens.0.saturating_add(r.requested.0));
+            }
+        }
+        reports
     }
 
     async fn refund_admitted(&self, side: Option<&Side>, result: &Option<(i64, Fast)>) {

@@ -66,8 +66,15 @@ struct LimitPlan {
     /// `None`: the limit is new on this item (seeded).
     tk_read: Option<i64>,
     start: i64,
+    /// Millitokens taken off `tk` (none under bypass).
     consumed: i64,
+    /// Millitokens added to `tc` (the request's amount, under bypass too).
+    usage: i64,
     soft: bool,
+    /// The limit's config says soft: its bucket carries a live `b_{n}_soft` stamp.
+    stamp_soft: bool,
+    /// The `b_{n}_soft` stamp as read.
+    soft_read: Option<AttributeValue>,
 }
 
 /// One side's planned write.
@@ -78,6 +85,8 @@ struct SidePlan<'a> {
     image: Option<BucketImage>,
     meta: Option<Meta>,
     cascade: bool,
+    /// The access walk says bypass: admitted without a `tk` debit, stamped `bypass`.
+    bypass: bool,
     limits: Vec<LimitPlan>,
     reports: Vec<LimitReport>,
     violated: bool,
@@ -248,8 +257,8 @@ impl Inner {
                 let divisor = if l.name == WCU { 1 } else { count };
                 let share = plan::share(l.cp, l.ra, l.rp, divisor);
                 let start = plan::project(l.tk, image.rf, &share, now).tokens.0;
-                let soft_stamp = l.soft.as_ref().is_some_and(|st| st.live(now.0));
-                let soft = soft_stamp || side.limits.limit(&l.name).is_some_and(|r| r.soft);
+                let config = side.limits.limit(&l.name);
+                let stamp_live = l.soft.as_ref().is_some_and(|st| st.live(now.0));
                 limits.push(LimitPlan {
                     name: l.name.clone(),
                     cp: l.cp,
@@ -258,7 +267,10 @@ impl Inner {
                     tk_read: Some(l.tk),
                     start,
                     consumed: 0,
-                    soft,
+                    usage: 0,
+                    soft: config.map_or(stamp_live, |c| c.soft),
+                    stamp_soft: config.is_some_and(|c| c.soft),
+                    soft_read: l.soft.as_ref().map(|st| st.raw.clone()),
                 });
             }
         }
@@ -275,7 +287,10 @@ impl Inner {
                 tk_read: None,
                 start,
                 consumed: 0,
+                usage: 0,
                 soft: r.soft,
+                stamp_soft: r.soft,
+                soft_read: None,
             });
         }
         let mut reports = Vec::with_capacity(side.declared.len());
@@ -284,14 +299,23 @@ impl Inner {
             let Some(l) = limits.iter_mut().find(|l| l.name == *name) else { continue };
             let exceeded = !bypass && !l.soft && l.start < *amount;
             violated |= exceeded;
-            l.consumed = *amount;
+            l.consumed = if bypass { 0 } else { *amount };
+            l.usage = *amount;
             let after = if exceeded || bypass { l.start } else { l.start.saturating_sub(*amount) };
             reports.push(report(&side.id.entity, name, (l.cp, l.ra, l.rp), count, after, now, *amount, exceeded));
         }
-        if bypass {
-            limits.iter_mut().for_each(|l| l.consumed = 0);
-        }
-        Ok(SidePlan { side, shard, count, image: read.bucket, meta: read.meta, cascade, limits, reports, violated })
+        Ok(SidePlan {
+            side,
+            shard,
+            count,
+            image: read.bucket,
+            meta: read.meta,
+            cascade,
+            bypass,
+            limits,
+            reports,
+            violated,
+        })
     }
 
     /// Commits the plans; `false` when a condition failed (re-plan).
@@ -368,7 +392,7 @@ impl Inner {
             match l.tk_read {
                 Some(read) => {
                     let refill = l.start - read;
-                    ex.num(&format!(":d{i}"), refill.saturating_sub(l.consumed)).num(&format!(":u{i}"), l.consumed);
+                    ex.num(&format!(":d{i}"), refill.saturating_sub(l.consumed)).num(&format!(":u{i}"), l.usage);
                     add.push(format!("{tk} :d{i}"));
                     add.push(format!("#c{i} :u{i}"));
                     if l.consumed > refill && !l.soft {
@@ -384,7 +408,7 @@ impl Inner {
                     ex.name(&format!("#p{i}"), &keys::battr(&l.name, "cp"))
                         .name(&format!("#a{i}"), &keys::battr(&l.name, "ra"))
                         .name(&format!("#r{i}"), &keys::battr(&l.name, "rp"));
-                    ex.num(&format!(":st{i}"), l.start.saturating_sub(l.consumed)).num(&format!(":u{i}"), l.consumed);
+                    ex.num(&format!(":st{i}"), l.start.saturating_sub(l.consumed)).num(&format!(":u{i}"), l.usage);
                     ex.num(&format!(":p{i}"), l.cp).num(&format!(":a{i}"), l.ra).num(&format!(":r{i}"), l.rp);
                     set.extend([
                         format!("{tk} = :st{i}"),
@@ -396,6 +420,68 @@ impl Inner {
                     cond.push(format!("(attribute_not_exists(#p{i}) OR attribute_not_exists({tk}))"));
                 }
             }
+        }
+        // Stamps follow the config (§8.6): a soft limit keeps a live `b_{n}_soft`, a hard one
+        // none; `bypass` while the walk says so. Each change is pinned on the stamp as read.
+        let deadline = stamp_deadline(now);
+        for (i, l) in p.limits.iter().enumerate() {
+            if l.name == WCU {
+                continue;
+            }
+            let live = matches!(&l.soft_read, Some(AttributeValue::N(v)) if v.parse::<i64>().is_ok_and(|d| d > now.0));
+            let change = match (l.stamp_soft, &l.soft_read) {
+                (true, _) if live => continue,
+                (true, _) => {
+                    ex.num(&format!(":so{i}"), deadline);
+                    set.push(format!("#so{i} = :so{i}"));
+                    true
+                }
+                (false, Some(_)) => {
+                    remove.push(format!("#so{i}"));
+                    true
+                }
+                (false, None) => false,
+            };
+            if change {
+                ex.name(&format!("#so{i}"), &keys::battr(&l.name, "soft"));
+                match &l.soft_read {
+                    Some(v) => {
+                        ex.val(&format!(":sr{i}"), v.clone());
+                        cond.push(format!("#so{i} = :sr{i}"));
+                    }
+                    None => cond.push(format!("attribute_not_exists(#so{i})")),
+                }
+            }
+        }
+        ex.name("#byp", "bypass");
+        match (&image.bypass, p.bypass) {
+            (Some(read), true) if read.live(now.0) => {
+                ex.val(":bypr", read.raw.clone());
+                cond.push("#byp = :bypr".into());
+            }
+            (read, true) => {
+                ex.num(":bypd", deadline);
+                set.push("#byp = :bypd".into());
+                match read {
+                    Some(r) => {
+                        ex.val(":bypr", r.raw.clone());
+                        cond.push("#byp = :bypr".into());
+                    }
+                    None => cond.push("attribute_not_exists(#byp)".into()),
+                }
+            }
+            (Some(read), false) => {
+                ex.val(":bypr", read.raw.clone());
+                remove.push("#byp".into());
+                cond.push("#byp = :bypr".into());
+            }
+            (None, false) => cond.push("attribute_not_exists(#byp)".into()),
+        }
+        if image.disabled {
+            // A stale stamp (the walk just said enforced): clear it, or the fast path stays shut.
+            ex.name("#dis", "disabled").val(":dis", AttributeValue::Bool(true));
+            remove.push("#dis".into());
+            cond.push("#dis = :dis".into());
         }
         if p.side.limits.ttl_applies() {
             ex.num(":ttl", plan::ttl_epoch(now, &horizons));
@@ -452,7 +538,7 @@ impl Inner {
                 cp: l.cp,
                 ra: l.ra,
                 rp: l.rp,
-                tc: l.consumed,
+                tc: l.usage,
             })
             .collect();
         let horizons: Vec<f64> = p.limits.iter().map(|l| plan::recovery_secs(l.cp, l.ra, l.rp)).collect();
@@ -468,6 +554,13 @@ impl Inner {
         };
         let mut item = new_bucket_item(&bucket, &limits);
         item.insert("cascade".into(), AttributeValue::Bool(p.cascade));
+        let deadline = stamp_deadline(now);
+        for l in p.limits.iter().filter(|l| l.stamp_soft) {
+            item.insert(keys::battr(&l.name, "soft"), n(deadline));
+        }
+        if p.bypass {
+            item.insert("bypass".into(), n(deadline));
+        }
         if let Some(meta) = &p.meta {
             if let Some(parent) = &meta.parent {
                 item.insert("parent_id".into(), s(parent));
@@ -481,6 +574,13 @@ impl Inner {
         }
         item
     }
+}
+
+/// The deadline of a soft or bypass stamp written now: `now + 60 s × U(0.8, 1.0)`, as the
+/// library's `stamp_deadline` (its default stamp TTL).
+fn stamp_deadline(now: EpochMillis) -> i64 {
+    use rand::Rng;
+    now.0 + rand::rng().random_range(48_000..=60_000)
 }
 
 /// An UpdateItem request as a transaction item on `(pk, #STATE)`.
