@@ -12,7 +12,11 @@ Measured per workload, for each client:
   in flight for BENCH_SECONDS.
 
 Workloads: `first` (every request a bucket never seen: the create path), `warm` (admitted
-on a warm bucket: the fast path), `rejected` (an exhausted bucket).
+on a warm bucket: the fast path), `rejected` (an exhausted bucket), on YAML rules; and on
+stored limits (zael's `entity:` rules, the library's plain `acquire`): `entity-warm` (an entity
+without META on resource defaults), `cascade-first` (children of one parent, each acquiring for
+the first time: calls only), `cascade-warm` (warm children charging their parent too),
+`cascade-rejected` (a child whose parent is exhausted).
 """
 
 import asyncio
@@ -54,7 +58,11 @@ HUGE = 1_000_000_000
 CALLS_N = int(os.environ.get("BENCH_CALLS", "200"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
-WORKLOADS = os.environ.get("BENCH_WORKLOADS", "first warm rejected").split()
+WORKLOADS = os.environ.get(
+    "BENCH_WORKLOADS", "first warm rejected entity-warm cascade-first cascade-warm cascade-rejected"
+).split()
+# Workloads measured for calls only: their buckets run out of fresh entities.
+CALLS_ONLY = {"cascade-first"}
 STORE_TIMEOUT = os.environ.get("BENCH_STORE_TIMEOUT", "30s")
 CLIENTS = os.environ.get("BENCH_CLIENTS", "zael python").split()
 OUT = BENCH / "out"
@@ -68,7 +76,20 @@ descriptors:
     rate_limit: {{unit: second, requests_per_unit: {HUGE}}}
   - key: rejected
     rate_limit: {{unit: hour, requests_per_unit: 1}}
+  - key: entity
+    entity: {{resource: entity, consume: {{rpm: 1}}}}
+  - key: cascade
+    entity: {{resource: cascade, consume: {{rpm: 1}}}}
 """
+
+
+def stored(workload):
+    """The rule key and resource of a workload on stored limits, else None."""
+    if workload.startswith("entity"):
+        return "entity"
+    if workload.startswith("cascade"):
+        return "cascade"
+    return None
 
 # The same limits for the library, as `acquire(limits=...)` overrides (what zael's YAML
 # buckets are in the table).
@@ -182,7 +203,7 @@ class Zael:
 
     async def decide(self, workload, value):
         descriptor = ratelimit_pb2.RateLimitDescriptor(
-            entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=workload, value=value)]
+            entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=stored(workload) or workload, value=value)]
         )
         request = rls_pb2.RateLimitRequest(domain=NAMESPACE, descriptors=[descriptor])
         response = await self.stub.ShouldRateLimit(request, timeout=10)
@@ -216,7 +237,12 @@ class Python:
 
     async def decide(self, workload, value):
         try:
-            async with self.limiter.acquire(f"py-{value}", workload, {"hits": 1}, limits=PY_LIMITS[workload]):
+            resource = stored(workload)
+            if resource:
+                acquire = self.limiter.acquire(value, resource, {"rpm": 1})
+            else:
+                acquire = self.limiter.acquire(f"py-{value}", workload, {"hits": 1}, limits=PY_LIMITS[workload])
+            async with acquire:
                 return True
         except RateLimitExceeded:
             return False
@@ -229,14 +255,43 @@ TABLES = iter(range(1, 1_000_000))
 
 
 async def create_table(moto):
-    """A fresh table made by the library, with the namespace registered."""
+    """A fresh table made by the library, with the namespace registered and the stored limits
+    of the entity workloads (resource defaults; `proj-rej` exhausted after one request)."""
     table = f"bench{int(time.time())}x{next(TABLES)}"
     repo = Repository(name=table, region=REGION, endpoint_url=moto.endpoint, _skip_deprecation_warning=True)
     await repo.create_table()
     await repo.close()
     opened = await Repository.open(NAMESPACE, stack=table, region=REGION, endpoint_url=moto.endpoint)
-    await opened.close()
+    limiter = RateLimiter(repository=opened)
+    huge = [Limit(name="rpm", capacity=HUGE, refill_amount=HUGE, refill_period_seconds=1)]
+    await limiter.set_resource_defaults("entity", huge)
+    await limiter.set_resource_defaults("cascade", huge)
+    await limiter.create_entity("proj")
+    await limiter.create_entity("proj-rej")
+    one = [Limit(name="rpm", capacity=1, refill_amount=1, refill_period_seconds=3600)]
+    await limiter.set_limits("proj-rej", one, resource="cascade")
+    await limiter.close()
     return table
+
+
+async def create_entities(moto, table, values, workload):
+    """The children a cascade workload acquires for (META with `cascade`), before measuring."""
+    if not workload.startswith("cascade"):
+        return
+    repo = await Repository.open(NAMESPACE, stack=table, region=REGION, endpoint_url=moto.endpoint)
+    limiter = RateLimiter(repository=repo)
+    if workload == "cascade-first":
+        ids = [f"{values.prefix}-new-{n}" for n in range(1, CALLS_N + 1)]
+        parent = "proj"
+    elif workload == "cascade-warm":
+        ids = [values.next(workload, w) for w in range(CONCURRENCY)]
+        parent = "proj"
+    else:
+        ids = [values.next(workload)]
+        parent = "proj-rej"
+    for entity in ids:
+        await limiter.create_entity(entity, parent_id=parent, cascade=True)
+    await limiter.close()
 
 
 class Values:
@@ -246,20 +301,20 @@ class Values:
         self.prefix, self.n = prefix, 0
 
     def next(self, workload, worker=0):
-        if workload == "first":
+        if workload.endswith("first"):
             self.n += 1
             return f"{self.prefix}-new-{self.n}"
-        if workload == "warm":
+        if workload.endswith("warm"):
             return f"{self.prefix}-warm-{worker}"
         return f"{self.prefix}-exhausted"
 
 
 async def prepare(client, values, workload, workers):
     """Warm buckets / exhaust the rejected one, outside the measurement."""
-    if workload == "warm":
+    if workload.endswith("warm"):
         for w in range(workers):
             await client.decide(workload, values.next(workload, w))
-    elif workload == "rejected":
+    elif workload.endswith("rejected"):
         await client.decide(workload, values.next(workload))
 
 
@@ -308,14 +363,21 @@ async def throughput(client, values, workload):
     }
 
 
-async def run_workload(name, client, moto, workload):
-    await client.open()
+async def run_workload(name, client, moto, table, workload):
     values = Values(f"{name}{int(time.time())}")
+    await create_entities(moto, table, values, workload)
+    await client.open()
     # The first call of a process resolves the namespace (and, for both, its system
     # config): keep it out of the measurements.
     await client.decide("warm", "process-warm-up")
+    if stored(workload):
+        # ... and the stored limits' shared config levels (system, resource).
+        await client.decide(workload, "process-warm-up")
     log(f"{name}: {workload}: calls per decision ({CALLS_N} sequential requests)")
     calls = await calls_per_decision(client, moto, values, workload)
+    if workload in CALLS_ONLY:
+        await client.close()
+        return calls
     log(f"{name}: {workload}: throughput ({CONCURRENCY} in flight, {SECONDS:g} s)")
     result = {**calls, **await throughput(client, values, workload)}
     await client.close()
@@ -331,12 +393,12 @@ async def run_client(name, moto, binary, tmp):
         if name == "zael":
             zael = Zael(binary, moto, table, tmp)
             try:
-                results[workload] = await run_workload(name, zael, moto, workload)
+                results[workload] = await run_workload(name, zael, moto, table, workload)
                 (Path(tmp) / f"zael-metrics-{workload}.txt").write_text(zael.metrics())
             finally:
                 zael.stop()
         else:
-            results[workload] = await run_workload(name, Python(moto, table), moto, workload)
+            results[workload] = await run_workload(name, Python(moto, table), moto, table, workload)
     return results
 
 
@@ -369,11 +431,14 @@ def report(results):
         for name in results:
             r = results[name][workload]
             ops = ", ".join(f"{op} {v:.2f}" for op, v in r["by_op"].items()) or "-"
-            lines.append(
-                f"| {workload} | {name} | {r['calls']:.2f} | {ops} | {r['admitted']}/{CALLS_N} | "
-                f"{r['decisions_per_s']:.0f} | {r['run_admitted']}/{r['run_decisions']} | "
-                f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |"
-            )
+            if "decisions_per_s" in r:
+                run = (
+                    f"{r['decisions_per_s']:.0f} | {r['run_admitted']}/{r['run_decisions']} | "
+                    f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']}"
+                )
+            else:
+                run = "- | - | - | - | -"
+            lines.append(f"| {workload} | {name} | {r['calls']:.2f} | {ops} | {r['admitted']}/{CALLS_N} | {run} |")
     return "\n".join(lines) + "\n"
 
 

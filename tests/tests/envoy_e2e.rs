@@ -190,7 +190,7 @@ async fn wait_balance(s: &Server, user: &str, want: Option<u32>) -> RateLimitRes
 }
 
 /// The examples users copy must stay valid: Envoy accepts `examples/envoy/envoy.yaml`, and
-/// zael-server accepts `examples/config`.
+/// zael-server accepts `examples/config` and `examples/entities`.
 #[test]
 fn the_example_configs_are_valid() {
     let root = workspace_root();
@@ -211,5 +211,12 @@ fn the_example_configs_are_valid() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("{}: valid (1 domain)", root.join("examples/config").display())
+    );
+    let args = ["--validate".into(), "--config".into(), root.join("examples/entities").into_os_string()];
+    let out = zael_tests::server::run_to_completion(&args, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "zael-server rejected examples/entities:\n{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{}: valid (1 domain)", root.join("examples/entities").display())
     );
 }

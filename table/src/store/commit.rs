@@ -89,9 +89,9 @@ impl Inner {
                 let failed = |i: usize| codes.get(i).is_some_and(|c| c == "ConditionalCheckFailed");
                 if failed(1) {
                     return Err(StoreError::Unavailable(format!(
-                        "an entity of resource '{}' has a zae-limiter #META item; entities with metadata \
-                         (parents, cascade) are not supported by zael",
-                        cx.id.resource
+                        "entity '{}' of resource '{}' has a zae-limiter #META item: a YAML rule's bucket \
+                         cannot be created for a library entity (use an `entity:` rule for it)",
+                        cx.id.entity, cx.id.resource
                     )));
                 }
                 if failed(0) {
