@@ -1,9 +1,13 @@
 //! zael-table: the DynamoDB bucket store of zael, on a table in exactly the format of the
 //! Python library zae-limiter 0.17.0 (`table-format.md`), shared with Python applications.
 //!
-//! [`DynamoStore`] implements [`zael_core::store::BucketStore`].
+//! [`DynamoStore`] implements [`zael_core::store::BucketStore`]: `charge` for the buckets of
+//! YAML rules (below), `acquire` for entity rules, the library's acquire over the limits stored
+//! in the table with cascade to a parent (`store/entity/`: stored config levels, speculative
+//! writes with refunds, the slow path's combined read and single commit). [`admin`] holds the
+//! library's administrative writes (table, version record, namespace registry) for the CLI.
 //!
-//! # Mapping
+//! # Mapping of YAML rules
 //!
 //! A [`BucketRequest`](zael_core::store::BucketRequest) is one bucket of a YAML rule:
 //!
@@ -141,9 +145,9 @@
 //!
 //! * Schedules, calendar quotas, duration windows, quota grants and top-ups: detected and
 //!   answered Unavailable (above).
-//! * Entities with `#META` (parents, cascade, owner stamps `pgen`/`pinc`): a create that finds
-//!   META is refused; an item stamped `cascade = true` with a `parent_id` is unsupported.
-//! * The config access walk: `disabled`/bypass set on Python's config items
+//! * For YAML rules, entities with `#META`: a create that finds META is refused, and an item
+//!   stamped `cascade = true` with a `parent_id` is unsupported (entity rules handle both).
+//! * For YAML rules, the config access walk: `disabled`/bypass set on Python's config items
 //!   (`{ns}/RESOURCE#{r}` `#CONFIG`, `{ns}/ENTITY#{e}` `#CONFIG#...`) are honoured only through
 //!   the stamps the library's fan-out writes on existing buckets; a bucket zael creates
 //!   afterwards is not stamped. Stamps are never renewed, only honoured or removed when expired.
@@ -160,6 +164,7 @@
 //! as DynamoDB's per-item atomicity requires; and against the Python library 0.17.0 as the
 //! oracle (`tests/py/oracle.py`), from the venv at `$ZAEL_VENV` or `<repo>/.venv`.
 
+pub mod admin;
 mod db;
 mod item;
 pub mod keys;

@@ -15,6 +15,7 @@
 //! - [`envoy`]: spawn a real Envoy in front of the server;
 //! - [`tls`]: throw-away CAs and certificates (rcgen).
 
+pub mod cli;
 pub mod envoy;
 pub mod expect;
 pub mod http;

@@ -28,33 +28,35 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// 3. `$CARGO_TARGET_DIR/debug/zael-server`;
 /// 4. `<workspace>/target/debug/zael-server`.
 pub fn server_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ZAEL_SERVER_BIN").filter(|p| !p.is_empty()) {
+    workspace_binary("zael-server", "ZAEL_SERVER_BIN")
+}
+
+/// A binary of the workspace, found as [`server_bin`] describes (`env` overrides).
+pub fn workspace_binary(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        assert!(p.is_file(), "ZAEL_SERVER_BIN={} does not exist", p.display());
+        assert!(p.is_file(), "{env}={} does not exist", p.display());
         return p;
     }
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         // <target>/<profile>/deps/<test-binary>
         if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
-            candidates.push(profile_dir.join("zael-server"));
+            candidates.push(profile_dir.join(name));
         }
     }
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|p| !p.is_empty()) {
         let t = PathBuf::from(t);
         let t = if t.is_absolute() { t } else { crate::workspace_root().join(t) };
-        candidates.push(t.join("debug").join("zael-server"));
+        candidates.push(t.join("debug").join(name));
     }
-    candidates.push(crate::workspace_root().join("target").join("debug").join("zael-server"));
+    candidates.push(crate::workspace_root().join("target").join("debug").join(name));
     for c in &candidates {
         if c.is_file() {
             return c.clone();
         }
     }
-    panic!(
-        "zael-server binary not found (looked at {candidates:?}); run `cargo build --workspace` \
-         first or set ZAEL_SERVER_BIN"
-    );
+    panic!("{name} binary not found (looked at {candidates:?}); run `cargo build --workspace` first or set {env}");
 }
 
 /// A plaintext channel to `addr` with the harness deadlines. Lazy: connects on first use.

@@ -1,0 +1,48 @@
+//! The command line: the command groups of the Python zae-limiter 0.17.0 CLI.
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{audit::AuditCommand, defaults, entity::EntityCommand, namespace::NamespaceCommand, stack};
+use crate::repo::Target;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zae-limiter",
+    about = "Deploy and operate zae-limiter stacks: namespaces, entities and limits.",
+    after_help = "--version prints the version (zae-limiter, version 0.17.0)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy the stack (`--table-only`: the table alone, for emulators).
+    Deploy(Box<stack::DeployArgs>),
+    /// Show the infrastructure's versions and compatibility.
+    Version {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Check this client's compatibility with the infrastructure.
+    Check {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Namespaces: register, list, show, delete, recover, orphans, purge.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
+    /// System-wide default limits.
+    #[command(subcommand)]
+    System(defaults::SystemCommand),
+    /// Resource-level default limits.
+    #[command(subcommand)]
+    Resource(defaults::ResourceCommand),
+    /// Entities and their limits.
+    #[command(subcommand)]
+    Entity(EntityCommand),
+    /// Audit events.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}

@@ -1,0 +1,227 @@
+//! `zae-limiter entity …` (§6): entities (`#META`) and their limits.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use std::collections::HashMap;
+use zael_core::keys::is_valid_entity_id;
+use zael_table::keys;
+
+use super::DataTarget;
+use super::limits::{self, DEFAULT_RESOURCE, Level};
+use crate::config_item::{Item, n, s};
+use crate::repo::{Repo, Result, describe};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum EntityCommand {
+    /// Create a new entity.
+    Create {
+        entity_id: String,
+        /// Human-readable name (defaults to the entity ID).
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Parent entity ID (for hierarchical limits).
+        #[arg(long)]
+        parent: Option<String>,
+        /// Enable cascade: an acquire also consumes from the parent entity.
+        #[arg(long, overrides_with = "no_cascade")]
+        cascade: bool,
+        #[arg(long = "no-cascade")]
+        no_cascade: bool,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+    /// Show an entity.
+    Show {
+        entity_id: String,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+    /// Set limits for an entity and resource.
+    SetLimits {
+        entity_id: String,
+        /// Resource name ('_default_' for every resource).
+        #[arg(short = 'r', long, default_value = DEFAULT_RESOURCE)]
+        resource: String,
+        /// Limit as 'name:rate[/period]' or 'name:rate[/period]:burst' (repeatable).
+        #[arg(short = 'l', long = "limit", required = true)]
+        limits: Vec<String>,
+        /// Make the named limit soft (repeatable).
+        #[arg(long = "soft", value_name = "NAME")]
+        soft: Vec<String>,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+    /// Show the limits set for an entity and resource.
+    GetLimits {
+        entity_id: String,
+        #[arg(short = 'r', long, default_value = DEFAULT_RESOURCE)]
+        resource: String,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+    /// Delete the limits of an entity and resource.
+    DeleteLimits {
+        entity_id: String,
+        #[arg(short = 'r', long, default_value = DEFAULT_RESOURCE)]
+        resource: String,
+        #[arg(short = 'y', long = "yes")]
+        yes: bool,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+}
+
+fn text(item: &Item, attr: &str) -> Option<String> {
+    match item.get(attr) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b { "True" } else { "False" }
+}
+
+pub async fn run(command: EntityCommand) -> Result<()> {
+    match command {
+        EntityCommand::Create { entity_id, display_name, parent, cascade, no_cascade: _, data } => {
+            if !is_valid_entity_id(&entity_id) {
+                return Err(crate::Failure::from(format!(
+                    "Invalid entity_id: must start with alphanumeric and contain only alphanumeric, underscore, hyphen, dot, colon, or @ characters ('{entity_id}')"
+                )));
+            }
+            if let Some(p) = &parent
+                && !is_valid_entity_id(p)
+            {
+                return Err(crate::Failure::from(format!(
+                    "Invalid parent_id: must start with alphanumeric and contain only alphanumeric, underscore, hyphen, dot, colon, or @ characters ('{p}')"
+                )));
+            }
+            let (repo, ns) = data.open(true).await?;
+            let name = display_name.unwrap_or_else(|| entity_id.clone());
+            create(&repo, &ns, &entity_id, &name, parent.as_deref(), cascade).await?;
+            println!("Created entity '{entity_id}'");
+            if name != entity_id {
+                println!("  Name:    {name}");
+            }
+            if let Some(p) = &parent {
+                println!("  Parent:  {p}");
+            }
+            println!("  Cascade: {}", py_bool(cascade));
+        }
+        EntityCommand::Show { entity_id, data } => {
+            let (repo, ns) = data.open(false).await?;
+            let Some(meta) = repo.get(&keys::pk_entity(&ns, &entity_id), keys::SK_META).await? else {
+                return Err(crate::Failure::Plain(format!("Entity '{entity_id}' not found")));
+            };
+            let name = text(&meta, "name").unwrap_or_else(|| entity_id.clone());
+            println!("Entity: {entity_id}");
+            if name != entity_id {
+                println!("  {:<12}{name}", "Name:");
+            }
+            println!("  {:<12}{}", "Parent:", text(&meta, "parent_id").unwrap_or_else(|| "(none)".into()));
+            let cascade = matches!(meta.get("cascade"), Some(AttributeValue::Bool(true)));
+            println!("  {:<12}{}", "Cascade:", py_bool(cascade));
+            if let Some(created) = text(&meta, "created_at") {
+                println!("  {:<12}{created}", "Created:");
+            }
+            if let Some(AttributeValue::M(m)) = meta.get("metadata")
+                && !m.is_empty()
+            {
+                let mut pairs: Vec<String> =
+                    m.iter().filter_map(|(k, v)| v.as_s().ok().map(|v| format!("'{k}': '{v}'"))).collect();
+                pairs.sort();
+                println!("  {:<12}{{{}}}", "Metadata:", pairs.join(", "));
+            }
+        }
+        EntityCommand::SetLimits { entity_id, resource, limits: specs, soft, data } => {
+            let parsed = limits::parse_limits(&specs, &soft)?;
+            let level = Level::Entity { entity: entity_id.clone(), resource: resource.clone() };
+            level.validate()?;
+            let (repo, ns) = data.open(true).await?;
+            limits::set(&repo, &ns, &level, &parsed, None).await?;
+            println!("Set {} limit(s) for entity '{entity_id}' on resource '{resource}':", parsed.len());
+            for l in &parsed {
+                println!("  {}", l.display());
+            }
+        }
+        EntityCommand::GetLimits { entity_id, resource, data } => {
+            let level = Level::Entity { entity: entity_id.clone(), resource: resource.clone() };
+            level.validate()?;
+            let (repo, ns) = data.open(false).await?;
+            let item = limits::get(&repo, &ns, &level).await?;
+            let lines = item.as_ref().map(|i| limits::limit_lines(i, "  ")).unwrap_or_default();
+            if lines.is_empty() {
+                println!("No limits configured for entity '{entity_id}' on resource '{resource}'");
+            } else {
+                println!("Limits for entity '{entity_id}' on resource '{resource}':");
+                lines.iter().for_each(|l| println!("{l}"));
+            }
+            for line in item.as_ref().map(crate::config_item::flag_lines).unwrap_or_default() {
+                println!("{line}");
+            }
+        }
+        EntityCommand::DeleteLimits { entity_id, resource, yes, data } => {
+            let level = Level::Entity { entity: entity_id.clone(), resource: resource.clone() };
+            level.validate()?;
+            let (repo, ns) = data.open(true).await?;
+            let question = format!("Delete limits for entity '{entity_id}' on resource '{resource}'?");
+            if limits::delete_confirmed(&repo, &ns, &level, yes, &question).await? {
+                println!("Deleted limits for entity '{entity_id}' on resource '{resource}'");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The library's `create_entity`: META under `attribute_not_exists(PK)`, then the audit event.
+async fn create(repo: &Repo, ns: &str, entity: &str, name: &str, parent: Option<&str>, cascade: bool) -> Result<()> {
+    let pk = keys::pk_entity(ns, entity);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let pinc: String = {
+        use rand::Rng;
+        let bytes: [u8; 8] = rand::rng().random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let created_at = zael_table::admin::iso_now();
+    let mut item = Item::from([
+        ("PK".to_owned(), s(&pk)),
+        ("SK".to_owned(), s(keys::SK_META)),
+        ("entity_id".to_owned(), s(entity)),
+        ("name".to_owned(), s(name)),
+        ("parent_id".to_owned(), parent.map_or(AttributeValue::Null(true), s)),
+        ("cascade".to_owned(), AttributeValue::Bool(cascade)),
+        ("pgen".to_owned(), n(now.as_millis())),
+        ("pinc".to_owned(), s(pinc)),
+        ("metadata".to_owned(), AttributeValue::M(HashMap::new())),
+        ("created_at".to_owned(), s(&created_at)),
+        ("GSI4PK".to_owned(), s(ns)),
+        ("GSI4SK".to_owned(), s(&pk)),
+    ]);
+    if let Some(p) = parent {
+        item.insert("GSI1PK".into(), s(format!("{ns}/PARENT#{p}")));
+        item.insert("GSI1SK".into(), s(format!("CHILD#{entity}")));
+    }
+    let put = repo
+        .db
+        .put_item()
+        .table_name(&repo.table)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(PK)")
+        .send()
+        .await;
+    if let Err(e) = put {
+        return Err(crate::Failure::from(
+            match e.as_service_error().map(|s| s.is_conditional_check_failed_exception()) {
+                Some(true) => format!("Entity already exists: {entity}"),
+                _ => describe(&e),
+            },
+        ));
+    }
+    let details = HashMap::from([
+        ("name".to_owned(), s(name)),
+        ("parent_id".to_owned(), parent.map_or(AttributeValue::Null(true), s)),
+        ("cascade".to_owned(), AttributeValue::Bool(cascade)),
+        ("metadata".to_owned(), AttributeValue::M(HashMap::new())),
+    ]);
+    repo.audit(ns, entity, "entity_created", None, details).await
+}

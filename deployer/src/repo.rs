@@ -1,0 +1,222 @@
+//! The table behind a command: clients, the connection modes of the reference (§2.3), the
+//! namespace in use, and audit events (§13).
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::types::AttributeValue;
+use std::collections::HashMap;
+use tokio::sync::OnceCell;
+use zael_table::keys;
+use zael_table::version::{IMPLEMENTED_VERSION, Version};
+
+use crate::config_item::{Item, n, s};
+
+/// Where the stack is: `-n`, `--region`, `--endpoint-url`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Target {
+    /// Stack identifier used as the CloudFormation stack name.
+    #[arg(short = 'n', long = "name", default_value = "zae-limiter")]
+    pub name: String,
+    /// AWS region (default: the SDK's default chain).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// AWS endpoint URL (e.g. http://localhost:4566 for LocalStack, or moto).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+}
+
+/// The result of every command: `Err` is printed as `Error: …` with exit status 1.
+pub type Result<T> = std::result::Result<T, crate::Failure>;
+
+pub struct Repo {
+    pub db: Client,
+    sts: aws_sdk_sts::Client,
+    pub table: String,
+    region: Option<String>,
+    principal: OnceCell<Option<String>>,
+    explicit_principal: Option<String>,
+}
+
+/// The AWS error code and message of an SDK error, or its display.
+pub fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    e: &aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> String {
+    match e.as_service_error() {
+        Some(service) => format!(
+            "An error occurred ({}): {}",
+            service.code().unwrap_or("Unknown"),
+            service.message().unwrap_or_default()
+        ),
+        None => aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+    }
+}
+
+impl Repo {
+    pub async fn connect(target: &Target, principal: Option<String>) -> Result<Repo> {
+        let name = crate::stack_name::validate(&target.name)?.to_owned();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &target.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(url) = &target.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        let config = loader.load().await;
+        if let Some(p) = &principal {
+            validate_principal(p)?;
+        }
+        Ok(Repo {
+            db: Client::new(&config),
+            sts: aws_sdk_sts::Client::new(&config),
+            table: name,
+            region: target.region.clone().or_else(|| config.region().map(|r| r.to_string())),
+            principal: OnceCell::new(),
+            explicit_principal: principal,
+        })
+    }
+
+    fn region_label(&self) -> &str {
+        self.region.as_deref().unwrap_or("the default region")
+    }
+
+    pub async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>> {
+        let out = self
+            .db
+            .get_item()
+            .table_name(&self.table)
+            .key("PK", s(pk))
+            .key("SK", s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.not_found_or(e))?;
+        Ok(out.item)
+    }
+
+    fn not_found_or<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+        &self,
+        e: aws_sdk_dynamodb::error::SdkError<E, R>,
+    ) -> String {
+        if e.code() == Some("ResourceNotFoundException") { self.missing_stack() } else { describe(&e) }
+    }
+
+    pub fn missing_stack(&self) -> String {
+        format!(
+            "Stack '{}' not found in {}. Deploy it with 'zae-limiter deploy -n {}'.",
+            self.table,
+            self.region_label(),
+            self.table
+        )
+    }
+
+    /// The version record, refusing a missing table or record and an incompatible client
+    /// (§2.3, §2.4).
+    pub async fn check_compatible(&self) -> Result<Item> {
+        let Some(record) = self.get(keys::SYSTEM_PK, keys::SK_VERSION).await? else {
+            return Err(self.missing_stack().into());
+        };
+        let text = |a: &str| match record.get(a) {
+            Some(AttributeValue::S(v)) => Some(v.clone()),
+            _ => None,
+        };
+        let ours = Version::parse(IMPLEMENTED_VERSION).expect("valid");
+        let min = text("client_min_version").and_then(|m| Version::parse(&m));
+        if let Some(min) = min
+            && ours < min
+        {
+            return Err(crate::Failure::from(format!(
+                "Version mismatch: client={IMPLEMENTED_VERSION}, schema={}, lambda={}. Client version {IMPLEMENTED_VERSION} is below minimum required version {}. Please upgrade.",
+                text("schema_version").unwrap_or_default(),
+                text("lambda_version").unwrap_or_else(|| "unknown".into()),
+                text("client_min_version").unwrap_or_default()
+            )));
+        }
+        Ok(record)
+    }
+
+    /// A namespace's id; read-only commands refuse a missing one, write commands register it
+    /// (the library's `open`).
+    pub async fn namespace(&self, name: &str, write: bool) -> Result<String> {
+        if let Some(id) = zael_table::admin::resolve_namespace(&self.db, &self.table, name).await? {
+            return Ok(id);
+        }
+        if !write {
+            return Err(crate::Failure::from(format!(
+                "Namespace '{name}' not found. Register it with 'zae-limiter namespace register {name}'."
+            )));
+        }
+        if name == keys::RESERVED_NAMESPACE {
+            return Err("Invalid namespace: reserved for system use".into());
+        }
+        Ok(zael_table::admin::register_namespace(&self.db, &self.table, name).await?)
+    }
+
+    /// The caller for audit events: `--principal`, else the STS caller ARN (one call, cached;
+    /// a failure records none).
+    async fn principal(&self) -> AttributeValue {
+        if let Some(p) = &self.explicit_principal {
+            return s(p);
+        }
+        let arn = self
+            .principal
+            .get_or_init(|| async {
+                self.sts.get_caller_identity().send().await.ok().and_then(|out| out.arn().map(str::to_owned))
+            })
+            .await;
+        arn.as_ref().map_or(AttributeValue::Null(true), s)
+    }
+
+    /// Writes an audit event (§13) for `entity` (`$SYSTEM`, `$RESOURCE:{r}`, or an entity id).
+    pub async fn audit(
+        &self,
+        ns: &str,
+        entity: &str,
+        action: &str,
+        resource: Option<&str>,
+        details: HashMap<String, AttributeValue>,
+    ) -> Result<()> {
+        let retention_days = match self.get(&keys::pk_system(ns), keys::SK_CONFIG).await? {
+            Some(item) => match item.get("audit_retention_days") {
+                Some(AttributeValue::N(v)) => v.parse::<f64>().map(|d| d as i64).unwrap_or(90),
+                _ => 90,
+            },
+            None => 90,
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let event_id = ulid::Ulid::new().to_string();
+        let pk = format!("{ns}/AUDIT#{entity}");
+        let item = Item::from([
+            ("PK".to_owned(), s(&pk)),
+            ("SK".to_owned(), s(format!("#AUDIT#{event_id}"))),
+            ("entity_id".to_owned(), s(entity)),
+            ("event_id".to_owned(), s(&event_id)),
+            ("timestamp".to_owned(), s(zael_table::admin::iso_now())),
+            ("action".to_owned(), s(action)),
+            ("principal".to_owned(), self.principal().await),
+            ("resource".to_owned(), resource.map_or(AttributeValue::Null(true), s)),
+            ("details".to_owned(), AttributeValue::M(details)),
+            ("ttl".to_owned(), n(now.as_secs() as i64 + retention_days * 86_400)),
+            ("GSI4PK".to_owned(), s(ns)),
+            ("GSI4SK".to_owned(), s(pk)),
+        ]);
+        self.db
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| format!("Failed to write the audit event: {}", describe(&e)))?;
+        Ok(())
+    }
+}
+
+/// An explicit principal (§13): an ARN, or an identifier of the entity-id rules.
+fn validate_principal(p: &str) -> Result<()> {
+    if p.starts_with("arn:") || zael_core::keys::is_valid_entity_id(p) {
+        Ok(())
+    } else {
+        Err(crate::Failure::from(format!(
+            "Invalid principal: '{p}' must be an ARN or start with a letter or digit and contain only letters, digits and _.-:@ (at most 256)"
+        )))
+    }
+}

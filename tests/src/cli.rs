@@ -1,0 +1,82 @@
+//! Running the `zae-limiter` CLI against moto, and the Python library's view of a table
+//! (`tests/py/library_reads.py`). Every run is bounded.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::moto::{Moto, REGION, python};
+
+/// How a CLI run ended.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The `zae-limiter` binary (`$ZAE_LIMITER_BIN`, else next to the test's profile directory).
+pub fn cli_bin() -> std::path::PathBuf {
+    crate::server::workspace_binary("zae-limiter", "ZAE_LIMITER_BIN")
+}
+
+/// Runs `zae-limiter ARGS` with dummy credentials and `stdin` as its input (at most 60 s).
+pub async fn run_cli(args: &[&str], stdin: &str) -> CliOutput {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(cli_bin())
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_SESSION_TOKEN", "testing")
+        .env("AWS_REGION", REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn zae-limiter");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).await.expect("write stdin");
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("zae-limiter {args:?} did not finish within 60 s"))
+        .expect("zae-limiter output");
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// What the Python library reads from `table` (JSON, see `tests/py/library_reads.py`).
+pub async fn library_reads(
+    moto: &Moto,
+    table: &str,
+    namespace: &str,
+    entity: &str,
+    resource: &str,
+    parent: &str,
+) -> serde_json::Value {
+    let script = crate::workspace_root().join("tests").join("py").join("library_reads.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python())
+            .arg(script)
+            .args([table, namespace, entity, resource, parent])
+            .env("ZAEL_TEST_ENDPOINT", moto.endpoint())
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_SESSION_TOKEN", "testing")
+            .env("AWS_REGION", REGION)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("library within 120 s")
+    .expect("run python");
+    assert!(out.status.success(), "library_reads failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}

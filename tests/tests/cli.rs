@@ -1,0 +1,236 @@
+//! The `zae-limiter` CLI against moto: `deploy --table-only`, namespaces, entities and limits
+//! with audit events; the Python library zae-limiter 0.17.0 reads what the CLI wrote, the CLI
+//! reads what the library wrote, and zael-server enforces limits set with the CLI.
+
+use std::sync::OnceLock;
+use zael_tests::cli::{CliOutput, library_reads, run_cli};
+use zael_tests::moto::Moto;
+use zael_tests::*;
+
+fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(Moto::start)
+}
+
+async fn cli(args: &[&str]) -> CliOutput {
+    let endpoint = format!("--endpoint-url={}", moto().endpoint());
+    let mut all = args.to_vec();
+    all.push(&endpoint);
+    run_cli(&all, "").await
+}
+
+fn ok(out: &CliOutput) -> &str {
+    assert_eq!(out.code, 0, "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    &out.stdout
+}
+
+/// A command in namespace `tenant` of `table`.
+async fn in_ns(table: &str, args: &[&str]) -> CliOutput {
+    let mut all = args.to_vec();
+    all.extend(["-n", table, "-N", "tenant"]);
+    cli(&all).await
+}
+
+async fn deployed(prefix: &str) -> String {
+    let table = unique(prefix);
+    let out = cli(&["deploy", "--table-only", "-n", &table]).await;
+    assert_eq!(
+        ok(&out),
+        format!(
+            "Deploying table: {table} (table only, no CloudFormation)\n✓ Table created\n✓ TTL enabled on 'ttl'\n\
+             ✓ Version record initialized (schema 0.10.0)\n✓ Default namespace registered\n"
+        )
+    );
+    table
+}
+
+#[tokio::test]
+async fn table_only_deploy_and_the_namespace_lifecycle() {
+    let table = deployed("zc").await;
+    let again = cli(&["deploy", "--table-only", "-n", &table]).await;
+    assert!(ok(&again).contains("✓ Table already exists"), "idempotent");
+
+    let out = cli(&["namespace", "register", "tenant-alpha", "-n", &table]).await;
+    let line = ok(&out).trim().to_owned();
+    let id = line.strip_prefix("Registered namespace 'tenant-alpha': ").expect(&line).to_owned();
+    assert_eq!(id.len(), 11);
+    let out = cli(&["namespace", "register", "tenant-alpha", "-n", &table]).await;
+    assert_eq!(
+        ok(&out).trim(),
+        format!("Registered namespace 'tenant-alpha': {id}"),
+        "registering again answers the id"
+    );
+
+    let out = cli(&["namespace", "show", "tenant-alpha", "-n", &table]).await;
+    let shown: Vec<&str> = ok(&out).lines().collect();
+    assert_eq!(&shown[..3], ["Namespace:    tenant-alpha", &format!("Namespace ID: {id}"), "Status:       active"]);
+    let out = cli(&["namespace", "list", "-n", &table]).await;
+    assert!(ok(&out).ends_with("\nTotal: 2 namespace(s)\n"), "{}", out.stdout);
+    assert!(out.stdout.starts_with("+-"), "a table, no blank line before it");
+
+    // Delete (prompt answered "n": aborted), delete, orphans, recover, delete, purge.
+    let endpoint = format!("--endpoint-url={}", moto().endpoint());
+    let no = run_cli(&["namespace", "delete", "tenant-alpha", "-n", &table, &endpoint], "n\n").await;
+    assert_eq!((no.code, no.stderr.trim()), (1, "Aborted!"));
+    let out = cli(&["namespace", "delete", "tenant-alpha", "-y", "-n", &table]).await;
+    assert_eq!(ok(&out).trim(), "Namespace 'tenant-alpha' deleted (data orphaned, recoverable).");
+    let out = cli(&["namespace", "orphans", "-n", &table]).await;
+    assert!(ok(&out).contains(&format!("| {id:<12} | tenant-alpha |")), "{}", out.stdout);
+    let out = cli(&["namespace", "show", "tenant-alpha", "-n", &table]).await;
+    assert_eq!(
+        (out.code, out.stderr.trim()),
+        (
+            1,
+            "Error: Namespace 'tenant-alpha' not found. Register it with 'zae-limiter namespace register tenant-alpha'."
+        )
+    );
+    let out = cli(&["namespace", "recover", &id, "-n", &table]).await;
+    assert_eq!(ok(&out).trim(), format!("Recovered namespace 'tenant-alpha' (ID: {id})."));
+    let out = cli(&["namespace", "purge", &id, "-y", "-n", &table]).await;
+    assert_eq!((out.code, out.stderr.trim().starts_with("Error: Cannot purge namespace 'tenant-alpha'")), (1, true));
+    ok(&cli(&["namespace", "delete", "tenant-alpha", "-y", "-n", &table]).await);
+    let out = cli(&["namespace", "purge", &id, "-y", "-n", &table]).await;
+    assert_eq!(ok(&out).trim(), format!("Purged namespace '{id}'. All data permanently deleted."));
+    let out = cli(&["namespace", "orphans", "-n", &table]).await;
+    assert_eq!(ok(&out).trim(), "No orphaned namespaces.");
+}
+
+#[tokio::test]
+async fn limits_set_with_the_cli_are_read_by_the_library_and_enforced_by_zael_server() {
+    let table = deployed("zd").await;
+    let ns = ["-n", table.as_str(), "-N", "tenant"];
+    ok(&in_ns(&table, &["entity", "create", "team-a"]).await);
+    let out =
+        in_ns(&table, &["entity", "create", "key-1", "--parent", "team-a", "--cascade", "--display-name", "Key One"])
+            .await;
+    assert_eq!(ok(&out), "Created entity 'key-1'\n  Name:    Key One\n  Parent:  team-a\n  Cascade: True\n");
+    let out = in_ns(&table, &["entity", "create", "key-1"]).await;
+    assert_eq!((out.code, out.stderr.trim()), (1, "Error: Entity already exists: key-1"));
+    let out = in_ns(
+        &table,
+        &["entity", "set-limits", "key-1", "-r", "gpt-4", "-l", "rpm:3/day", "-l", "tpm:100/day:150", "--soft", "tpm"],
+    )
+    .await;
+    assert_eq!(
+        ok(&out),
+        "Set 2 limit(s) for entity 'key-1' on resource 'gpt-4':\n  rpm: 3/day\n  tpm: 100/day (burst: 150) (soft)\n"
+    );
+    ok(&in_ns(&table, &["entity", "set-limits", "team-a", "-r", "gpt-4", "-l", "rpm:2/day"]).await);
+    ok(&in_ns(&table, &["resource", "set-defaults", "gpt-4", "-l", "rpm:50"]).await);
+    let out = in_ns(&table, &["system", "set-defaults", "-l", "rpm:10/sec", "--on-unavailable", "allow"]).await;
+    assert_eq!(ok(&out), "Set 1 system-wide default(s):\n  rpm: 10/sec\n  on_unavailable: allow\n");
+    let out = in_ns(&table, &["entity", "get-limits", "key-1", "-r", "gpt-4"]).await;
+    assert_eq!(
+        ok(&out),
+        "Limits for entity 'key-1' on resource 'gpt-4':\n  rpm: 3/day\n  tpm: 100/day (burst: 150) (soft)\n"
+    );
+    let out = in_ns(&table, &["entity", "show", "key-1"]).await;
+    assert!(ok(&out).starts_with("Entity: key-1\n  Name:       Key One\n  Parent:     team-a\n  Cascade:    True\n"));
+
+    // The library reads everything the CLI wrote.
+    let seen = library_reads(moto(), &table, "tenant", "key-1", "gpt-4", "team-a").await;
+    assert_eq!(
+        seen["entity"],
+        serde_json::json!({"id": "key-1", "name": "Key One", "parent_id": "team-a", "cascade": true})
+    );
+    assert_eq!(
+        seen["limits"],
+        serde_json::json!([
+            {"name": "rpm", "capacity": 3, "refill_amount": 3, "refill_period_seconds": 86400},
+            {"name": "tpm", "capacity": 150, "refill_amount": 100, "refill_period_seconds": 86400, "soft": true},
+        ])
+    );
+    assert_eq!(seen["parent_limits"][0]["capacity"], 2);
+    assert_eq!(seen["resource_defaults"][0]["refill_amount"], 50);
+    assert_eq!(seen["system_defaults"][0]["refill_period_seconds"], 1);
+    assert_eq!(seen["on_unavailable"], "allow");
+    assert_eq!(seen["audit"], serde_json::json!(["limits_set", "entity_created"]));
+    assert_eq!(seen["namespaces"], serde_json::json!(["default", "tenant"]));
+
+    // zael-server enforces them: the parent's 2 per day decide the third request.
+    let config = "domain: llm\nnamespace: tenant\ndescriptors:\n  - key: api_key\n    entity: {resource: gpt-4, consume: {rpm: 1}}\n";
+    let s = Server::builder().file("llm.yaml", config).dynamodb(&moto().endpoint(), &table).start().await;
+    let request = || req("llm", vec![desc(&[("api_key", "key-1")])]);
+    for left in [1, 0] {
+        let r = s.should(request()).await;
+        assert_response(&r, Code::Ok, &[expect::ok(2, Unit::Day, "rpm", left).reset(1..=86_400)]);
+    }
+    let r = s.should(request()).await;
+    assert_response(&r, Code::OverLimit, &[over(2, Unit::Day, "rpm").reset(1..=86_400)]);
+
+    // Audit events, newest first.
+    let out = in_ns(&table, &["audit", "list", "-e", "key-1"]).await;
+    let text = ok(&out);
+    assert!(text.starts_with("\nAudit Events for: key-1\n\n+-"), "{text}");
+    let actions: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("| 2")).map(|l| l.split(" | ").nth(1).unwrap().trim()).collect();
+    assert_eq!(actions, ["limits_set", "entity_created"]);
+    assert!(text.ends_with("\nTotal: 2 events\n"));
+
+    // Deleting asks first; "no" cancels (exit 0) and keeps the limits.
+    let endpoint = format!("--endpoint-url={}", moto().endpoint());
+    let mut args = vec!["entity", "delete-limits", "key-1", "-r", "gpt-4", &endpoint];
+    args.extend(ns);
+    let out = run_cli(&args, "n\n").await;
+    assert_eq!((out.code, out.stdout.trim_end().ends_with("Cancelled")), (0, true), "{out:?}");
+    let out = in_ns(&table, &["entity", "delete-limits", "key-1", "-r", "gpt-4", "-y"]).await;
+    assert_eq!(ok(&out).trim(), "Deleted limits for entity 'key-1' on resource 'gpt-4'");
+    let out = in_ns(&table, &["entity", "get-limits", "key-1", "-r", "gpt-4"]).await;
+    assert_eq!(ok(&out).trim(), "No limits configured for entity 'key-1' on resource 'gpt-4'");
+}
+
+#[tokio::test]
+async fn the_cli_reads_what_the_library_wrote() {
+    let table = moto().library_table(&[]).await;
+    let ns = ["-n", table.as_str(), "-N", "tenant"];
+    let mut args = vec!["entity", "get-limits", "key-6", "-r", "gpt-4"];
+    args.extend(ns);
+    let out = cli(&args).await;
+    assert_eq!(ok(&out), "Limits for entity 'key-6' on resource 'gpt-4':\n  rpm: 2/day (soft)\n  tpm: 10/day\n");
+    let mut args = vec!["entity", "get-limits", "key-7", "-r", "gpt-4"];
+    args.extend(ns);
+    assert_eq!(
+        ok(&cli(&args).await),
+        "Limits for entity 'key-7' on resource 'gpt-4':\n  rpm: 1/day\nStatus: BYPASSED\n"
+    );
+    let mut args = vec!["system", "get-defaults"];
+    args.extend(ns);
+    assert_eq!(ok(&cli(&args).await), "System-wide defaults:\n  Limits:\n    rpm: 3/day\n    tpm: 50/day\n");
+    let mut args = vec!["entity", "show", "key-4"];
+    args.extend(ns);
+    assert!(ok(&cli(&args).await).contains("  Parent:     proj-2\n  Cascade:    True\n"));
+}
+
+#[tokio::test]
+async fn bad_input_is_an_error_with_exit_1_and_usage_errors_exit_2() {
+    let out = cli(&["namespace", "list", "-n", "bad_name"]).await;
+    assert_eq!(
+        (out.code, out.stderr.trim()),
+        (1, "Error: Contains underscore. Use hyphens instead (e.g., 'rate-limits' not 'rate_limits')")
+    );
+    let out = cli(&["namespace", "list", "-n", "never-deployed"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.starts_with("Error: Stack 'never-deployed' not found in us-east-1."), "{}", out.stderr);
+    let out = cli(&["entity", "set-limits", "k", "-l", "rpm:abc"]).await;
+    assert_eq!(
+        (out.code, out.stderr.trim()),
+        (1, "Error: Invalid limit values in 'rpm:abc': invalid literal for int() with base 10: 'abc'")
+    );
+    let out = cli(&["deploy", "--no-iam", "--create-iam-roles"]).await;
+    assert_eq!((out.code, out.stderr.trim()), (1, "Error: --create-iam-roles cannot be used with --no-iam"));
+    let out = cli(&["deploy", "--tag", "novalue"]).await;
+    assert_eq!((out.code, out.stderr.trim()), (1, "Error: Invalid tag format 'novalue'. Use KEY=VALUE."));
+    let out = cli(&["deploy", "--lambda-timeout", "901"]).await;
+    assert_eq!(out.code, 2, "a range is a usage error: {out:?}");
+    let out = cli(&["entity", "set-limits", "k"]).await;
+    assert_eq!(out.code, 2, "a missing required option: {out:?}");
+    let table = deployed("ze").await;
+    let out = cli(&["entity", "get-limits", "k", "-n", &table, "-N", "nope"]).await;
+    assert_eq!(
+        (out.code, out.stderr.trim()),
+        (1, "Error: Namespace 'nope' not found. Register it with 'zae-limiter namespace register nope'.")
+    );
+    assert!(!out.stderr.contains("panicked") && !out.stderr.contains("backtrace"));
+    let version = run_cli(&["--version"], "").await;
+    assert_eq!((version.code, version.stdout.as_str()), (0, "zae-limiter, version 0.17.0\n"));
+}
