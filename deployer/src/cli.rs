@@ -20,6 +20,14 @@ pub struct Cli {
 pub enum Command {
     /// Deploy the stack (`--table-only`: the table alone, for emulators).
     Deploy(Box<stack::DeployArgs>),
+    /// Delete the stack.
+    Delete(crate::commands::cfn_stack::DeleteArgs),
+    /// Print the CloudFormation template (JSON), or write it to a file.
+    CfnTemplate {
+        /// Write the template here instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<std::path::PathBuf>,
+    },
     /// Show the infrastructure's versions and compatibility.
     Version {
         #[command(flatten)]

@@ -12,6 +12,7 @@ mod param_sync;
 mod prompt;
 mod repo;
 mod stack_name;
+mod template;
 
 use clap::Parser;
 
@@ -54,6 +55,8 @@ async fn run(cli: cli::Cli) -> repo::Result<()> {
     use cli::Command;
     match cli.command {
         Command::Deploy(args) => commands::stack::deploy(*args).await,
+        Command::Delete(args) => commands::cfn_stack::delete(args).await,
+        Command::CfnTemplate { output } => commands::stack::cfn_template(output),
         Command::Version { target } => commands::stack::version(target).await,
         Command::Check { target } => commands::stack::check(target).await,
         Command::Namespace(c) => commands::namespace::run(c).await,

@@ -30,6 +30,7 @@ pub type Result<T> = std::result::Result<T, crate::Failure>;
 
 pub struct Repo {
     pub db: Client,
+    pub config: aws_config::SdkConfig,
     sts: aws_sdk_sts::Client,
     pub table: String,
     region: Option<String>,
@@ -67,6 +68,7 @@ impl Repo {
         }
         Ok(Repo {
             db: Client::new(&config),
+            config: config.clone(),
             sts: aws_sdk_sts::Client::new(&config),
             table: name,
             region: target.region.clone().or_else(|| config.region().map(|r| r.to_string())),
@@ -75,7 +77,7 @@ impl Repo {
         })
     }
 
-    fn region_label(&self) -> &str {
+    pub fn region_label(&self) -> &str {
         self.region.as_deref().unwrap_or("the default region")
     }
 

@@ -234,3 +234,65 @@ async fn bad_input_is_an_error_with_exit_1_and_usage_errors_exit_2() {
     let version = run_cli(&["--version"], "").await;
     assert_eq!((version.code, version.stdout.as_str()), (0, "zae-limiter, version 0.17.0\n"));
 }
+
+#[tokio::test]
+async fn deploy_creates_the_stack_through_cloudformation_and_delete_removes_it() {
+    let stack = unique("zs");
+    let out = cli(&["deploy", "-n", &stack, "--no-aggregator", "--create-iam-roles", "--tag", "team=payments"]).await;
+    let text = ok(&out);
+    assert!(text.starts_with(&format!("Deploying stack: {stack}\n  Table name: {stack}\n")), "{text}");
+    assert!(text.contains("  Aggregator: disabled\n  Provisioner: enabled\n"), "{text}");
+    assert!(text.contains("  Tags: 1 user-defined\n    team=payments\n"), "{text}");
+    assert!(text.contains("CREATE_COMPLETE AWS::CloudFormation::Stack"), "stack events as they happen: {text}");
+    assert!(text.ends_with("✓ Version record initialized (schema 0.10.0)\n✓ Default namespace registered\n"), "{text}");
+
+    let config = zael_table::testing::local_sdk_config(&moto().endpoint(), zael_tests::moto::REGION).await;
+    let cfn = aws_sdk_cloudformation::Client::new(&config);
+    let resources: std::collections::BTreeSet<String> = cfn
+        .list_stack_resources()
+        .stack_name(&stack)
+        .send()
+        .await
+        .expect("stack resources")
+        .stack_resource_summaries()
+        .iter()
+        .filter_map(|r| r.logical_resource_id().map(str::to_owned))
+        .collect();
+    for id in [
+        "RateLimitsTable",
+        "AcquireOnlyPolicy",
+        "NamespaceAcquirePolicy",
+        "AppRole",
+        "AdminRole",
+        "ReadOnlyRole",
+        "ProvisionerFunction",
+    ] {
+        assert!(resources.contains(id), "{id} in {resources:?}");
+    }
+    assert!(!resources.contains("AggregatorFunction"));
+    let tags = cfn.describe_stacks().stack_name(&stack).send().await.unwrap().stacks()[0].tags().to_vec();
+    let tag = |k: &str| tags.iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_owned);
+    assert_eq!((tag("team"), tag("ManagedBy")), (Some("payments".into()), Some("zae-limiter".into())));
+
+    let db = aws_sdk_dynamodb::Client::new(&config);
+    let table = db.describe_table().table_name(&stack).send().await.expect("the stack's table").table.unwrap();
+    assert_eq!(table.global_secondary_indexes().len(), 4);
+    assert_eq!(table.local_secondary_indexes().len(), 5);
+
+    // The stack is usable: namespaces, and the library connects to it.
+    ok(&cli(&["namespace", "register", "tenant", "-n", &stack]).await);
+    ok(&in_ns(&stack, &["entity", "create", "key-1"]).await);
+    let seen = library_reads(moto(), &stack, "tenant", "key-1", "gpt-4", "key-1").await;
+    assert_eq!(seen["namespaces"], serde_json::json!(["default", "tenant"]));
+
+    let out = cli(&["delete", "-n", &stack, "-y"]).await;
+    assert_eq!(ok(&out), format!("Deleting stack: {stack}\n✓ Stack '{stack}' deleted successfully\n"));
+    assert!(db.describe_table().table_name(&stack).send().await.is_err(), "the table went with the stack");
+}
+
+#[tokio::test]
+async fn deploy_with_the_aggregator_waits_for_its_lambda() {
+    let out = cli(&["deploy", "-n", "with-aggregator"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("the Rust aggregator Lambda is not built yet"), "{out:?}");
+}

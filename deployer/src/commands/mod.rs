@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod audit;
+pub mod cfn_stack;
 pub mod defaults;
 pub mod entity;
 pub mod limits;

@@ -142,13 +142,27 @@ fn is_role_arn(arn: &str) -> bool {
     account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) && !role.is_empty()
 }
 
+/// `cfn-template [-o FILE]`: the template as indented JSON.
+pub fn cfn_template(output: Option<std::path::PathBuf>) -> Result<()> {
+    let text = serde_json::to_string_pretty(&crate::template::template()).expect("a template serialises");
+    match output {
+        None => println!("{text}"),
+        Some(path) => {
+            std::fs::write(&path, format!("{text}\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            println!("Template written to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
 pub async fn deploy(args: DeployArgs) -> Result<()> {
-    validate(&args)?;
+    let tags = validate(&args)?;
+    for (format, policies) in [(&args.role_name_format, false), (&args.policy_name_format, true)] {
+        crate::template::params::check_name_lengths(&args.target.name, format.as_deref(), policies)
+            .map_err(|e| crate::Failure::Plain(format!("✗ Deployment failed: {e}")))?;
+    }
     if !args.table_only {
-        return Err(
-            "CloudFormation deployment is not implemented in this CLI yet: use --table-only with --endpoint-url for an emulator, or the Python zae-limiter CLI for a stack"
-                .into(),
-        );
+        return super::cfn_stack::deploy(args, tags).await;
     }
     if args.target.endpoint_url.is_none() {
         return Err("--table-only is for emulators without CloudFormation: give --endpoint-url".into());

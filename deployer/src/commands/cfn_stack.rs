@@ -1,0 +1,288 @@
+//! `deploy` through CloudFormation, and `delete` (§3.3, §4.1): the generated template,
+//! `CAPABILITY_NAMED_IAM`, user and managed tags, the stack events shown as they happen, then
+//! the version record and the `default` namespace.
+
+use aws_sdk_cloudformation::Client as Cfn;
+use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus, Tag};
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::stack::DeployArgs;
+use crate::compat::SCHEMA_VERSION;
+use crate::repo::{Repo, Result, Target};
+use crate::template::{self, params};
+use zael_table::version::IMPLEMENTED_VERSION;
+
+/// How long `--wait` follows a stack operation.
+const WAIT_LIMIT: Duration = Duration::from_secs(1800);
+
+fn onoff(on: bool) -> &'static str {
+    if on { "enabled" } else { "disabled" }
+}
+
+/// The parameters and tags of a deploy; prints the reference's notes and summary.
+fn plan(args: &DeployArgs, tags: &[(String, String)], region: &str) -> Vec<(&'static str, String)> {
+    let mut parameters = params::for_deploy(args);
+    let get = |k: &str| parameters.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    if args.no_iam && !args.no_aggregator && args.aggregator_role_arn.is_none() {
+        println!(
+            "Note: --no-iam disables aggregator (no IAM role). Use --aggregator-role-arn to provide an external role."
+        );
+    }
+    if args.no_iam {
+        println!("Note: --no-iam disables the limits provisioner (no IAM role).");
+    }
+    let aggregator = get("EnableAggregator") == "true";
+    println!("Deploying stack: {}", args.target.name);
+    println!("  Table name: {}", args.target.name);
+    println!("  Region: {region}");
+    println!("  Snapshot windows: {}", args.snapshot_windows);
+    println!("  Usage retention days: {}", args.usage_retention_days);
+    println!("  Audit retention days: {}", args.audit_retention_days);
+    println!("  Aggregator: {}", onoff(aggregator));
+    println!("  Provisioner: {}", onoff(get("EnableProvisioner") == "true"));
+    if aggregator {
+        println!("  Lambda timeout: {}s", args.lambda_timeout);
+        println!("  Lambda memory: {}MB", args.lambda_memory);
+        println!("  X-Ray tracing: {}", onoff(args.enable_tracing));
+    }
+    println!("  Alarms: {}", onoff(!args.no_alarms));
+    if let (false, Some(topic)) = (args.no_alarms, &args.alarm_sns_topic) {
+        println!("  Alarm SNS topic: {topic}");
+    }
+    println!("  IAM resources: {}", onoff(!args.no_iam));
+    if !args.no_iam {
+        println!("  IAM roles: {}", onoff(args.create_iam_roles));
+    }
+    if let Some(arn) = &args.aggregator_role_arn {
+        println!("  External role: {arn}");
+    }
+    println!("  Deletion protection: {}", onoff(args.enable_deletion_protection));
+    if aggregator {
+        println!("  Audit archival: {}", onoff(!args.no_audit_archival));
+        if !args.no_audit_archival {
+            println!("  Glacier transition: {} days", args.audit_archive_glacier_days);
+        }
+    }
+    if !tags.is_empty() {
+        println!("  Tags: {} user-defined", tags.len());
+        for (k, v) in tags {
+            println!("    {k}={v}");
+        }
+    }
+    println!();
+    // The aggregator's code location: unused (but required) when it is not deployed.
+    parameters.push(("AggregatorCodeS3Bucket", "-".into()));
+    parameters.push(("AggregatorCodeS3Key", "-".into()));
+    parameters
+}
+
+fn stack_tags(name: &str, user: &[(String, String)]) -> Vec<Tag> {
+    let mut tags: Vec<(String, String)> = user.to_vec();
+    for (k, v) in [
+        ("ManagedBy", "zae-limiter".to_owned()),
+        ("zae-limiter:name", name.strip_prefix("ZAEL-").unwrap_or(name).to_owned()),
+        ("zae-limiter:type", "limiter".to_owned()),
+        ("zae-limiter:version", IMPLEMENTED_VERSION.to_owned()),
+        ("zae-limiter:schema-version", SCHEMA_VERSION.to_owned()),
+    ] {
+        tags.retain(|(key, _)| key != k);
+        tags.push((k.to_owned(), v));
+    }
+    tags.into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+}
+
+async fn status(cfn: &Cfn, name: &str) -> std::result::Result<Option<(StackStatus, String, Option<String>)>, String> {
+    match cfn.describe_stacks().stack_name(name).send().await {
+        Ok(out) => Ok(out.stacks().first().and_then(|s| {
+            Some((
+                s.stack_status()?.clone(),
+                s.stack_id().unwrap_or(name).to_owned(),
+                s.stack_status_reason().map(str::to_owned),
+            ))
+        })),
+        Err(e) => {
+            let text = aws_sdk_cloudformation::error::DisplayErrorContext(&e).to_string();
+            if text.contains("does not exist") { Ok(None) } else { Err(text) }
+        }
+    }
+}
+
+/// Follows a stack operation, printing each new event, until it settles; the final status.
+async fn follow(cfn: &Cfn, name: &str) -> std::result::Result<Option<StackStatus>, String> {
+    let mut seen: HashSet<String> = HashSet::new();
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(out) = cfn.describe_stack_events().stack_name(name).send().await {
+            let mut events: Vec<_> = out
+                .stack_events()
+                .iter()
+                .filter(|e| seen.insert(e.event_id().unwrap_or_default().to_owned()))
+                .collect();
+            events.reverse();
+            for e in events {
+                println!(
+                    "  {} {} {}{}",
+                    e.resource_status().map(|s| s.as_str()).unwrap_or(""),
+                    e.resource_type().unwrap_or(""),
+                    e.logical_resource_id().unwrap_or(""),
+                    e.resource_status_reason().map(|r| format!(": {r}")).unwrap_or_default()
+                );
+            }
+        }
+        let Some((state, _, _)) = status(cfn, name).await? else { return Ok(None) };
+        if !state.as_str().ends_with("IN_PROGRESS") {
+            return Ok(Some(state));
+        }
+        if started.elapsed() > WAIT_LIMIT {
+            return Err(format!("Stack '{name}' is still {} after {} s", state.as_str(), WAIT_LIMIT.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+fn human(status: &StackStatus) -> String {
+    status.as_str().to_lowercase().replace('_', " ")
+}
+
+pub async fn deploy(args: DeployArgs, tags: Vec<(String, String)>) -> Result<()> {
+    let repo = Repo::connect(&args.target, None).await?;
+    let parameters = plan(&args, &tags, repo.region_label());
+    if parameters.iter().any(|(k, v)| *k == "EnableAggregator" && v == "true") {
+        return Err(crate::Failure::Plain(
+            "✗ Deployment failed: the Rust aggregator Lambda is not built yet (issue #5); deploy with --no-aggregator until it is"
+                .into(),
+        ));
+    }
+    let cfn = Cfn::new(&repo.config);
+    let name = args.target.name.clone();
+    let fail = |e: String| crate::Failure::Plain(format!("✗ Deployment failed: {e}"));
+    let wait = !args.no_wait;
+    let existing = status(&cfn, &name).await.map_err(fail)?;
+    let stack_id = match existing {
+        Some((state, id, _)) => {
+            let state = if wait && state.as_str().ends_with("IN_PROGRESS") {
+                follow(&cfn, &name).await.map_err(fail)?.unwrap_or(state)
+            } else {
+                state
+            };
+            println!("✓ Stack {}", human(&state));
+            id
+        }
+        None => {
+            let body = if args.target.endpoint_url.is_some() {
+                // Emulators (moto) mis-evaluate some conditions: send the decided template.
+                let full = serde_json::to_value(template::template()).expect("a template serialises");
+                template::resolved(&full, &parameters).to_string()
+            } else {
+                template::to_json(&template::template())
+            };
+            let out = cfn
+                .create_stack()
+                .stack_name(&name)
+                .template_body(body)
+                .set_parameters(Some(
+                    parameters
+                        .iter()
+                        .map(|(k, v)| Parameter::builder().parameter_key(*k).parameter_value(v).build())
+                        .collect(),
+                ))
+                .capabilities(Capability::CapabilityNamedIam)
+                .set_tags(Some(stack_tags(&name, &tags)))
+                .send()
+                .await
+                .map_err(|e| {
+                    fail(format!(
+                        "Stack '{name}' operation failed: {}",
+                        aws_sdk_cloudformation::error::DisplayErrorContext(e)
+                    ))
+                })?;
+            let id = out.stack_id().unwrap_or(&name).to_owned();
+            if !wait {
+                println!("✓ Stack create in progress");
+                println!("  Stack ID: {id}");
+                println!("Stack creation initiated. Use 'status' command to check progress.");
+                println!(
+                    "Note: Lambda code will not be deployed until stack is ready. Run 'zae-limiter deploy' again with --wait to deploy Lambda."
+                );
+                return Ok(());
+            }
+            let state = follow(&cfn, &name).await.map_err(fail)?;
+            match state {
+                Some(StackStatus::CreateComplete) => println!("✓ Stack create complete"),
+                other => {
+                    let reason = status(&cfn, &name).await.ok().flatten().and_then(|(_, _, r)| r).unwrap_or_default();
+                    return Err(fail(format!(
+                        "Stack '{name}' operation failed: Stack creation failed: {} {reason}",
+                        other.map(|s| s.as_str().to_owned()).unwrap_or_else(|| "DELETED".into())
+                    )));
+                }
+            }
+            id
+        }
+    };
+    println!("  Stack ID: {stack_id}");
+    if !wait {
+        return Ok(());
+    }
+    println!("Initializing version record...");
+    if repo.get(zael_table::keys::SYSTEM_PK, zael_table::keys::SK_VERSION).await?.is_none() {
+        zael_table::admin::put_version_record(
+            &repo.db,
+            &repo.table,
+            SCHEMA_VERSION,
+            "0.0.0",
+            Some(IMPLEMENTED_VERSION),
+        )
+        .await
+        .map_err(fail)?;
+    }
+    println!("✓ Version record initialized (schema {SCHEMA_VERSION})");
+    zael_table::admin::register_namespace(&repo.db, &repo.table, "default").await.map_err(fail)?;
+    println!("✓ Default namespace registered");
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// Stack identifier (required).
+    #[arg(short = 'n', long = "name", required = true)]
+    pub name: String,
+    #[arg(long)]
+    pub region: Option<String>,
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    #[arg(long = "wait", overrides_with = "no_wait")]
+    pub wait: bool,
+    #[arg(long = "no-wait")]
+    pub no_wait: bool,
+    #[arg(short = 'y', long = "yes")]
+    pub yes: bool,
+}
+
+pub async fn delete(args: DeleteArgs) -> Result<()> {
+    let target =
+        Target { name: args.name.clone(), region: args.region.clone(), endpoint_url: args.endpoint_url.clone() };
+    let repo = Repo::connect(&target, None).await?;
+    crate::prompt::confirm_or_abort(args.yes, &format!("Are you sure you want to delete stack '{}'?", args.name))?;
+    println!("Deleting stack: {}", args.name);
+    let cfn = Cfn::new(&repo.config);
+    let fail = |e: String| crate::Failure::Plain(format!("✗ Deletion failed: {e}"));
+    if let Err(e) = cfn.delete_stack().stack_name(&args.name).send().await {
+        let text = aws_sdk_cloudformation::error::DisplayErrorContext(&e).to_string();
+        if !text.contains("does not exist") {
+            return Err(fail(text));
+        }
+    }
+    if args.no_wait {
+        println!("Stack deletion initiated. Use 'status' command to check progress.");
+        return Ok(());
+    }
+    match follow(&cfn, &args.name).await.map_err(fail)? {
+        None | Some(StackStatus::DeleteComplete) => {
+            println!("✓ Stack '{}' deleted successfully", args.name);
+            Ok(())
+        }
+        Some(other) => Err(fail(format!("stack is {}", other.as_str()))),
+    }
+}
