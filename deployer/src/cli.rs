@@ -20,6 +20,10 @@ pub struct Cli {
 pub enum Command {
     /// Deploy the stack (`--table-only`: the table alone, for emulators).
     Deploy(Box<stack::DeployArgs>),
+    /// Show the stack's and table's status.
+    Status(crate::commands::inventory::StatusArgs),
+    /// List the rate limiter stacks of a region.
+    List(crate::commands::inventory::ListArgs),
     /// Delete the stack.
     Delete(crate::commands::cfn_stack::DeleteArgs),
     /// Print the CloudFormation template (JSON), or write it to a file.

@@ -55,6 +55,8 @@ async fn run(cli: cli::Cli) -> repo::Result<()> {
     use cli::Command;
     match cli.command {
         Command::Deploy(args) => commands::stack::deploy(*args).await,
+        Command::Status(args) => commands::inventory::status(args).await,
+        Command::List(args) => commands::inventory::list(args).await,
         Command::Delete(args) => commands::cfn_stack::delete(args).await,
         Command::CfnTemplate { output } => commands::stack::cfn_template(output),
         Command::Version { target } => commands::stack::version(target).await,

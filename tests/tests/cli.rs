@@ -285,9 +285,28 @@ async fn deploy_creates_the_stack_through_cloudformation_and_delete_removes_it()
     let seen = library_reads(moto(), &stack, "tenant", "key-1", "gpt-4", "key-1").await;
     assert_eq!(seen["namespaces"], serde_json::json!(["default", "tenant"]));
 
+    let out = cli(&["status", "-n", &stack]).await;
+    let text = ok(&out);
+    for expected in [
+        "  Available:     ✓ Yes\n",
+        "  Stack:         CREATE_COMPLETE\n",
+        "  Table:         ACTIVE\n",
+        "  Aggregator:    Disabled\n  Provisioner:   Enabled\n",
+        "  Schema:        0.10.0\n",
+        "IAM Roles\n  App:           arn:aws:iam::",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in\n{text}");
+    }
+    assert!(text.ends_with("✓ Infrastructure is ready\n"), "{text}");
+    let out = cli(&["list", "--region", "us-east-1"]).await;
+    let row = ok(&out).lines().find(|l| l.starts_with(&format!("| {stack} "))).map(str::to_owned);
+    assert!(row.is_some_and(|r| r.contains("| CREATE_COMPLETE | 0.17.0 ")), "{}", out.stdout);
+
     let out = cli(&["delete", "-n", &stack, "-y"]).await;
     assert_eq!(ok(&out), format!("Deleting stack: {stack}\n✓ Stack '{stack}' deleted successfully\n"));
     assert!(db.describe_table().table_name(&stack).send().await.is_err(), "the table went with the stack");
+    let out = cli(&["status", "-n", &stack]).await;
+    assert_eq!((out.code, out.stderr.trim()), (1, "✗ Infrastructure is not available"));
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod cfn_stack;
 pub mod defaults;
 pub mod entity;
+pub mod inventory;
 pub mod limits;
 pub mod namespace;
 pub mod stack;
