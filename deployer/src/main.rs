@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod compat;
 mod config_item;
+mod flags;
 mod limit_spec;
 mod param_sync;
 mod prompt;

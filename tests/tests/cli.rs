@@ -315,3 +315,58 @@ async fn deploy_with_the_aggregator_waits_for_its_lambda() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("the Rust aggregator Lambda is not built yet"), "{out:?}");
 }
+
+#[tokio::test]
+async fn disable_enable_and_bypass_reach_zael_server_through_config_and_bucket_stamps() {
+    let table = deployed("zf").await;
+    for args in [
+        vec!["entity", "create", "key-1"],
+        vec!["entity", "create", "key-2"],
+        vec!["resource", "set-defaults", "gpt-4", "-l", "rpm:5/day"],
+    ] {
+        ok(&in_ns(&table, &args).await);
+    }
+    let config = "domain: llm\nnamespace: tenant\ndescriptors:\n  - key: api_key\n    entity: {resource: gpt-4, consume: {rpm: 1}}\n";
+    let s = Server::builder()
+        .file("llm.yaml", config)
+        .dynamodb(&moto().endpoint(), &table)
+        .arg("--config-cache-ttl=0s")
+        .start()
+        .await;
+    let ask = |key: &'static str| req("llm", vec![desc(&[("api_key", key)])]);
+    let day = |left| expect::ok(5, Unit::Day, "rpm", left).reset(1..=86_400);
+    assert_response(&s.should(ask("key-1")).await, Code::Ok, &[day(4)]);
+    assert_response(&s.should(ask("key-2")).await, Code::Ok, &[day(4)]);
+
+    // Disabling key-1 stamps its bucket: OVER_LIMIT, no limit reported, nothing charged.
+    let out = in_ns(&table, &["entity", "disable", "key-1", "--resource", "gpt-4"]).await;
+    assert_eq!(ok(&out).trim(), "Disabled entity 'key-1' (1 buckets stamped)");
+    let r = s.should(ask("key-1")).await;
+    assert_eq!(
+        (r.overall_code, r.statuses[0].current_limit.clone()),
+        (Code::OverLimit as i32, None),
+        "{}",
+        describe(&r)
+    );
+    let out = in_ns(&table, &["entity", "enable", "key-1", "--resource", "gpt-4"]).await;
+    assert_eq!(ok(&out).trim(), "Enabled entity 'key-1' (1 buckets cleared)");
+    assert_response(&s.should(ask("key-1")).await, Code::Ok, &[day(3)]);
+
+    // Bypassing the resource reaches key-2, not key-1 (its explicit enable wins the walk).
+    let out = in_ns(&table, &["resource", "bypass", "gpt-4"]).await;
+    assert_eq!(ok(&out).trim(), "Bypassed resource 'gpt-4' (2 buckets stamped)");
+    for _ in 0..3 {
+        assert_response(&s.should(ask("key-2")).await, Code::Ok, &[day(4)]);
+    }
+    assert_response(&s.should(ask("key-1")).await, Code::Ok, &[day(2)]);
+    let out = in_ns(&table, &["resource", "clear-disabled", "gpt-4"]).await;
+    assert_eq!(ok(&out).trim(), "Cleared disabled flag for resource 'gpt-4' (2 buckets updated)");
+    assert_response(&s.should(ask("key-2")).await, Code::Ok, &[day(3)]);
+    let out = in_ns(&table, &["resource", "get-defaults", "gpt-4"]).await;
+    assert_eq!(ok(&out), "Defaults for resource 'gpt-4':\n  rpm: 5/day\n", "the limits survive the flag changes");
+    let out = in_ns(&table, &["entity", "get-limits", "key-1", "-r", "gpt-4"]).await;
+    assert_eq!(
+        ok(&out),
+        "No limits configured for entity 'key-1' on resource 'gpt-4'\nStatus: enabled (explicit override)\n"
+    );
+}

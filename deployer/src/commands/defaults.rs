@@ -5,6 +5,7 @@ use zael_table::keys;
 
 use super::DataTarget;
 use super::limits::{self, Level};
+use crate::flags::Access;
 use crate::repo::Result;
 
 // The variant names are the reference's command names (`set-defaults`, ...).
@@ -60,6 +61,30 @@ pub enum ResourceCommand {
         resource: String,
         #[arg(short = 'y', long = "yes")]
         yes: bool,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+    /// Disable a resource for every entity without an override.
+    Disable {
+        resource: String,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+    /// Enable a resource explicitly.
+    Enable {
+        resource: String,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+    /// Bypass a resource: admitted, usage counted, no balance debited.
+    Bypass {
+        resource: String,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+    /// Remove the resource's disabled/bypass flag.
+    ClearDisabled {
+        resource: String,
         #[command(flatten)]
         data: DataTarget,
     },
@@ -153,6 +178,10 @@ pub async fn run_resource(command: ResourceCommand) -> Result<()> {
                 println!("Deleted defaults for resource '{resource}'");
             }
         }
+        ResourceCommand::Disable { resource, data } => resource_flag(&resource, &data, Access::Disable).await?,
+        ResourceCommand::Enable { resource, data } => resource_flag(&resource, &data, Access::Enable).await?,
+        ResourceCommand::Bypass { resource, data } => resource_flag(&resource, &data, Access::Bypass).await?,
+        ResourceCommand::ClearDisabled { resource, data } => resource_flag(&resource, &data, Access::Clear).await?,
         ResourceCommand::List { data } => {
             let (repo, ns) = data.open(false).await?;
             let item = repo.get(&keys::pk_system(&ns), "#RESOURCES").await?;
@@ -170,4 +199,9 @@ pub async fn run_resource(command: ResourceCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn resource_flag(resource: &str, data: &DataTarget, access: Access) -> Result<()> {
+    Level::Resource(resource.to_owned()).validate()?;
+    super::entity::flag(data, crate::flags::Scope::Resource(resource), access).await
 }

@@ -58,6 +58,14 @@ pub enum EntityCommand {
         #[command(flatten)]
         data: DataTarget,
     },
+    /// Disable an entity (on one resource, or on all of them).
+    Disable(FlagArgs),
+    /// Enable an entity explicitly (an override of a disabled resource).
+    Enable(FlagArgs),
+    /// Bypass an entity: admitted, usage counted, no balance debited.
+    Bypass(FlagArgs),
+    /// Remove the entity's disabled/bypass flag (inherit again).
+    ClearDisabled(FlagArgs),
     /// Delete the limits of an entity and resource.
     DeleteLimits {
         entity_id: String,
@@ -68,6 +76,43 @@ pub enum EntityCommand {
         #[command(flatten)]
         data: DataTarget,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FlagArgs {
+    pub entity_id: String,
+    /// The resource (default: every resource, through the entity's `_default_` config).
+    #[arg(long)]
+    pub resource: Option<String>,
+    #[command(flatten)]
+    pub data: DataTarget,
+}
+
+/// The flag commands of entities and resources: the change, the fan-out, the audit event
+/// and the reference's line.
+pub async fn flag(data: &DataTarget, scope: crate::flags::Scope<'_>, access: crate::flags::Access) -> Result<()> {
+    use crate::flags::{Access, Scope};
+    let (repo, ns) = data.open(true).await?;
+    let written = crate::flags::apply(&repo, &ns, &scope, access).await?;
+    let (audit_entity, resource, what) = match &scope {
+        Scope::Entity { entity, resource } => ((*entity).to_owned(), *resource, format!("entity '{entity}'")),
+        Scope::Resource(r) => (format!("$RESOURCE:{r}"), *r, format!("resource '{r}'")),
+    };
+    let value = match access {
+        Access::Disable => AttributeValue::Bool(true),
+        Access::Enable => AttributeValue::Bool(false),
+        Access::Bypass => s("bypass"),
+        Access::Clear => AttributeValue::Null(true),
+    };
+    let details = HashMap::from([("disabled".to_owned(), value), ("buckets_stamped".to_owned(), n(written))]);
+    repo.audit(&ns, &audit_entity, "limits_set", Some(resource), details).await?;
+    match access {
+        Access::Disable => println!("Disabled {what} ({written} buckets stamped)"),
+        Access::Enable => println!("Enabled {what} ({written} buckets cleared)"),
+        Access::Bypass => println!("Bypassed {what} ({written} buckets stamped)"),
+        Access::Clear => println!("Cleared disabled flag for {what} ({written} buckets updated)"),
+    }
+    Ok(())
 }
 
 fn text(item: &Item, attr: &str) -> Option<String> {
@@ -160,6 +205,10 @@ pub async fn run(command: EntityCommand) -> Result<()> {
                 println!("{line}");
             }
         }
+        EntityCommand::Disable(a) => entity_flag(a, crate::flags::Access::Disable).await?,
+        EntityCommand::Enable(a) => entity_flag(a, crate::flags::Access::Enable).await?,
+        EntityCommand::Bypass(a) => entity_flag(a, crate::flags::Access::Bypass).await?,
+        EntityCommand::ClearDisabled(a) => entity_flag(a, crate::flags::Access::Clear).await?,
         EntityCommand::DeleteLimits { entity_id, resource, yes, data } => {
             let level = Level::Entity { entity: entity_id.clone(), resource: resource.clone() };
             level.validate()?;
@@ -171,6 +220,13 @@ pub async fn run(command: EntityCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn entity_flag(args: FlagArgs, access: crate::flags::Access) -> Result<()> {
+    let resource = args.resource.unwrap_or_else(|| DEFAULT_RESOURCE.to_owned());
+    let level = Level::Entity { entity: args.entity_id.clone(), resource: resource.clone() };
+    level.validate()?;
+    flag(&args.data, crate::flags::Scope::Entity { entity: &args.entity_id, resource: &resource }, access).await
 }
 
 /// The library's `create_entity`: META under `attribute_not_exists(PK)`, then the audit event.

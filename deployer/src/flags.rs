@@ -1,0 +1,232 @@
+//! Access flags on config items (`table-format.md` §8.5, §8.6): `disabled` (true, false or
+//! "bypass") on an entity's or a resource's config, and the stamps on existing buckets that
+//! let the fast path decide without reading config. Each bucket is stamped with the value
+//! resolved for its own entity and resource, so entity overrides survive resource changes.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use std::collections::HashMap;
+use zael_table::keys;
+
+use crate::config_item::{Item, n, s};
+use crate::repo::{Repo, Result, describe};
+
+/// A flag change.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    Disable,
+    Enable,
+    Bypass,
+    Clear,
+}
+
+impl Access {
+    fn value(self) -> Option<AttributeValue> {
+        match self {
+            Access::Disable => Some(AttributeValue::Bool(true)),
+            Access::Enable => Some(AttributeValue::Bool(false)),
+            Access::Bypass => Some(s("bypass")),
+            Access::Clear => None,
+        }
+    }
+}
+
+/// Where a flag is set: an entity (on one resource, or `_default_` for all) or a resource.
+pub enum Scope<'a> {
+    Entity { entity: &'a str, resource: &'a str },
+    Resource(&'a str),
+}
+
+/// What a bucket's walk resolves to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Resolved {
+    Enforced,
+    Disabled,
+    Bypass,
+}
+
+fn resolved_of(value: Option<&AttributeValue>) -> Option<Resolved> {
+    match value {
+        Some(AttributeValue::Bool(true)) => Some(Resolved::Disabled),
+        Some(AttributeValue::Bool(false)) => Some(Resolved::Enforced),
+        Some(AttributeValue::S(v)) if v == "bypass" => Some(Resolved::Bypass),
+        _ => None,
+    }
+}
+
+/// Sets or clears the flag on the config item (an upsert keeping the item's limits), stamps
+/// the existing buckets, and returns how many were written.
+pub async fn apply(repo: &Repo, ns: &str, scope: &Scope<'_>, access: Access) -> Result<usize> {
+    let fail = |e: String| format!("Failed to update the access flag: {e}");
+    let (pk, sk) = match scope {
+        Scope::Entity { entity, resource } => {
+            (keys::pk_entity(ns, entity), format!("{}{resource}", keys::SK_CONFIG_PREFIX))
+        }
+        Scope::Resource(r) => (keys::pk_resource(ns, r), keys::SK_CONFIG.to_owned()),
+    };
+    let mut names = HashMap::from([("#d".to_owned(), "disabled".to_owned())]);
+    let mut values: Item = HashMap::new();
+    let mut sets = Vec::new();
+    let mut keep = |attr: &str, value: AttributeValue, names: &mut HashMap<String, String>, values: &mut Item| {
+        let i = names.len();
+        names.insert(format!("#k{i}"), attr.to_owned());
+        values.insert(format!(":k{i}"), value);
+        sets.push(format!("#k{i} = if_not_exists(#k{i}, :k{i})"));
+    };
+    match scope {
+        Scope::Entity { entity, resource } => {
+            keep("entity_id", s(*entity), &mut names, &mut values);
+            keep("resource", s(*resource), &mut names, &mut values);
+            keep("GSI3PK", s(format!("{ns}/ENTITY_CONFIG#{resource}")), &mut names, &mut values);
+            keep("GSI3SK", s(*entity), &mut names, &mut values);
+        }
+        Scope::Resource(r) => keep("resource", s(*r), &mut names, &mut values),
+    }
+    keep("GSI4PK", s(ns), &mut names, &mut values);
+    keep("GSI4SK", s(&pk), &mut names, &mut values);
+    let update = match access.value() {
+        Some(v) => {
+            values.insert(":d".into(), v);
+            sets.push("#d = :d".into());
+            format!("SET {}", sets.join(", "))
+        }
+        None => format!("SET {} REMOVE #d", sets.join(", ")),
+    };
+    repo.db
+        .update_item()
+        .table_name(&repo.table)
+        .key("PK", s(&pk))
+        .key("SK", s(&sk))
+        .update_expression(update)
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(Some(values))
+        .send()
+        .await
+        .map_err(|e| fail(describe(&e)))?;
+    let mut written = 0;
+    let mut walks: HashMap<(String, String), Resolved> = HashMap::new();
+    for (bucket_pk, entity, resource) in buckets(repo, ns, scope).await? {
+        let key = (entity.clone(), resource.clone());
+        let state = match walks.get(&key) {
+            Some(state) => *state,
+            None => {
+                let state = walk(repo, ns, &entity, &resource).await?;
+                walks.insert(key, state);
+                state
+            }
+        };
+        if stamp(repo, &bucket_pk, state).await? {
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// The first explicit `disabled` of entity+resource, entity default, resource.
+async fn walk(repo: &Repo, ns: &str, entity: &str, resource: &str) -> Result<Resolved> {
+    for (pk, sk) in [
+        (keys::pk_entity(ns, entity), format!("{}{resource}", keys::SK_CONFIG_PREFIX)),
+        (keys::pk_entity(ns, entity), format!("{}_default_", keys::SK_CONFIG_PREFIX)),
+        (keys::pk_resource(ns, resource), keys::SK_CONFIG.to_owned()),
+    ] {
+        if let Some(state) = repo.get(&pk, &sk).await?.and_then(|i| resolved_of(i.get("disabled"))) {
+            return Ok(state);
+        }
+    }
+    Ok(Resolved::Enforced)
+}
+
+async fn stamp(repo: &Repo, pk: &str, state: Resolved) -> Result<bool> {
+    let mut request = repo
+        .db
+        .update_item()
+        .table_name(&repo.table)
+        .key("PK", s(pk))
+        .key("SK", s(keys::SK_STATE))
+        .condition_expression("attribute_exists(PK)")
+        .expression_attribute_names("#d", "disabled")
+        .expression_attribute_names("#b", "bypass");
+    request = match state {
+        Resolved::Disabled => request
+            .update_expression("SET #d = :t REMOVE #b")
+            .expression_attribute_values(":t", AttributeValue::Bool(true)),
+        Resolved::Bypass => request
+            .update_expression("SET #b = :deadline REMOVE #d")
+            .expression_attribute_values(":deadline", n(stamp_deadline())),
+        Resolved::Enforced => request.update_expression("REMOVE #d, #b"),
+    };
+    match request.send().await {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(false),
+        Err(e) => Err(format!("Failed to stamp a bucket: {}", describe(&e)).into()),
+    }
+}
+
+/// `now + 60 s × U(0.8, 1.0)`, the library's stamp deadline.
+fn stamp_deadline() -> i64 {
+    use rand::Rng;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    now.as_millis() as i64 + rand::rng().random_range(48_000..=60_000)
+}
+
+/// The bucket shards a flag change touches: `(PK, entity, resource)`.
+async fn buckets(repo: &Repo, ns: &str, scope: &Scope<'_>) -> Result<Vec<(String, String, String)>> {
+    let (index, pk_attr, pk, sk_attr, prefix) = match scope {
+        Scope::Entity { entity, resource } if *resource == crate::commands::limits::DEFAULT_RESOURCE => {
+            ("GSI3", "GSI3PK", keys::pk_entity(ns, entity), "GSI3SK", "BUCKET#".to_owned())
+        }
+        Scope::Entity { entity, resource } => {
+            ("GSI3", "GSI3PK", keys::pk_entity(ns, entity), "GSI3SK", format!("BUCKET#{resource}#"))
+        }
+        Scope::Resource(r) => ("GSI2", "GSI2PK", keys::gsi2_pk(ns, r), "GSI2SK", "BUCKET#".to_owned()),
+    };
+    let mut out = Vec::new();
+    let mut start = None;
+    loop {
+        let page = repo
+            .db
+            .query()
+            .table_name(&repo.table)
+            .index_name(index)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+            .expression_attribute_names("#pk", pk_attr)
+            .expression_attribute_names("#sk", sk_attr)
+            .expression_attribute_values(":pk", s(&pk))
+            .expression_attribute_values(":prefix", s(&prefix))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| format!("Failed to find buckets: {}", describe(&e)))?;
+        for item in page.items.unwrap_or_default() {
+            if let Some(AttributeValue::S(bucket_pk)) = item.get("PK")
+                && let Some((entity, resource)) = parse_bucket_pk(bucket_pk, ns)
+            {
+                out.push((bucket_pk.clone(), entity, resource));
+            }
+        }
+        start = page.last_evaluated_key;
+        if start.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// `{ns}/BUCKET#{entity}#{resource}#{shard}`: the shard after the last `#`, the entity before
+/// the first (§9.1).
+fn parse_bucket_pk(pk: &str, ns: &str) -> Option<(String, String)> {
+    let rest = pk.strip_prefix(&format!("{ns}/BUCKET#"))?;
+    let (without_shard, _) = rest.rsplit_once('#')?;
+    let (entity, resource) = without_shard.split_once('#')?;
+    Some((entity.to_owned(), resource.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bucket_keys() {
+        assert_eq!(
+            super::parse_bucket_pk("ns1/BUCKET#key-1#openai/gpt-4#3", "ns1"),
+            Some(("key-1".into(), "openai/gpt-4".into()))
+        );
+        assert_eq!(super::parse_bucket_pk("ns1/ENTITY#x", "ns1"), None);
+    }
+}
