@@ -32,6 +32,8 @@ pub enum Command {
         #[arg(short = 'o', long = "output")]
         output: Option<std::path::PathBuf>,
     },
+    /// Build the aggregator's Lambda package (`bootstrap` zip).
+    LambdaExport(crate::commands::stack::LambdaExportArgs),
     /// Show the infrastructure's versions and compatibility.
     Version {
         #[command(flatten)]

@@ -56,52 +56,7 @@ fn resolved_of(value: Option<&AttributeValue>) -> Option<Resolved> {
 /// Sets or clears the flag on the config item (an upsert keeping the item's limits), stamps
 /// the existing buckets, and returns how many were written.
 pub async fn apply(repo: &Repo, ns: &str, scope: &Scope<'_>, access: Access) -> Result<usize> {
-    let fail = |e: String| format!("Failed to update the access flag: {e}");
-    let (pk, sk) = match scope {
-        Scope::Entity { entity, resource } => {
-            (keys::pk_entity(ns, entity), format!("{}{resource}", keys::SK_CONFIG_PREFIX))
-        }
-        Scope::Resource(r) => (keys::pk_resource(ns, r), keys::SK_CONFIG.to_owned()),
-    };
-    let mut names = HashMap::from([("#d".to_owned(), "disabled".to_owned())]);
-    let mut values: Item = HashMap::new();
-    let mut sets = Vec::new();
-    let mut keep = |attr: &str, value: AttributeValue, names: &mut HashMap<String, String>, values: &mut Item| {
-        let i = names.len();
-        names.insert(format!("#k{i}"), attr.to_owned());
-        values.insert(format!(":k{i}"), value);
-        sets.push(format!("#k{i} = if_not_exists(#k{i}, :k{i})"));
-    };
-    match scope {
-        Scope::Entity { entity, resource } => {
-            keep("entity_id", s(*entity), &mut names, &mut values);
-            keep("resource", s(*resource), &mut names, &mut values);
-            keep("GSI3PK", s(format!("{ns}/ENTITY_CONFIG#{resource}")), &mut names, &mut values);
-            keep("GSI3SK", s(*entity), &mut names, &mut values);
-        }
-        Scope::Resource(r) => keep("resource", s(*r), &mut names, &mut values),
-    }
-    keep("GSI4PK", s(ns), &mut names, &mut values);
-    keep("GSI4SK", s(&pk), &mut names, &mut values);
-    let update = match access.value() {
-        Some(v) => {
-            values.insert(":d".into(), v);
-            sets.push("#d = :d".into());
-            format!("SET {}", sets.join(", "))
-        }
-        None => format!("SET {} REMOVE #d", sets.join(", ")),
-    };
-    repo.db
-        .update_item()
-        .table_name(&repo.table)
-        .key("PK", s(&pk))
-        .key("SK", s(&sk))
-        .update_expression(update)
-        .set_expression_attribute_names(Some(names))
-        .set_expression_attribute_values(Some(values))
-        .send()
-        .await
-        .map_err(|e| fail(describe(&e)))?;
+    upsert(repo, ns, scope, "disabled", access.value()).await?;
     let mut written = 0;
     let mut walks: HashMap<(String, String), Resolved> = HashMap::new();
     for (bucket_pk, entity, resource) in buckets(repo, ns, scope).await? {
@@ -121,13 +76,111 @@ pub async fn apply(repo: &Repo, ns: &str, scope: &Scope<'_>, access: Access) -> 
     Ok(written)
 }
 
-/// The first explicit `disabled` of entity+resource, entity default, resource.
-async fn walk(repo: &Repo, ns: &str, entity: &str, resource: &str) -> Result<Resolved> {
-    for (pk, sk) in [
+/// Sets (`Some`) or clears the `cascade` policy on the config item, then restamps each
+/// existing bucket with its owner's resolved policy (the walk's first explicit `cascade`, else
+/// META's) and parent; returns how many were written.
+pub async fn apply_cascade(repo: &Repo, ns: &str, scope: &Scope<'_>, cascade: Option<bool>) -> Result<usize> {
+    upsert(repo, ns, scope, "cascade", cascade.map(AttributeValue::Bool)).await?;
+    let mut written = 0;
+    for (bucket_pk, entity, resource) in buckets(repo, ns, scope).await? {
+        let meta = repo.get(&keys::pk_entity(ns, &entity), keys::SK_META).await?;
+        let parent = match meta.as_ref().and_then(|m| m.get("parent_id")) {
+            Some(AttributeValue::S(p)) => Some(p.clone()),
+            _ => None,
+        };
+        let mut policy = matches!(meta.as_ref().and_then(|m| m.get("cascade")), Some(AttributeValue::Bool(true)));
+        for (pk, sk) in walk_keys(ns, &entity, &resource) {
+            if let Some(AttributeValue::Bool(c)) = repo.get(&pk, &sk).await?.as_ref().and_then(|i| i.get("cascade")) {
+                policy = *c;
+                break;
+            }
+        }
+        let mut request = repo
+            .db
+            .update_item()
+            .table_name(&repo.table)
+            .key("PK", s(&bucket_pk))
+            .key("SK", s(keys::SK_STATE))
+            .condition_expression("attribute_exists(PK)")
+            .expression_attribute_names("#c", "cascade")
+            .expression_attribute_names("#p", "parent_id")
+            .expression_attribute_values(":c", AttributeValue::Bool(policy && parent.is_some()));
+        request = match &parent {
+            Some(p) => request.update_expression("SET #c = :c, #p = :p").expression_attribute_values(":p", s(p)),
+            None => request.update_expression("SET #c = :c REMOVE #p"),
+        };
+        match request.send().await {
+            Ok(_) => written += 1,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
+            Err(e) => return Err(format!("Failed to stamp a bucket: {}", describe(&e)).into()),
+        }
+    }
+    Ok(written)
+}
+
+fn walk_keys(ns: &str, entity: &str, resource: &str) -> [(String, String); 3] {
+    [
         (keys::pk_entity(ns, entity), format!("{}{resource}", keys::SK_CONFIG_PREFIX)),
         (keys::pk_entity(ns, entity), format!("{}_default_", keys::SK_CONFIG_PREFIX)),
         (keys::pk_resource(ns, resource), keys::SK_CONFIG.to_owned()),
-    ] {
+    ]
+}
+
+/// Sets (`Some`) or removes `attr` on the scope's config item, creating a flags-only item
+/// (with its keys) when there is none.
+async fn upsert(repo: &Repo, ns: &str, scope: &Scope<'_>, attr: &str, value: Option<AttributeValue>) -> Result<()> {
+    let fail = |e: String| format!("Failed to update the {attr} flag: {e}");
+    let (pk, sk) = match scope {
+        Scope::Entity { entity, resource } => {
+            (keys::pk_entity(ns, entity), format!("{}{resource}", keys::SK_CONFIG_PREFIX))
+        }
+        Scope::Resource(r) => (keys::pk_resource(ns, r), keys::SK_CONFIG.to_owned()),
+    };
+    let mut names = HashMap::from([("#d".to_owned(), attr.to_owned())]);
+    let mut values: Item = HashMap::new();
+    let mut sets = Vec::new();
+    let mut keep = |attr: &str, value: AttributeValue, names: &mut HashMap<String, String>, values: &mut Item| {
+        let i = names.len();
+        names.insert(format!("#k{i}"), attr.to_owned());
+        values.insert(format!(":k{i}"), value);
+        sets.push(format!("#k{i} = if_not_exists(#k{i}, :k{i})"));
+    };
+    match scope {
+        Scope::Entity { entity, resource } => {
+            keep("entity_id", s(*entity), &mut names, &mut values);
+            keep("resource", s(*resource), &mut names, &mut values);
+            keep("GSI3PK", s(format!("{ns}/ENTITY_CONFIG#{resource}")), &mut names, &mut values);
+            keep("GSI3SK", s(*entity), &mut names, &mut values);
+        }
+        Scope::Resource(r) => keep("resource", s(*r), &mut names, &mut values),
+    }
+    keep("GSI4PK", s(ns), &mut names, &mut values);
+    keep("GSI4SK", s(&pk), &mut names, &mut values);
+    let update = match value {
+        Some(v) => {
+            values.insert(":d".into(), v);
+            sets.push("#d = :d".into());
+            format!("SET {}", sets.join(", "))
+        }
+        None => format!("SET {} REMOVE #d", sets.join(", ")),
+    };
+    repo.db
+        .update_item()
+        .table_name(&repo.table)
+        .key("PK", s(&pk))
+        .key("SK", s(&sk))
+        .update_expression(update)
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(Some(values))
+        .send()
+        .await
+        .map_err(|e| fail(describe(&e)))?;
+    Ok(())
+}
+
+/// The first explicit `disabled` of entity+resource, entity default, resource.
+async fn walk(repo: &Repo, ns: &str, entity: &str, resource: &str) -> Result<Resolved> {
+    for (pk, sk) in walk_keys(ns, entity, resource) {
         if let Some(state) = repo.get(&pk, &sk).await?.and_then(|i| resolved_of(i.get("disabled"))) {
             return Ok(state);
         }

@@ -370,3 +370,31 @@ async fn disable_enable_and_bypass_reach_zael_server_through_config_and_bucket_s
         "No limits configured for entity 'key-1' on resource 'gpt-4'\nStatus: enabled (explicit override)\n"
     );
 }
+
+#[tokio::test]
+async fn set_cascade_turns_the_parent_charge_on_and_off() {
+    let table = deployed("zg").await;
+    for args in [
+        vec!["entity", "create", "team-a"],
+        vec!["entity", "create", "key-1", "--parent", "team-a"],
+        vec!["entity", "set-limits", "key-1", "-r", "gpt-4", "-l", "rpm:5/day"],
+        vec!["entity", "set-limits", "team-a", "-r", "gpt-4", "-l", "rpm:1/day"],
+    ] {
+        ok(&in_ns(&table, &args).await);
+    }
+    let config = "domain: llm\nnamespace: tenant\ndescriptors:\n  - key: api_key\n    entity: {resource: gpt-4, consume: {rpm: 1}}\n";
+    let s = Server::builder().file("llm.yaml", config).dynamodb(&moto().endpoint(), &table).start().await;
+    let ask = || req("llm", vec![desc(&[("api_key", "key-1")])]);
+    let rpm = |rpu, left| expect::ok(rpu, Unit::Day, "rpm", left).reset(1..=86_400);
+    assert_response(&s.should(ask()).await, Code::Ok, &[rpm(5, 4)]);
+
+    let out = in_ns(&table, &["entity", "set-cascade", "key-1", "on", "--resource", "gpt-4"]).await;
+    assert_eq!(ok(&out).trim(), "Set cascade on for entity 'key-1' (1 buckets stamped)");
+    // The parent's 1 per day now counts too: its 0 left is the fewest.
+    assert_response(&s.should(ask()).await, Code::Ok, &[rpm(1, 0)]);
+    assert_response(&s.should(ask()).await, Code::OverLimit, &[over(1, Unit::Day, "rpm").reset(1..=86_400)]);
+
+    let out = in_ns(&table, &["entity", "clear-cascade", "key-1", "--resource", "gpt-4"]).await;
+    assert_eq!(ok(&out).trim(), "Cleared cascade policy for entity 'key-1' (1 buckets updated)");
+    assert_response(&s.should(ask()).await, Code::Ok, &[rpm(5, 2)]);
+}

@@ -88,6 +88,20 @@ pub enum ResourceCommand {
         #[command(flatten)]
         data: DataTarget,
     },
+    /// Set the resource's cascade policy for every entity without an override.
+    SetCascade {
+        resource: String,
+        #[arg(value_parser = ["on", "off"])]
+        value: String,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+    /// Remove the resource's cascade policy.
+    ClearCascade {
+        resource: String,
+        #[command(flatten)]
+        data: DataTarget,
+    },
     /// List the resources with default limits.
     List {
         #[command(flatten)]
@@ -182,6 +196,14 @@ pub async fn run_resource(command: ResourceCommand) -> Result<()> {
         ResourceCommand::Enable { resource, data } => resource_flag(&resource, &data, Access::Enable).await?,
         ResourceCommand::Bypass { resource, data } => resource_flag(&resource, &data, Access::Bypass).await?,
         ResourceCommand::ClearDisabled { resource, data } => resource_flag(&resource, &data, Access::Clear).await?,
+        ResourceCommand::SetCascade { resource, value, data } => {
+            Level::Resource(resource.clone()).validate()?;
+            super::entity::cascade(&data, crate::flags::Scope::Resource(&resource), Some(value == "on")).await?
+        }
+        ResourceCommand::ClearCascade { resource, data } => {
+            Level::Resource(resource.clone()).validate()?;
+            super::entity::cascade(&data, crate::flags::Scope::Resource(&resource), None).await?
+        }
         ResourceCommand::List { data } => {
             let (repo, ns) = data.open(false).await?;
             let item = repo.get(&keys::pk_system(&ns), "#RESOURCES").await?;

@@ -66,6 +66,24 @@ pub enum EntityCommand {
     Bypass(FlagArgs),
     /// Remove the entity's disabled/bypass flag (inherit again).
     ClearDisabled(FlagArgs),
+    /// Set the entity's cascade policy (on one resource, or on all of them).
+    SetCascade {
+        entity_id: String,
+        #[arg(value_parser = ["on", "off"])]
+        value: String,
+        #[arg(long)]
+        resource: Option<String>,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+    /// Remove the entity's cascade policy (inherit again).
+    ClearCascade {
+        entity_id: String,
+        #[arg(long)]
+        resource: Option<String>,
+        #[command(flatten)]
+        data: DataTarget,
+    },
     /// Delete the limits of an entity and resource.
     DeleteLimits {
         entity_id: String,
@@ -209,6 +227,12 @@ pub async fn run(command: EntityCommand) -> Result<()> {
         EntityCommand::Enable(a) => entity_flag(a, crate::flags::Access::Enable).await?,
         EntityCommand::Bypass(a) => entity_flag(a, crate::flags::Access::Bypass).await?,
         EntityCommand::ClearDisabled(a) => entity_flag(a, crate::flags::Access::Clear).await?,
+        EntityCommand::SetCascade { entity_id, value, resource, data } => {
+            entity_cascade(&entity_id, resource, &data, Some(value == "on")).await?
+        }
+        EntityCommand::ClearCascade { entity_id, resource, data } => {
+            entity_cascade(&entity_id, resource, &data, None).await?
+        }
         EntityCommand::DeleteLimits { entity_id, resource, yes, data } => {
             let level = Level::Entity { entity: entity_id.clone(), resource: resource.clone() };
             level.validate()?;
@@ -218,6 +242,34 @@ pub async fn run(command: EntityCommand) -> Result<()> {
                 println!("Deleted limits for entity '{entity_id}' on resource '{resource}'");
             }
         }
+    }
+    Ok(())
+}
+
+async fn entity_cascade(entity: &str, resource: Option<String>, data: &DataTarget, value: Option<bool>) -> Result<()> {
+    let resource = resource.unwrap_or_else(|| DEFAULT_RESOURCE.to_owned());
+    Level::Entity { entity: entity.to_owned(), resource: resource.clone() }.validate()?;
+    cascade(data, crate::flags::Scope::Entity { entity, resource: &resource }, value).await
+}
+
+/// The cascade commands of entities and resources: the policy, the fan-out, the audit event
+/// and the reference's line.
+pub async fn cascade(data: &DataTarget, scope: crate::flags::Scope<'_>, value: Option<bool>) -> Result<()> {
+    use crate::flags::Scope;
+    let (repo, ns) = data.open(true).await?;
+    let written = crate::flags::apply_cascade(&repo, &ns, &scope, value).await?;
+    let (audit_entity, resource, what) = match &scope {
+        Scope::Entity { entity, resource } => ((*entity).to_owned(), *resource, format!("entity '{entity}'")),
+        Scope::Resource(r) => (format!("$RESOURCE:{r}"), *r, format!("resource '{r}'")),
+    };
+    let details = HashMap::from([
+        ("cascade".to_owned(), value.map_or(AttributeValue::Null(true), AttributeValue::Bool)),
+        ("buckets_stamped".to_owned(), n(written)),
+    ]);
+    repo.audit(&ns, &audit_entity, "limits_set", Some(resource), details).await?;
+    match value {
+        Some(on) => println!("Set cascade {} for {what} ({written} buckets stamped)", if on { "on" } else { "off" }),
+        None => println!("Cleared cascade policy for {what} ({written} buckets updated)"),
     }
     Ok(())
 }

@@ -288,3 +288,42 @@ pub async fn check(target: Target) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct LambdaExportArgs {
+    /// Where to write the zip.
+    #[arg(short = 'o', long = "output", default_value = "lambda.zip")]
+    pub output: std::path::PathBuf,
+    /// Describe the package without building it.
+    #[arg(long)]
+    pub info: bool,
+    /// Overwrite an existing file.
+    #[arg(short = 'f', long = "force")]
+    pub force: bool,
+}
+
+/// `lambda-export`: the aggregator's `bootstrap` zip. The aggregator is issue #5; until it is
+/// built there is nothing to package, and the command says so.
+pub fn lambda_export(args: LambdaExportArgs) -> Result<()> {
+    if args.info {
+        println!();
+        println!("Lambda Package Information");
+        println!("{}", "=".repeat(26));
+        println!();
+        println!("{:<20}{}", "Package path:", args.output.display());
+        println!("{:<20}provided.al2023 (x86_64)", "Runtime:");
+        println!("{:<20}bootstrap", "Handler:");
+        println!("{:<20}not built yet (the Rust aggregator is issue #5)", "Status:");
+        println!();
+        return Ok(());
+    }
+    if args.output.exists() && !args.force {
+        return Err(crate::Failure::Plain(format!(
+            "File already exists: {}\nUse --force to overwrite.",
+            args.output.display()
+        )));
+    }
+    Err(crate::Failure::Plain(
+        "✗ Failed to export Lambda package: the Rust aggregator (zael-aggregator, issue #5) is not built yet".into(),
+    ))
+}
