@@ -118,6 +118,53 @@ pub async fn apply_cascade(repo: &Repo, ns: &str, scope: &Scope<'_>, cascade: Op
     Ok(written)
 }
 
+/// After a parent move: each bucket of `entity` gets the new owner stamp (`parent_id`,
+/// `pgen`) and its resolved cascade policy; returns how many were written.
+pub async fn restamp_owner(
+    repo: &Repo,
+    ns: &str,
+    entity: &str,
+    parent: Option<&str>,
+    pgen: i64,
+    cascade_meta: bool,
+) -> Result<usize> {
+    let scope = Scope::Entity { entity, resource: crate::commands::limits::DEFAULT_RESOURCE };
+    let mut written = 0;
+    for (bucket_pk, entity, resource) in buckets(repo, ns, &scope).await? {
+        let mut policy = cascade_meta;
+        for (pk, sk) in walk_keys(ns, &entity, &resource) {
+            if let Some(AttributeValue::Bool(c)) = repo.get(&pk, &sk).await?.as_ref().and_then(|i| i.get("cascade")) {
+                policy = *c;
+                break;
+            }
+        }
+        let mut request = repo
+            .db
+            .update_item()
+            .table_name(&repo.table)
+            .key("PK", s(&bucket_pk))
+            .key("SK", s(keys::SK_STATE))
+            .condition_expression("attribute_exists(PK)")
+            .expression_attribute_names("#c", "cascade")
+            .expression_attribute_names("#p", "parent_id")
+            .expression_attribute_names("#g", "pgen")
+            .expression_attribute_values(":c", AttributeValue::Bool(policy && parent.is_some()))
+            .expression_attribute_values(":g", n(pgen));
+        request = match parent {
+            Some(p) => {
+                request.update_expression("SET #c = :c, #p = :p, #g = :g").expression_attribute_values(":p", s(p))
+            }
+            None => request.update_expression("SET #c = :c, #g = :g REMOVE #p"),
+        };
+        match request.send().await {
+            Ok(_) => written += 1,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
+            Err(e) => return Err(format!("Failed to stamp a bucket: {}", describe(&e)).into()),
+        }
+    }
+    Ok(written)
+}
+
 fn walk_keys(ns: &str, entity: &str, resource: &str) -> [(String, String); 3] {
     [
         (keys::pk_entity(ns, entity), format!("{}{resource}", keys::SK_CONFIG_PREFIX)),

@@ -29,6 +29,8 @@ pub enum Failure {
     Plain(String),
     /// Already reported on stdout; exit 1.
     Silent,
+    /// A usage error found after parsing: `Error: …`, exit 2.
+    Usage(String),
 }
 
 impl From<String> for Failure {
@@ -46,7 +48,7 @@ impl From<&str> for Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Error(m) | Failure::Plain(m) => f.write_str(m),
+            Failure::Error(m) | Failure::Plain(m) | Failure::Usage(m) => f.write_str(m),
             Failure::Silent => Ok(()),
         }
     }
@@ -96,5 +98,9 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
         Err(Failure::Silent) => std::process::ExitCode::FAILURE,
+        Err(Failure::Usage(m)) => {
+            eprintln!("Error: {m}");
+            std::process::ExitCode::from(2)
+        }
     }
 }

@@ -398,3 +398,43 @@ async fn set_cascade_turns_the_parent_charge_on_and_off() {
     assert_eq!(ok(&out).trim(), "Cleared cascade policy for entity 'key-1' (1 buckets updated)");
     assert_response(&s.should(ask()).await, Code::Ok, &[rpm(5, 2)]);
 }
+
+#[tokio::test]
+async fn set_parent_moves_an_entity_and_its_buckets_follow() {
+    let table = deployed("zh").await;
+    for args in [
+        vec!["entity", "create", "team-a"],
+        vec!["entity", "create", "team-b"],
+        vec!["entity", "create", "key-1", "--parent", "team-a", "--cascade"],
+        vec!["resource", "set-defaults", "gpt-4", "-l", "rpm:5/day"],
+        vec!["entity", "set-limits", "team-b", "-r", "gpt-4", "-l", "rpm:1/day"],
+    ] {
+        ok(&in_ns(&table, &args).await);
+    }
+    let config = "domain: llm\nnamespace: tenant\ndescriptors:\n  - key: api_key\n    entity: {resource: gpt-4, consume: {rpm: 1}}\n";
+    let s = Server::builder().file("llm.yaml", config).dynamodb(&moto().endpoint(), &table).start().await;
+    let ask = || req("llm", vec![desc(&[("api_key", "key-1")])]);
+    let rpm = |rpu, left| expect::ok(rpu, Unit::Day, "rpm", left).reset(1..=86_400);
+    // Under team-a (resource defaults, 5 per day each): the child's and the parent's 4 left.
+    assert_response(&s.should(ask()).await, Code::Ok, &[rpm(5, 4)]);
+
+    let usage = in_ns(&table, &["entity", "set-parent", "key-1"]).await;
+    assert_eq!((usage.code, usage.stderr.trim()), (2, "Error: Give exactly one of --parent or --none."));
+    let out = in_ns(&table, &["entity", "set-parent", "key-1", "--parent", "team-b"]).await;
+    assert_eq!(ok(&out).trim(), "Moved entity 'key-1' from team-a to team-b (1 buckets stamped)");
+    // Now team-b's 1 per day decides.
+    assert_response(&s.should(ask()).await, Code::Ok, &[rpm(1, 0)]);
+    assert_response(&s.should(ask()).await, Code::OverLimit, &[over(1, Unit::Day, "rpm").reset(1..=86_400)]);
+    let out = in_ns(&table, &["entity", "set-parent", "key-1", "--none"]).await;
+    assert_eq!(ok(&out).trim(), "Moved entity 'key-1' from team-b to (none) (1 buckets stamped)");
+    assert_response(&s.should(ask()).await, Code::Ok, &[rpm(5, 2)]);
+
+    let out = in_ns(&table, &["entity", "show", "key-1"]).await;
+    assert!(ok(&out).contains("  Parent:     (none)\n"), "{}", out.stdout);
+    let out = in_ns(&table, &["entity", "list", "--with-custom-limits", "gpt-4"]).await;
+    assert_eq!(ok(&out), "team-b\n");
+    let out = in_ns(&table, &["entity", "list-resources"]).await;
+    assert_eq!(ok(&out), "Resources with entity-level custom limits:\n  gpt-4\n");
+    let out = in_ns(&table, &["audit", "list", "-e", "key-1"]).await;
+    assert!(ok(&out).contains("| entity_parent_changed |"), "{}", out.stdout);
+}

@@ -84,6 +84,31 @@ pub enum EntityCommand {
         #[command(flatten)]
         data: DataTarget,
     },
+    /// Move an entity under another parent, or make it a root (`--none`).
+    SetParent {
+        entity_id: String,
+        #[arg(long)]
+        parent: Option<String>,
+        #[arg(long = "none")]
+        none: bool,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+    /// List the entities with their own limits on a resource.
+    List {
+        #[arg(long = "with-custom-limits", required = true, value_name = "RESOURCE")]
+        resource: String,
+        /// Page size of the index query (every page is listed).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        limit: Option<i32>,
+        #[command(flatten)]
+        data: DataTarget,
+    },
+    /// List the resources that have entity-level limits.
+    ListResources {
+        #[command(flatten)]
+        data: DataTarget,
+    },
     /// Delete the limits of an entity and resource.
     DeleteLimits {
         entity_id: String,
@@ -233,6 +258,45 @@ pub async fn run(command: EntityCommand) -> Result<()> {
         EntityCommand::ClearCascade { entity_id, resource, data } => {
             entity_cascade(&entity_id, resource, &data, None).await?
         }
+        EntityCommand::SetParent { entity_id, parent, none, data } => {
+            if parent.is_some() == none {
+                return Err(crate::Failure::Usage("Give exactly one of --parent or --none.".into()));
+            }
+            if let Some(p) = &parent
+                && (!is_valid_entity_id(p) || *p == entity_id)
+            {
+                return Err(crate::Failure::from(format!("Invalid parent_id: '{p}'")));
+            }
+            let (repo, ns) = data.open(true).await?;
+            set_parent(&repo, &ns, &entity_id, parent.as_deref()).await?;
+        }
+        EntityCommand::List { resource, limit, data } => {
+            let (repo, ns) = data.open(false).await?;
+            let ids = with_custom_limits(&repo, &ns, &resource, limit).await?;
+            if ids.is_empty() {
+                println!("No entities with custom limits for resource '{resource}'");
+            }
+            ids.iter().for_each(|id| println!("{id}"));
+        }
+        EntityCommand::ListResources { data } => {
+            let (repo, ns) = data.open(false).await?;
+            let registry = repo.get(&keys::pk_system(&ns), "#ENTITY_CONFIG_RESOURCES").await?.unwrap_or_default();
+            let mut resources: Vec<&String> = registry
+                .iter()
+                .filter(|(k, v)| {
+                    !matches!(k.as_str(), "PK" | "SK" | "GSI4PK" | "GSI4SK")
+                        && matches!(v, AttributeValue::N(c) if c.parse::<f64>().is_ok_and(|c| c > 0.0))
+                })
+                .map(|(k, _)| k)
+                .collect();
+            resources.sort();
+            if resources.is_empty() {
+                println!("No resources with entity-level custom limits");
+            } else {
+                println!("Resources with entity-level custom limits:");
+                resources.iter().for_each(|r| println!("  {r}"));
+            }
+        }
         EntityCommand::DeleteLimits { entity_id, resource, yes, data } => {
             let level = Level::Entity { entity: entity_id.clone(), resource: resource.clone() };
             level.validate()?;
@@ -244,6 +308,92 @@ pub async fn run(command: EntityCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The library's `set_parent`: META moves (a new generation, `pgen + 1`, under a pin on the
+/// one read), then every bucket of the entity is restamped with the owner stamp and the
+/// resolved cascade policy, then the audit event.
+async fn set_parent(repo: &Repo, ns: &str, entity: &str, parent: Option<&str>) -> Result<()> {
+    let pk = keys::pk_entity(ns, entity);
+    let Some(meta) = repo.get(&pk, keys::SK_META).await? else {
+        return Err(crate::Failure::from(format!("Entity not found: {entity}")));
+    };
+    let old = text(&meta, "parent_id");
+    let pgen_read = match meta.get("pgen") {
+        Some(AttributeValue::N(v)) => v.parse::<i64>().ok(),
+        _ => None,
+    };
+    let pgen = pgen_read.unwrap_or(0) + 1;
+    let mut request = repo
+        .db
+        .update_item()
+        .table_name(&repo.table)
+        .key("PK", s(&pk))
+        .key("SK", s(keys::SK_META))
+        .expression_attribute_names("#p", "parent_id")
+        .expression_attribute_names("#g", "pgen")
+        .expression_attribute_values(":g", n(pgen));
+    request = match pgen_read {
+        Some(read) => request
+            .condition_expression("attribute_exists(PK) AND #g = :read")
+            .expression_attribute_values(":read", n(read)),
+        None => request.condition_expression("attribute_exists(PK) AND attribute_not_exists(#g)"),
+    };
+    request = match parent {
+        Some(p) => request
+            .update_expression("SET #p = :p, #g = :g, GSI1PK = :g1pk, GSI1SK = :g1sk")
+            .expression_attribute_values(":p", s(p))
+            .expression_attribute_values(":g1pk", s(format!("{ns}/PARENT#{p}")))
+            .expression_attribute_values(":g1sk", s(format!("CHILD#{entity}"))),
+        None => request
+            .update_expression("SET #p = :null, #g = :g REMOVE GSI1PK, GSI1SK")
+            .expression_attribute_values(":null", AttributeValue::Null(true)),
+    };
+    request.send().await.map_err(|e| format!("Failed to move entity '{entity}': {}", describe(&e)))?;
+    let cascade_meta = matches!(meta.get("cascade"), Some(AttributeValue::Bool(true)));
+    let written = crate::flags::restamp_owner(repo, ns, entity, parent, pgen, cascade_meta).await?;
+    let details = HashMap::from([
+        ("old_parent_id".to_owned(), old.as_deref().map_or(AttributeValue::Null(true), s)),
+        ("parent_id".to_owned(), parent.map_or(AttributeValue::Null(true), s)),
+        ("pgen".to_owned(), n(pgen)),
+        ("buckets_stamped".to_owned(), n(written)),
+    ]);
+    repo.audit(ns, entity, "entity_parent_changed", None, details).await?;
+    println!(
+        "Moved entity '{entity}' from {} to {} ({written} buckets stamped)",
+        old.as_deref().unwrap_or("(none)"),
+        parent.unwrap_or("(none)")
+    );
+    Ok(())
+}
+
+/// Entity IDs with a config item on `resource` (the sparse GSI3), every page.
+async fn with_custom_limits(repo: &Repo, ns: &str, resource: &str, page: Option<i32>) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    let mut start = None;
+    loop {
+        let out = repo
+            .db
+            .query()
+            .table_name(&repo.table)
+            .index_name("GSI3")
+            .key_condition_expression("GSI3PK = :pk")
+            .expression_attribute_values(":pk", s(format!("{ns}/ENTITY_CONFIG#{resource}")))
+            .set_limit(page)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| format!("Failed to list entities: {}", describe(&e)))?;
+        for item in out.items.unwrap_or_default() {
+            if let Some(AttributeValue::S(id)) = item.get("GSI3SK") {
+                ids.push(id.clone());
+            }
+        }
+        start = out.last_evaluated_key;
+        if start.is_none() {
+            return Ok(ids);
+        }
+    }
 }
 
 async fn entity_cascade(entity: &str, resource: Option<String>, data: &DataTarget, value: Option<bool>) -> Result<()> {
