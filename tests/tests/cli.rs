@@ -285,11 +285,40 @@ async fn deploy_creates_the_stack_through_cloudformation_and_delete_removes_it()
     let seen = library_reads(moto(), &stack, "tenant", "key-1", "gpt-4", "key-1").await;
     assert_eq!(seen["namespaces"], serde_json::json!(["default", "tenant"]));
 
+    // An existing stack: changed parameters go through a change set; renaming the managed
+    // policies (a replacement) is refused.
+    let out =
+        cli(&["deploy", "-n", &stack, "--no-aggregator", "--create-iam-roles", "--log-retention-days", "90"]).await;
+    let text = ok(&out);
+    assert!(text.contains("\nChanges:\n") && text.contains("✓ Stack update complete\n"), "{text}");
+    let parameter = |key: &'static str| {
+        let cfn = cfn.clone();
+        let stack = stack.clone();
+        async move {
+            let out = cfn.describe_stacks().stack_name(&stack).send().await.unwrap();
+            out.stacks()[0]
+                .parameters()
+                .iter()
+                .find(|p| p.parameter_key() == Some(key))
+                .and_then(|p| p.parameter_value())
+                .map(str::to_owned)
+        }
+    };
+    assert_eq!(parameter("LogRetentionDays").await.as_deref(), Some("90"));
+    let out =
+        cli(&["deploy", "-n", &stack, "--no-aggregator", "--create-iam-roles", "--policy-name-format", "pol-{}"]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.starts_with("✗ Deployment failed: the update would rename, so replace, managed policies"),
+        "{out:?}"
+    );
+    assert_eq!(parameter("AcquireOnlyPolicyName").await, None, "nothing applied: the default names stay");
+
     let out = cli(&["status", "-n", &stack]).await;
     let text = ok(&out);
     for expected in [
         "  Available:     ✓ Yes\n",
-        "  Stack:         CREATE_COMPLETE\n",
+        "  Stack:         UPDATE_COMPLETE\n",
         "  Table:         ACTIVE\n",
         "  Aggregator:    Disabled\n  Provisioner:   Enabled\n",
         "  Schema:        0.10.0\n",
@@ -297,10 +326,10 @@ async fn deploy_creates_the_stack_through_cloudformation_and_delete_removes_it()
     ] {
         assert!(text.contains(expected), "{expected:?} in\n{text}");
     }
-    assert!(text.ends_with("✓ Infrastructure is ready\n"), "{text}");
+    assert!(text.ends_with("✓ Infrastructure is ready\n"), "ready after an update too: {text}");
     let out = cli(&["list", "--region", "us-east-1"]).await;
     let row = ok(&out).lines().find(|l| l.starts_with(&format!("| {stack} "))).map(str::to_owned);
-    assert!(row.is_some_and(|r| r.contains("| CREATE_COMPLETE | 0.17.0 ")), "{}", out.stdout);
+    assert!(row.is_some_and(|r| r.contains("| UPDATE_COMPLETE | 0.17.0 ")), "{}", out.stdout);
 
     let out = cli(&["delete", "-n", &stack, "-y"]).await;
     assert_eq!(ok(&out), format!("Deleting stack: {stack}\n✓ Stack '{stack}' deleted successfully\n"));

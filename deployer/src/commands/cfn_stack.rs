@@ -141,6 +141,154 @@ async fn follow(cfn: &Cfn, name: &str) -> std::result::Result<Option<StackStatus
     }
 }
 
+/// The template body to send: the decided template to emulators (moto mis-evaluates some
+/// conditions), the full one to AWS.
+fn body_for(args: &DeployArgs, parameters: &[(&'static str, String)]) -> String {
+    if args.target.endpoint_url.is_some() {
+        let full = serde_json::to_value(template::template()).expect("a template serialises");
+        template::resolved(&full, parameters).to_string()
+    } else {
+        template::to_json(&template::template())
+    }
+}
+
+/// The parameters naming the six managed policies.
+const POLICY_NAME_PARAMETERS: [&str; 6] = [
+    "AcquireOnlyPolicyName",
+    "FullAccessPolicyName",
+    "ReadOnlyPolicyName",
+    "NamespaceAcquirePolicyName",
+    "NamespaceFullAccessPolicyName",
+    "NamespaceReadOnlyPolicyName",
+];
+
+/// Resources whose replacement would lose data or break principals that use them.
+const NEVER_REPLACED: [&str; 2] = ["AWS::DynamoDB::Table", "AWS::IAM::ManagedPolicy"];
+
+/// Applies changed parameters to an existing stack through a change set: shown first, refused
+/// when it would replace the table or a managed policy, then executed and followed.
+async fn update(
+    cfn: &Cfn,
+    name: &str,
+    body: String,
+    parameters: &[(&'static str, String)],
+    tags: &[(String, String)],
+    wait: bool,
+) -> std::result::Result<StackStatus, String> {
+    // A managed policy is replaced when its name changes: refuse before CloudFormation is
+    // asked (it reports replacements, emulators may not).
+    let current = cfn.describe_stacks().stack_name(name).send().await.ok().and_then(|o| o.stacks().first().cloned());
+    let current_value = |key: &str| {
+        current
+            .as_ref()
+            .and_then(|s| s.parameters().iter().find(|p| p.parameter_key() == Some(key)))
+            .and_then(|p| p.parameter_value())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let renamed: Vec<&str> = parameters
+        .iter()
+        .map(|(k, _)| *k)
+        .chain(POLICY_NAME_PARAMETERS)
+        .filter(|k| k.ends_with("PolicyName"))
+        .filter(|k| {
+            let new = parameters.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str()).unwrap_or("");
+            current_value(k) != new
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !renamed.is_empty() {
+        return Err(format!(
+            "the update would rename, so replace, managed policies ({}); refusing (principals use them)",
+            renamed.join(", ")
+        ));
+    }
+    let change_set = format!("zae-limiter-{}", ulid::Ulid::new().to_string().to_lowercase());
+    cfn.create_change_set()
+        .stack_name(name)
+        .change_set_name(&change_set)
+        .change_set_type(aws_sdk_cloudformation::types::ChangeSetType::Update)
+        .template_body(body)
+        .set_parameters(Some(
+            parameters.iter().map(|(k, v)| Parameter::builder().parameter_key(*k).parameter_value(v).build()).collect(),
+        ))
+        .capabilities(Capability::CapabilityNamedIam)
+        .set_tags(Some(stack_tags(name, tags)))
+        .send()
+        .await
+        .map_err(|e| {
+            format!("cannot create a change set: {}", aws_sdk_cloudformation::error::DisplayErrorContext(e))
+        })?;
+    let started = std::time::Instant::now();
+    let described = loop {
+        let out =
+            cfn.describe_change_set().stack_name(name).change_set_name(&change_set).send().await.map_err(|e| {
+                format!("cannot read the change set: {}", aws_sdk_cloudformation::error::DisplayErrorContext(e))
+            })?;
+        let status = out.status().map(|s| s.as_str().to_owned()).unwrap_or_default();
+        if status == "FAILED" {
+            let reason = out.status_reason().unwrap_or_default().to_owned();
+            let _ = cfn.delete_change_set().stack_name(name).change_set_name(&change_set).send().await;
+            if reason.contains("didn't contain changes") || reason.contains("No updates") {
+                println!("No changes to apply.");
+                return Ok(status_of(cfn, name).await?.unwrap_or(StackStatus::UpdateComplete));
+            }
+            return Err(format!("the change set failed: {reason}"));
+        }
+        if status == "CREATE_COMPLETE" {
+            break out;
+        }
+        if started.elapsed() > WAIT_LIMIT {
+            return Err("the change set was not ready in time".into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    println!("Changes:");
+    let mut refused = Vec::new();
+    for change in described.changes() {
+        let Some(rc) = change.resource_change() else { continue };
+        let (action, id, kind) = (
+            rc.action().map(|a| a.as_str()).unwrap_or(""),
+            rc.logical_resource_id().unwrap_or(""),
+            rc.resource_type().unwrap_or(""),
+        );
+        let replacement = rc.replacement().map(|r| r.as_str()).unwrap_or("False");
+        println!(
+            "  {action} {id} ({kind}){}",
+            if replacement == "False" { String::new() } else { format!(", replacement: {replacement}") }
+        );
+        let removes = action == "Remove";
+        if NEVER_REPLACED.contains(&kind) && (replacement != "False" || (removes && kind == "AWS::DynamoDB::Table")) {
+            refused.push(format!("{id} ({kind})"));
+        }
+    }
+    if !refused.is_empty() {
+        let _ = cfn.delete_change_set().stack_name(name).change_set_name(&change_set).send().await;
+        return Err(format!(
+            "the update would replace {}; refusing (the table holds the data, and principals use the policies)",
+            refused.join(", ")
+        ));
+    }
+    cfn.execute_change_set().stack_name(name).change_set_name(&change_set).send().await.map_err(|e| {
+        format!("cannot execute the change set: {}", aws_sdk_cloudformation::error::DisplayErrorContext(e))
+    })?;
+    if !wait {
+        return Ok(StackStatus::UpdateInProgress);
+    }
+    match follow(cfn, name).await? {
+        Some(s) if s.as_str() == "UPDATE_COMPLETE" => Ok(s),
+        other => Err(format!(
+            "Stack '{name}' update failed: {}",
+            other.map(|s| s.as_str().to_owned()).unwrap_or_else(|| "DELETED".into())
+        )),
+    }
+}
+
+async fn status_of(cfn: &Cfn, name: &str) -> std::result::Result<Option<StackStatus>, String> {
+    Ok(status(cfn, name).await?.map(|(s, _, _)| s))
+}
+
 fn human(status: &StackStatus) -> String {
     status.as_str().to_lowercase().replace('_', " ")
 }
@@ -166,17 +314,20 @@ pub async fn deploy(args: DeployArgs, tags: Vec<(String, String)>) -> Result<()>
             } else {
                 state
             };
-            println!("✓ Stack {}", human(&state));
+            if state.as_str().ends_with("_COMPLETE")
+                && !state.as_str().contains("ROLLBACK")
+                && !state.as_str().contains("DELETE")
+            {
+                let body = body_for(&args, &parameters);
+                let state = update(&cfn, &name, body, &parameters, &tags, wait).await.map_err(fail)?;
+                println!("✓ Stack {}", human(&state));
+            } else {
+                println!("✓ Stack {}", human(&state));
+            }
             id
         }
         None => {
-            let body = if args.target.endpoint_url.is_some() {
-                // Emulators (moto) mis-evaluate some conditions: send the decided template.
-                let full = serde_json::to_value(template::template()).expect("a template serialises");
-                template::resolved(&full, &parameters).to_string()
-            } else {
-                template::to_json(&template::template())
-            };
+            let body = body_for(&args, &parameters);
             let out = cfn
                 .create_stack()
                 .stack_name(&name)
