@@ -56,6 +56,9 @@ pub enum Command {
     /// Entities and their limits.
     #[command(subcommand)]
     Entity(EntityCommand),
+    /// Usage snapshots (written by the aggregator).
+    #[command(subcommand)]
+    Usage(crate::commands::usage::UsageCommand),
     /// Audit events.
     #[command(subcommand)]
     Audit(AuditCommand),

@@ -70,6 +70,7 @@ async fn run(cli: cli::Cli) -> repo::Result<()> {
         Command::Resource(c) => commands::defaults::run_resource(c).await,
         Command::Entity(c) => commands::entity::run(c).await,
         Command::Audit(c) => commands::audit::run(c).await,
+        Command::Usage(c) => commands::usage::run(c).await,
     }
 }
 

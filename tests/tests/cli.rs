@@ -3,7 +3,7 @@
 //! reads what the library wrote, and zael-server enforces limits set with the CLI.
 
 use std::sync::OnceLock;
-use zael_tests::cli::{CliOutput, library_reads, run_cli};
+use zael_tests::cli::{CliOutput, library_reads, run_cli, run_python};
 use zael_tests::moto::Moto;
 use zael_tests::*;
 
@@ -466,4 +466,40 @@ async fn set_parent_moves_an_entity_and_its_buckets_follow() {
     assert_eq!(ok(&out), "Resources with entity-level custom limits:\n  gpt-4\n");
     let out = in_ns(&table, &["audit", "list", "-e", "key-1"]).await;
     assert!(ok(&out).contains("| entity_parent_changed |"), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn usage_reads_the_snapshots_the_python_aggregator_wrote() {
+    let table = deployed("zu").await;
+    let out = cli(&["namespace", "register", "tenant", "-n", &table]).await;
+    let id = ok(&out).trim().rsplit(' ').next().unwrap().to_owned();
+    let written = run_python(moto(), "usage_snapshots.py", &[&table, &id]).await;
+    // The aggregator logs JSON on stdout; the fixture prints its counts last.
+    assert_eq!(written.lines().last(), Some("2 8"), "2 records, 8 snapshot updates (2 limits x 2 windows x 2)");
+
+    let out = in_ns(&table, &["usage", "list", "-e", "key-1"]).await;
+    let rows: Vec<&str> = ok(&out).lines().filter(|l| l.starts_with("| 2026")).collect();
+    assert_eq!(
+        rows,
+        [
+            "| 2026-11-30T11:00:00Z | hourly | gpt-4    | key-1  | 2      | rpm=2, tpm=500   |",
+            "| 2026-11-30T10:00:00Z | hourly | gpt-4    | key-1  | 2      | rpm=3, tpm=1,500 |",
+            "| 2026-11-30T00:00:00Z | daily  | gpt-4    | key-1  | 4      | rpm=5, tpm=2,000 |",
+        ]
+    );
+    assert!(out.stdout.starts_with("\nUsage Snapshots\n\n+-") && out.stdout.ends_with("\nTotal: 3 snapshots\n"));
+    let out = in_ns(&table, &["usage", "list", "-r", "gpt-4", "-w", "daily"]).await;
+    assert!(ok(&out).ends_with("\nTotal: 1 snapshots\n"), "{}", out.stdout);
+    let out = in_ns(&table, &["usage", "summary", "-e", "key-1", "-w", "hourly"]).await;
+    assert_eq!(
+        ok(&out),
+        "\nUsage Summary\n\nEntity:     key-1\nWindow:     hourly\nSnapshots:  2\n\
+         Time Range: 2026-11-30T10:00:00Z to 2026-11-30T11:00:00Z\n\n\
+         +-------+-------+----------+\n| Limit | Total |  Average |\n+-------+-------+----------+\n\
+         | rpm   |     5 |     2.50 |\n| tpm   | 2,000 | 1,000.00 |\n+-------+-------+----------+\n\n"
+    );
+    let out = in_ns(&table, &["usage", "list"]).await;
+    assert_eq!((out.code, out.stderr.trim()), (1, "Error: Either --entity-id or --resource must be provided"));
+    let out = in_ns(&table, &["usage", "list", "-e", "nobody"]).await;
+    assert_eq!(ok(&out).trim(), "No usage snapshots found");
 }

@@ -8,6 +8,7 @@ pub mod inventory;
 pub mod limits;
 pub mod namespace;
 pub mod stack;
+pub mod usage;
 
 use crate::repo::{Repo, Result, Target};
 
