@@ -503,3 +503,27 @@ async fn usage_reads_the_snapshots_the_python_aggregator_wrote() {
     let out = in_ns(&table, &["usage", "list", "-e", "nobody"]).await;
     assert_eq!(ok(&out).trim(), "No usage snapshots found");
 }
+
+#[tokio::test]
+async fn the_audit_retention_of_deploy_is_applied() {
+    let table = unique("zr");
+    ok(&cli(&["deploy", "--table-only", "-n", &table, "--audit-ttl-days", "7"]).await);
+    ok(&cli(&["entity", "create", "key-1", "-n", &table]).await);
+    let out = cli(&["namespace", "show", "default", "-n", &table]).await;
+    let id = ok(&out).lines().find_map(|l| l.strip_prefix("Namespace ID: ")).unwrap().trim().to_owned();
+    let config = zael_table::testing::local_sdk_config(&moto().endpoint(), zael_tests::moto::REGION).await;
+    let items = aws_sdk_dynamodb::Client::new(&config)
+        .query()
+        .table_name(&table)
+        .key_condition_expression("PK = :pk")
+        .expression_attribute_values(":pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("{id}/AUDIT#key-1")))
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert_eq!(items.len(), 1);
+    let ttl: i64 = items[0]["ttl"].as_n().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((ttl - now - 7 * 86_400).abs() < 120, "ttl {ttl} is 7 days from {now}");
+}

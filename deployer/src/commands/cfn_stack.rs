@@ -29,7 +29,7 @@ fn plan(args: &DeployArgs, tags: &[(String, String)], region: &str) -> Vec<(&'st
             "Note: --no-iam disables aggregator (no IAM role). Use --aggregator-role-arn to provide an external role."
         );
     }
-    if args.no_iam {
+    if args.no_iam && !args.no_provisioner {
         println!("Note: --no-iam disables the limits provisioner (no IAM role).");
     }
     let aggregator = get("EnableAggregator") == "true";
@@ -389,7 +389,8 @@ pub async fn deploy(args: DeployArgs, tags: Vec<(String, String)>) -> Result<()>
         .map_err(fail)?;
     }
     println!("✓ Version record initialized (schema {SCHEMA_VERSION})");
-    zael_table::admin::register_namespace(&repo.db, &repo.table, "default").await.map_err(fail)?;
+    let default = zael_table::admin::register_namespace(&repo.db, &repo.table, "default").await.map_err(fail)?;
+    super::stack::apply_audit_retention(&repo, &default, args.audit_retention_days).await?;
     println!("✓ Default namespace registered");
     Ok(())
 }

@@ -30,6 +30,10 @@ pub struct DeployArgs {
     pub enable_aggregator: bool,
     #[arg(long = "no-aggregator")]
     pub no_aggregator: bool,
+    #[arg(long = "enable-provisioner", overrides_with = "no_provisioner")]
+    pub enable_provisioner: bool,
+    #[arg(long = "no-provisioner")]
+    pub no_provisioner: bool,
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=35))]
     pub pitr_recovery_days: Option<u32>,
     #[arg(long, default_value = "30", value_parser = LOG_RETENTION_DAYS)]
@@ -196,8 +200,31 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
         .await?;
     }
     println!("✓ Version record initialized (schema {})", compat::SCHEMA_VERSION);
-    zael_table::admin::register_namespace(&repo.db, &repo.table, "default").await?;
+    let default = zael_table::admin::register_namespace(&repo.db, &repo.table, "default").await?;
+    apply_audit_retention(&repo, &default, args.audit_retention_days).await?;
     println!("✓ Default namespace registered");
+    Ok(())
+}
+
+/// `--audit-retention-days`, applied (the reference ignores it, D7): stored as
+/// `audit_retention_days` on the namespace's system config, where every writer of audit events
+/// reads it (an upsert that keeps the item's limits).
+pub async fn apply_audit_retention(repo: &Repo, namespace_id: &str, days: u32) -> Result<()> {
+    let pk = keys::pk_system(namespace_id);
+    repo.db
+        .update_item()
+        .table_name(&repo.table)
+        .key("PK", crate::config_item::s(&pk))
+        .key("SK", crate::config_item::s(keys::SK_CONFIG))
+        .update_expression(
+            "SET audit_retention_days = :d, GSI4PK = if_not_exists(GSI4PK, :ns), GSI4SK = if_not_exists(GSI4SK, :pk)",
+        )
+        .expression_attribute_values(":d", crate::config_item::n(days))
+        .expression_attribute_values(":ns", crate::config_item::s(namespace_id))
+        .expression_attribute_values(":pk", crate::config_item::s(&pk))
+        .send()
+        .await
+        .map_err(|e| format!("Failed to store the audit retention: {}", describe(&e)))?;
     Ok(())
 }
 

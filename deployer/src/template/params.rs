@@ -22,7 +22,7 @@ pub fn for_deploy(args: &DeployArgs) -> Vec<(&'static str, String)> {
             duration_threshold_ms(args.lambda_timeout, args.lambda_duration_threshold_pct).to_string(),
         ),
         ("EnableAggregator", flag(aggregator)),
-        ("EnableProvisioner", flag(!no_iam)),
+        ("EnableProvisioner", flag(!no_iam && !args.no_provisioner)),
         ("EnableAlarms", flag(!args.no_alarms)),
         ("EnableAuditArchival", flag(!args.no_audit_archival)),
         ("AuditArchiveGlacierTransitionDays", args.audit_archive_glacier_days.to_string()),
