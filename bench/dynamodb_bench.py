@@ -14,8 +14,8 @@ Measured per workload, for each client:
 Workloads: `first` (every request a bucket never seen: the create path), `warm` (admitted
 on a warm bucket: the fast path), `rejected` (an exhausted bucket), on YAML rules; and on
 stored limits (zael's `entity:` rules, the library's plain `acquire`): `entity-warm` (an entity
-without META on resource defaults), `cascade-first` (children of one parent, each acquiring for
-the first time: calls only), `cascade-warm` (warm children charging their parent too),
+without META on resource defaults), `entity-rejected` (one exhausted, 1 per hour),
+`cascade-first` (children of one parent, each acquiring for the first time: calls only), `cascade-warm` (warm children charging their parent too),
 `cascade-rejected` (a child whose parent is exhausted).
 """
 
@@ -59,7 +59,7 @@ CALLS_N = int(os.environ.get("BENCH_CALLS", "200"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
 WORKLOADS = os.environ.get(
-    "BENCH_WORKLOADS", "first warm rejected entity-warm cascade-first cascade-warm cascade-rejected"
+    "BENCH_WORKLOADS", "first warm rejected entity-warm entity-rejected cascade-first cascade-warm cascade-rejected"
 ).split()
 # Workloads measured for calls only: their buckets run out of fresh entities.
 CALLS_ONLY = {"cascade-first"}
@@ -80,11 +80,15 @@ descriptors:
     entity: {{resource: entity, consume: {{rpm: 1}}}}
   - key: cascade
     entity: {{resource: cascade, consume: {{rpm: 1}}}}
+  - key: entity-rej
+    entity: {{resource: entity-rej, consume: {{rpm: 1}}}}
 """
 
 
 def stored(workload):
     """The rule key and resource of a workload on stored limits, else None."""
+    if workload == "entity-rejected":
+        return "entity-rej"
     if workload.startswith("entity"):
         return "entity"
     if workload.startswith("cascade"):
@@ -266,6 +270,9 @@ async def create_table(moto):
     huge = [Limit(name="rpm", capacity=HUGE, refill_amount=HUGE, refill_period_seconds=1)]
     await limiter.set_resource_defaults("entity", huge)
     await limiter.set_resource_defaults("cascade", huge)
+    await limiter.set_resource_defaults(
+        "entity-rej", [Limit(name="rpm", capacity=1, refill_amount=1, refill_period_seconds=3600)]
+    )
     await limiter.create_entity("proj")
     await limiter.create_entity("proj-rej")
     one = [Limit(name="rpm", capacity=1, refill_amount=1, refill_period_seconds=3600)]

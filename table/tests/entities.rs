@@ -189,6 +189,20 @@ async fn warm_entity_acquires_take_one_write_per_bucket_and_the_library_stays_fa
     assert_eq!((after.update_item - before.update_item, after.batch_get_item - before.batch_get_item), (3, 0));
     let parent = get_item(&table, &format!("{ns}/BUCKET#proj-1#gpt-4#0")).await.expect("parent bucket");
     assert_eq!((num(&parent, "b_rpm_tk"), num(&parent, "b_rpm_tc")), (5000, 3000), "the parent's debit was refunded");
+
+    // The same request again, within the cache's second: rejected from memory, no call.
+    let before = store.calls();
+    let again = acquire(&store, entity_request("key-1", "gpt-4", big.as_object().unwrap()), t0).await;
+    let EntityOutcome::Rejected(cached) = again else { panic!("{again:?}") };
+    assert_eq!(cached, reports, "the same answer as the table's");
+    assert_eq!(store.calls().total(), before.total(), "no DynamoDB call");
+    assert_eq!(store.rejection_cache_hits(), 1);
+    // A request that fits is never answered from the cache.
+    let small = json!({"tpm": 80});
+    let before = store.calls();
+    let fits = acquire(&store, entity_request("key-1", "gpt-4", small.as_object().unwrap()), t0).await;
+    assert!(matches!(fits, EntityOutcome::Admitted(_)), "{fits:?}");
+    assert_eq!(store.calls().update_item - before.update_item, 1, "one write: the parent has no tpm to charge");
 }
 
 #[tokio::test]

@@ -142,6 +142,8 @@ struct Inner {
     shard_counts: Mutex<HashMap<BucketId, i64>>,
     /// Buckets seen stamped `bypass`: their fast path is written in the bypass shape.
     bypassed: Mutex<HashSet<BucketId>>,
+    /// Entity bucket shards recently seen short (the entity rejection cache).
+    entity_images: Mutex<entity::KnownImages>,
     /// Per (entity, resource), the parent its last bucket image said it cascades to.
     parents: Mutex<HashMap<BucketId, Option<String>>>,
     /// Stored config items by `(PK, SK)` (`None`: absent), with when they were read.
@@ -211,6 +213,7 @@ impl DynamoStore {
                 shard_counts: Mutex::new(HashMap::new()),
                 bypassed: Mutex::new(HashSet::new()),
                 parents: Mutex::new(HashMap::new()),
+                entity_images: Mutex::new(HashMap::new()),
                 config_cache: Mutex::new(HashMap::new()),
                 config_ttl: options.config_cache_ttl,
                 warned: Mutex::new(HashSet::new()),

@@ -35,11 +35,21 @@ impl Inner {
         consume: &[(Arc<str>, Millitokens)],
         now: EpochMillis,
     ) -> Result<EntityOutcome, StoreError> {
-        let (shard, _) = self.select_shard(&child.id, &[]);
         let parent = match self.cached_parent(&child.id) {
             Some(p) => Some(self.parent_side(&child, &p, consume).await?).filter(|p| !p.declared.is_empty()),
             None => None,
         };
+        // Known short from a recent image: rejected without a call (the child's own reports, or
+        // the parent's with the child's untouched balance).
+        if let Some(reports) = self.entity_known_short(&child, now) {
+            return Ok(self.cache_reject(reports));
+        }
+        if let Some(parent_reports) = parent.as_ref().and_then(|p| self.entity_known_short(p, now)) {
+            let mut reports = self.untouched(&child, now);
+            reports.extend(parent_reports);
+            return Ok(self.cache_reject(reports));
+        }
+        let (shard, _) = self.select_shard(&child.id, &[]);
         let parent_write = async {
             match &parent {
                 Some(p) => {
@@ -220,6 +230,7 @@ impl Inner {
         let Some(reports) = side.reports(&image, now, false) else { return Ok(Judged::Slow(shard)) };
         if reports.iter().any(|r| r.exceeded && !soft_live(&r.name)) {
             path("entity_fast_reject");
+            self.remember_short(&side.id, shard, &image);
             return Ok(Judged::Rejected(reports));
         }
         if !image.wcu_would_refill(n) {
@@ -250,6 +261,28 @@ impl Inner {
             }
         }
         reports
+    }
+
+    fn cache_reject(&self, reports: Vec<LimitReport>) -> EntityOutcome {
+        self.rejections.count_hit();
+        metrics::counter!(crate::metrics::REJECTION_CACHE_HITS).increment(1);
+        path("entity_cache_reject");
+        EntityOutcome::Rejected(reports)
+    }
+
+    /// The child's reports when only its parent was judged: its limits as last seen, not
+    /// exceeded (empty when no image of it is remembered).
+    fn untouched(&self, child: &Side, now: EpochMillis) -> Vec<LimitReport> {
+        let known = self.entity_images.lock().expect("lock");
+        let image = known.get(&child.id).and_then(|shards| shards.first()).map(|(_, _, image)| image.clone());
+        drop(known);
+        image
+            .and_then(|image| child.reports(&image, now, false))
+            .map(|mut reports| {
+                reports.iter_mut().for_each(|r| r.exceeded = false);
+                reports
+            })
+            .unwrap_or_default()
     }
 
     async fn refund_admitted(&self, side: Option<&Side>, result: &Option<(i64, Fast)>) {

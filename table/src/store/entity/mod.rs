@@ -11,7 +11,10 @@
 
 mod config;
 mod fast;
+mod known;
 mod slow;
+
+pub(crate) use known::KnownImages;
 
 use std::sync::Arc;
 use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};

@@ -141,6 +141,11 @@ impl Inner {
             plans.extend(parent_plan);
             let reports: Vec<LimitReport> = plans.iter().flat_map(|p| p.reports.iter().cloned()).collect();
             if plans.iter().any(|p| p.violated) {
+                for p in plans.iter().filter(|p| p.violated) {
+                    if let Some(image) = &p.image {
+                        self.remember_short(&p.side.id, p.shard, image);
+                    }
+                }
                 path("entity_slow_reject");
                 return Ok(EntityOutcome::Rejected(reports));
             }

@@ -1,0 +1,69 @@
+//! The rejection cache of entity buckets (after the library's ADR-147): the last image of each
+//! shard that showed a requested limit short, trusted for at most 1 s and never past the
+//! image's `ttl` or `vu`. A request is rejected from memory only when every shard of the
+//! entity (or, under cascade, of its parent) is known short for what it asks; admission always
+//! takes a conditional write, so the cache cannot over-admit.
+
+use std::collections::HashMap;
+use std::time::Instant;
+use zael_core::bucket::EpochMillis;
+use zael_core::store::LimitReport;
+
+use super::super::{BucketId, CACHE_LIMIT, Inner};
+use super::Side;
+use crate::item::BucketImage;
+use crate::rejections::TRUST;
+
+/// Shard images, per bucket.
+pub(crate) type KnownImages = HashMap<BucketId, Vec<(i64, Instant, BucketImage)>>;
+
+impl Inner {
+    /// Remembers a shard's image after it proved a request short.
+    pub(super) fn remember_short(&self, id: &BucketId, shard: i64, image: &BucketImage) {
+        if !self.rejection_cache {
+            return;
+        }
+        let mut known = self.entity_images.lock().expect("lock");
+        if known.len() >= CACHE_LIMIT && !known.contains_key(id) {
+            let now = Instant::now();
+            known.retain(|_, shards| shards.iter().any(|(_, at, _)| now.duration_since(*at) < TRUST));
+            if known.len() >= CACHE_LIMIT {
+                return;
+            }
+        }
+        let shards = known.entry(id.clone()).or_default();
+        shards.retain(|(s, _, _)| *s != shard);
+        shards.push((shard, Instant::now(), image.clone()));
+    }
+
+    /// The rejection `side` gets from memory: `Some` when every shard of its bucket is known
+    /// short for the request at `now`.
+    pub(super) fn entity_known_short(&self, side: &Side, now: EpochMillis) -> Option<Vec<LimitReport>> {
+        if !self.rejection_cache || side.declared.is_empty() {
+            return None;
+        }
+        let count = self.cached_count(&side.id);
+        let known = self.entity_images.lock().expect("lock");
+        let shards = known.get(&side.id)?;
+        let at = Instant::now();
+        let mut reports = None;
+        for shard in 0..count {
+            let (_, stored, image) = shards.iter().find(|(s, _, _)| *s == shard)?;
+            let trusted = at.duration_since(*stored) < TRUST
+                && image.ttl.is_none_or(|t| t > now.0.div_euclid(1000))
+                && image.vu.is_none_or(|v| v > now.0)
+                && !image.disabled
+                && image.bypass.is_none();
+            if !trusted {
+                return None;
+            }
+            let shard_reports = side.reports(image, now, false)?;
+            let soft = |name: &str| image.limit(name).and_then(|l| l.soft.as_ref()).is_some();
+            if !shard_reports.iter().any(|r| r.exceeded && !soft(&r.name)) {
+                return None;
+            }
+            reports.get_or_insert(shard_reports);
+        }
+        reports
+    }
+}
