@@ -5,10 +5,12 @@
 //! The order a request meets it: [`Inner::acquire_entity`] resolves the namespace, the
 //! limits and the cached parent, then [`fast`] sends the speculative UpdateItems (child and
 //! parent in parallel, refunding a lost side) and judges a failure from its `ALL_OLD`
-//! image; what the images cannot decide goes to [`slow`]: one consistent BatchGetItem per
-//! side (access walk, META, bucket), the plan, and one commit (an UpdateItem, or one
-//! TransactWriteItems for a create or for child and parent together).
+//! image ([`known`] answers repeated rejections from recent images without a call); what the
+//! images cannot decide goes to [`slow`]: one consistent BatchGetItem per side (access walk,
+//! META, bucket) and the plan, then [`commit`]: an UpdateItem, or one TransactWriteItems for a
+//! create or for child and parent together, and the consumption-only retry.
 
+mod commit;
 mod config;
 mod fast;
 mod known;

@@ -1,0 +1,373 @@
+//! The commit shapes of an entity acquire (§11.6): an UpdateItem for a single existing item
+//! (refill of every limit under the `rf` lock, the debits, the owner and access stamps), else
+//! one TransactWriteItems (creates with their owner's META ConditionCheck; child and parent
+//! together); and the consumption-only retry when a race was lost.
+
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update as TxUpdate};
+use std::collections::HashMap;
+use zael_core::bucket::EpochMillis;
+use zael_core::store::StoreError;
+
+use super::super::Inner;
+use super::super::expr::Ex;
+use super::super::request::{parse, unavailable};
+use super::slow::{Meta, SidePlan};
+use crate::db::{DbError, Transact, Update, UpdateReq};
+use crate::item::{Item, NewBucket, NewLimit, n, new_bucket_item, s};
+use crate::keys::{self, WCU};
+use crate::plan;
+
+impl Inner {
+    /// Commits the plans; `false` when a condition failed (re-plan).
+    pub(super) async fn commit(&self, plans: &[SidePlan<'_>], now: EpochMillis) -> Result<bool, StoreError> {
+        if let [only] = plans
+            && only.image.is_some()
+        {
+            let req = self.normal_update(only, now);
+            return match self.db.update(req).await {
+                Ok(Update::Done(item)) => {
+                    self.learn_parent(&only.side.id, &parse(&item)?);
+                    Ok(true)
+                }
+                Ok(Update::ConditionFailed(_)) | Err(DbError::Conflict) => Ok(false),
+                Err(e) => Err(unavailable(e)),
+            };
+        }
+        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Unavailable(format!("building a commit: {e}"));
+        let mut items = Vec::new();
+        for p in plans {
+            match &p.image {
+                Some(_) => {
+                    let update = tx_update(&self.db.table, self.normal_update(p, now)).map_err(build)?;
+                    items.push(TransactWriteItem::builder().update(update).build());
+                }
+                None => {
+                    let put = Put::builder()
+                        .table_name(&self.db.table)
+                        .set_item(Some(self.new_item(p, now)))
+                        .condition_expression("attribute_not_exists(PK)")
+                        .build()
+                        .map_err(build)?;
+                    items.push(TransactWriteItem::builder().put(put).build());
+                    let (condition, values) = meta_condition(p.meta.as_ref());
+                    let check = ConditionCheck::builder()
+                        .table_name(&self.db.table)
+                        .set_key(Some(key(keys::pk_entity(&p.side.id.ns, &p.side.id.entity), keys::SK_META)))
+                        .condition_expression(condition)
+                        .set_expression_attribute_values((!values.is_empty()).then_some(values))
+                        .build()
+                        .map_err(build)?;
+                    items.push(TransactWriteItem::builder().condition_check(check).build());
+                }
+            }
+        }
+        match self.db.transact(items).await {
+            Ok(Transact::Done) => Ok(true),
+            Ok(Transact::Canceled(codes)) => {
+                tracing::debug!(?codes, "entity commit cancelled; re-planning");
+                Ok(false)
+            }
+            Err(DbError::Conflict) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Shape (b): refill every limit from its stored parameters, debit the requested ones,
+    /// restamp the owner, under the `rf` lock (§11.6).
+    fn normal_update(&self, p: &SidePlan<'_>, now: EpochMillis) -> UpdateReq {
+        let image = p.image.as_ref().expect("an existing item");
+        let mut ex = Ex::default();
+        ex.name("#rf", "rf").name("#ttl", "ttl").name("#vu", "vu").name("#cas", "cascade");
+        ex.num(":rf", now.0.max(image.rf)).num(":rf_read", image.rf);
+        ex.val(":cas", AttributeValue::Bool(p.cascade));
+        let mut set = vec!["#rf = :rf".to_owned(), "#cas = :cas".to_owned()];
+        let mut remove = Vec::new();
+        let mut add = Vec::new();
+        let mut cond = vec!["#rf = :rf_read".to_owned()];
+        let mut horizons = Vec::new();
+        for (i, l) in p.limits.iter().enumerate() {
+            let tk = format!("#t{i}");
+            ex.name(&tk, &keys::battr(&l.name, "tk")).name(&format!("#c{i}"), &keys::battr(&l.name, "tc"));
+            horizons.push(plan::recovery_secs(l.cp, l.ra, l.rp));
+            match l.tk_read {
+                Some(read) => {
+                    let refill = l.start - read;
+                    ex.num(&format!(":d{i}"), refill.saturating_sub(l.consumed)).num(&format!(":u{i}"), l.usage);
+                    add.push(format!("{tk} :d{i}"));
+                    add.push(format!("#c{i} :u{i}"));
+                    if l.consumed > refill && !l.soft {
+                        ex.num(&format!(":g{i}"), l.consumed - refill);
+                        cond.push(format!("{tk} >= :g{i}"));
+                    }
+                    if refill > 0 {
+                        ex.num(&format!(":k{i}"), read);
+                        cond.push(format!("{tk} <= :k{i}"));
+                    }
+                }
+                None => {
+                    ex.name(&format!("#p{i}"), &keys::battr(&l.name, "cp"))
+                        .name(&format!("#a{i}"), &keys::battr(&l.name, "ra"))
+                        .name(&format!("#r{i}"), &keys::battr(&l.name, "rp"));
+                    ex.num(&format!(":st{i}"), l.start.saturating_sub(l.consumed)).num(&format!(":u{i}"), l.usage);
+                    ex.num(&format!(":p{i}"), l.cp).num(&format!(":a{i}"), l.ra).num(&format!(":r{i}"), l.rp);
+                    set.extend([
+                        format!("{tk} = :st{i}"),
+                        format!("#c{i} = :u{i}"),
+                        format!("#p{i} = :p{i}"),
+                        format!("#a{i} = :a{i}"),
+                        format!("#r{i} = :r{i}"),
+                    ]);
+                    cond.push(format!("(attribute_not_exists(#p{i}) OR attribute_not_exists({tk}))"));
+                }
+            }
+        }
+        // Stamps follow the config (§8.6): a soft limit keeps a live `b_{n}_soft`, a hard one
+        // none; `bypass` while the walk says so. Each change is pinned on the stamp as read.
+        let deadline = stamp_deadline(now);
+        for (i, l) in p.limits.iter().enumerate() {
+            if l.name == WCU {
+                continue;
+            }
+            let live = matches!(&l.soft_read, Some(AttributeValue::N(v)) if v.parse::<i64>().is_ok_and(|d| d > now.0));
+            let change = match (l.stamp_soft, &l.soft_read) {
+                (true, _) if live => continue,
+                (true, _) => {
+                    ex.num(&format!(":so{i}"), deadline);
+                    set.push(format!("#so{i} = :so{i}"));
+                    true
+                }
+                (false, Some(_)) => {
+                    remove.push(format!("#so{i}"));
+                    true
+                }
+                (false, None) => false,
+            };
+            if change {
+                ex.name(&format!("#so{i}"), &keys::battr(&l.name, "soft"));
+                match &l.soft_read {
+                    Some(v) => {
+                        ex.val(&format!(":sr{i}"), v.clone());
+                        cond.push(format!("#so{i} = :sr{i}"));
+                    }
+                    None => cond.push(format!("attribute_not_exists(#so{i})")),
+                }
+            }
+        }
+        ex.name("#byp", "bypass");
+        match (&image.bypass, p.bypass) {
+            (Some(read), true) if read.live(now.0) => {
+                ex.val(":bypr", read.raw.clone());
+                cond.push("#byp = :bypr".into());
+            }
+            (read, true) => {
+                ex.num(":bypd", deadline);
+                set.push("#byp = :bypd".into());
+                match read {
+                    Some(r) => {
+                        ex.val(":bypr", r.raw.clone());
+                        cond.push("#byp = :bypr".into());
+                    }
+                    None => cond.push("attribute_not_exists(#byp)".into()),
+                }
+            }
+            (Some(read), false) => {
+                ex.val(":bypr", read.raw.clone());
+                remove.push("#byp".into());
+                cond.push("#byp = :bypr".into());
+            }
+            (None, false) => cond.push("attribute_not_exists(#byp)".into()),
+        }
+        if image.disabled {
+            // A stale stamp (the walk just said enforced): clear it, or the fast path stays shut.
+            ex.name("#dis", "disabled").val(":dis", AttributeValue::Bool(true));
+            remove.push("#dis".into());
+            cond.push("#dis = :dis".into());
+        }
+        if p.side.limits.ttl_applies() {
+            ex.num(":ttl", plan::ttl_epoch(now, &horizons));
+            set.push("#ttl = :ttl".into());
+        } else {
+            remove.push("#ttl".to_owned());
+        }
+        match image.vu {
+            None => cond.push("attribute_not_exists(#vu)".into()),
+            Some(v) => {
+                ex.num(":vur", v);
+                cond.push("#vu = :vur".into());
+                remove.push("#vu".into());
+            }
+        }
+        if let Some(meta) = &p.meta {
+            ex.name("#par", "parent_id").name("#pg", "pgen").name("#pi", "pinc");
+            match (&meta.parent, p.cascade) {
+                (Some(parent), _) => {
+                    ex.val(":par", s(parent));
+                    set.push("#par = :par".into());
+                }
+                (None, _) => remove.push("#par".into()),
+            }
+            if let (Some(pgen), Some(pinc)) = (meta.pgen, &meta.pinc) {
+                ex.num(":pg", pgen).val(":pi", s(pinc));
+                set.push("#pg = :pg".into());
+                set.push("#pi = :pi".into());
+                cond.push(
+                    "(attribute_not_exists(#pi) OR (#pi = :pi AND (attribute_not_exists(#pg) OR #pg <= :pg)))".into(),
+                );
+            }
+        }
+        let mut update = format!("SET {}", set.join(", "));
+        if !add.is_empty() {
+            update.push_str(&format!(" ADD {}", add.join(", ")));
+        }
+        if !remove.is_empty() {
+            update.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        ex.req(p.side.id.pk(p.shard), update, cond)
+    }
+
+    /// Shape (a): the complete item of a new shard (§9.6) with its owner stamp.
+    fn new_item(&self, p: &SidePlan<'_>, now: EpochMillis) -> Item {
+        let id = &p.side.id;
+        let limits: Vec<NewLimit<'_>> = p
+            .limits
+            .iter()
+            .filter(|l| l.name != WCU)
+            .map(|l| NewLimit {
+                name: &l.name,
+                tk: l.start.saturating_sub(l.consumed),
+                cp: l.cp,
+                ra: l.ra,
+                rp: l.rp,
+                tc: l.usage,
+            })
+            .collect();
+        let horizons: Vec<f64> = p.limits.iter().map(|l| plan::recovery_secs(l.cp, l.ra, l.rp)).collect();
+        let ttl = p.side.limits.ttl_applies().then(|| plan::ttl_epoch(now, &horizons));
+        let bucket = NewBucket {
+            ns: &id.ns,
+            entity: &id.entity,
+            resource: &id.resource,
+            shard: p.shard,
+            shard_count: p.count,
+            rf: now.0,
+            ttl,
+        };
+        let mut item = new_bucket_item(&bucket, &limits);
+        item.insert("cascade".into(), AttributeValue::Bool(p.cascade));
+        let deadline = stamp_deadline(now);
+        for l in p.limits.iter().filter(|l| l.stamp_soft) {
+            item.insert(keys::battr(&l.name, "soft"), n(deadline));
+        }
+        if p.bypass {
+            item.insert("bypass".into(), n(deadline));
+        }
+        if let Some(meta) = &p.meta {
+            if let Some(parent) = &meta.parent {
+                item.insert("parent_id".into(), s(parent));
+            }
+            if let Some(pgen) = meta.pgen {
+                item.insert("pgen".into(), n(pgen));
+            }
+            if let Some(pinc) = &meta.pinc {
+                item.insert("pinc".into(), s(pinc));
+            }
+        }
+        item
+    }
+
+    /// Shape (c): the requested debits alone on every side, in one write; `false` when a
+    /// balance is short without the refill or an item is missing.
+    pub(super) async fn retry_consumption(&self, plans: &[SidePlan<'_>]) -> Result<bool, StoreError> {
+        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Unavailable(format!("building a retry: {e}"));
+        let mut requests = Vec::new();
+        for p in plans {
+            let mut ex = Ex::default();
+            let mut add = Vec::new();
+            let mut cond = vec!["attribute_exists(PK)".to_owned()];
+            for (i, l) in p.limits.iter().filter(|l| l.consumed > 0).enumerate() {
+                ex.name(&format!("#t{i}"), &keys::battr(&l.name, "tk"))
+                    .name(&format!("#c{i}"), &keys::battr(&l.name, "tc"));
+                ex.num(&format!(":d{i}"), -l.consumed).num(&format!(":a{i}"), l.consumed);
+                add.push(format!("#t{i} :d{i}"));
+                add.push(format!("#c{i} :a{i}"));
+                if l.soft {
+                    ex.name(&format!("#p{i}"), &keys::battr(&l.name, "cp"));
+                    cond.push(format!("attribute_exists(#p{i}) AND attribute_exists(#t{i})"));
+                } else {
+                    cond.push(format!("#t{i} >= :a{i}"));
+                }
+            }
+            if add.is_empty() {
+                continue;
+            }
+            requests.push(ex.req(p.side.id.pk(p.shard), format!("ADD {}", add.join(", ")), cond));
+        }
+        if requests.is_empty() {
+            return Ok(true);
+        }
+        if requests.len() == 1 {
+            let req = requests.pop().expect("one");
+            return match self.db.update(req).await {
+                Ok(Update::Done(_)) => Ok(true),
+                Ok(Update::ConditionFailed(_)) | Err(DbError::Conflict) => Ok(false),
+                Err(e) => Err(unavailable(e)),
+            };
+        }
+        let mut items = Vec::with_capacity(requests.len());
+        for req in requests {
+            items.push(TransactWriteItem::builder().update(tx_update(&self.db.table, req).map_err(build)?).build());
+        }
+        match self.db.transact(items).await {
+            Ok(Transact::Done) => Ok(true),
+            Ok(Transact::Canceled(_)) | Err(DbError::Conflict) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+/// The deadline of a soft or bypass stamp written now: `now + 60 s × U(0.8, 1.0)`, as the
+/// library's `stamp_deadline` (its default stamp TTL).
+fn stamp_deadline(now: EpochMillis) -> i64 {
+    use rand::Rng;
+    now.0 + rand::rng().random_range(48_000..=60_000)
+}
+
+/// An UpdateItem request as a transaction item on `(pk, #STATE)`.
+fn tx_update(table: &str, req: UpdateReq) -> Result<TxUpdate, aws_sdk_dynamodb::error::BuildError> {
+    TxUpdate::builder()
+        .table_name(table)
+        .set_key(Some(key(req.pk, keys::SK_STATE)))
+        .update_expression(req.update)
+        .set_condition_expression(req.condition)
+        .set_expression_attribute_names((!req.names.is_empty()).then_some(req.names))
+        .set_expression_attribute_values((!req.values.is_empty()).then_some(req.values))
+        .build()
+}
+
+fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([("PK".to_owned(), s(pk)), ("SK".to_owned(), s(sk))])
+}
+
+/// The create's check on the owner's META as read (§11.6 a).
+fn meta_condition(meta: Option<&Meta>) -> (String, HashMap<String, AttributeValue>) {
+    let Some(meta) = meta else { return ("attribute_not_exists(PK)".into(), HashMap::new()) };
+    let mut values = HashMap::new();
+    let pgen = match meta.pgen {
+        Some(g) => {
+            values.insert(":pgen".to_owned(), n(g));
+            "pgen = :pgen".to_owned()
+        }
+        None => {
+            values.insert(":pgen".to_owned(), n(0));
+            "(attribute_not_exists(pgen) OR pgen = :pgen)".to_owned()
+        }
+    };
+    let incarnation = meta.pinc.clone().or_else(|| meta.created_at.clone()).unwrap_or_else(|| "-".into());
+    values.insert(":pinc".to_owned(), s(incarnation));
+    let pinc = if meta.created_at.is_none() && meta.pinc.is_none() {
+        "(pinc = :pinc OR (attribute_not_exists(pinc) AND (created_at = :pinc OR attribute_not_exists(created_at))))"
+    } else {
+        "(pinc = :pinc OR (attribute_not_exists(pinc) AND created_at = :pinc))"
+    };
+    (format!("attribute_exists(PK) AND {pgen} AND {pinc}"), values)
+}
