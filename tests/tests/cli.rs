@@ -425,6 +425,8 @@ async fn set_cascade_turns_the_parent_charge_on_and_off() {
 
     let out = in_ns(&table, &["entity", "clear-cascade", "key-1", "--resource", "gpt-4"]).await;
     assert_eq!(ok(&out).trim(), "Cleared cascade policy for entity 'key-1' (1 buckets updated)");
+    // The rejection cache trusts the parent's last image for 1 s (as the library's does).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_response(&s.should(ask()).await, Code::Ok, &[rpm(5, 2)]);
 }
 
@@ -456,6 +458,8 @@ async fn set_parent_moves_an_entity_and_its_buckets_follow() {
     assert_response(&s.should(ask()).await, Code::OverLimit, &[over(1, Unit::Day, "rpm").reset(1..=86_400)]);
     let out = in_ns(&table, &["entity", "set-parent", "key-1", "--none"]).await;
     assert_eq!(ok(&out).trim(), "Moved entity 'key-1' from team-b to (none) (1 buckets stamped)");
+    // The rejection cache trusts team-b's last image for 1 s (as the library's does).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_response(&s.should(ask()).await, Code::Ok, &[rpm(5, 2)]);
 
     let out = in_ns(&table, &["entity", "show", "key-1"]).await;
