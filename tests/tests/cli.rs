@@ -24,6 +24,19 @@ fn ok(out: &CliOutput) -> &str {
     &out.stdout
 }
 
+/// The domain `llm` charging 1 `rpm` of the `api_key` entity on `gpt-4`.
+const LLM: &str = "domain: llm\nnamespace: tenant\ndescriptors:\n  - key: api_key\n    entity: {resource: gpt-4, consume: {rpm: 1}}\n";
+
+/// zael-server on `table` with [`LLM`], reading stored config on every acquire.
+async fn llm_server(table: &str) -> Server {
+    Server::builder()
+        .file("llm.yaml", LLM)
+        .dynamodb(&moto().endpoint(), table)
+        .arg("--config-cache-ttl=0s")
+        .start()
+        .await
+}
+
 /// A command in namespace `tenant` of `table`.
 async fn in_ns(table: &str, args: &[&str]) -> CliOutput {
     let mut all = args.to_vec();
@@ -148,8 +161,7 @@ async fn limits_set_with_the_cli_are_read_by_the_library_and_enforced_by_zael_se
     assert_eq!(seen["namespaces"], serde_json::json!(["default", "tenant"]));
 
     // zael-server enforces them: the parent's 2 per day decide the third request.
-    let config = "domain: llm\nnamespace: tenant\ndescriptors:\n  - key: api_key\n    entity: {resource: gpt-4, consume: {rpm: 1}}\n";
-    let s = Server::builder().file("llm.yaml", config).dynamodb(&moto().endpoint(), &table).start().await;
+    let s = llm_server(&table).await;
     let request = || req("llm", vec![desc(&[("api_key", "key-1")])]);
     for left in [1, 0] {
         let r = s.should(request()).await;
@@ -355,13 +367,7 @@ async fn disable_enable_and_bypass_reach_zael_server_through_config_and_bucket_s
     ] {
         ok(&in_ns(&table, &args).await);
     }
-    let config = "domain: llm\nnamespace: tenant\ndescriptors:\n  - key: api_key\n    entity: {resource: gpt-4, consume: {rpm: 1}}\n";
-    let s = Server::builder()
-        .file("llm.yaml", config)
-        .dynamodb(&moto().endpoint(), &table)
-        .arg("--config-cache-ttl=0s")
-        .start()
-        .await;
+    let s = llm_server(&table).await;
     let ask = |key: &'static str| req("llm", vec![desc(&[("api_key", key)])]);
     let day = |left| expect::ok(5, Unit::Day, "rpm", left).reset(1..=86_400);
     assert_response(&s.should(ask("key-1")).await, Code::Ok, &[day(4)]);
@@ -411,8 +417,7 @@ async fn set_cascade_turns_the_parent_charge_on_and_off() {
     ] {
         ok(&in_ns(&table, &args).await);
     }
-    let config = "domain: llm\nnamespace: tenant\ndescriptors:\n  - key: api_key\n    entity: {resource: gpt-4, consume: {rpm: 1}}\n";
-    let s = Server::builder().file("llm.yaml", config).dynamodb(&moto().endpoint(), &table).start().await;
+    let s = llm_server(&table).await;
     let ask = || req("llm", vec![desc(&[("api_key", "key-1")])]);
     let rpm = |rpu, left| expect::ok(rpu, Unit::Day, "rpm", left).reset(1..=86_400);
     assert_response(&s.should(ask()).await, Code::Ok, &[rpm(5, 4)]);
@@ -442,8 +447,7 @@ async fn set_parent_moves_an_entity_and_its_buckets_follow() {
     ] {
         ok(&in_ns(&table, &args).await);
     }
-    let config = "domain: llm\nnamespace: tenant\ndescriptors:\n  - key: api_key\n    entity: {resource: gpt-4, consume: {rpm: 1}}\n";
-    let s = Server::builder().file("llm.yaml", config).dynamodb(&moto().endpoint(), &table).start().await;
+    let s = llm_server(&table).await;
     let ask = || req("llm", vec![desc(&[("api_key", "key-1")])]);
     let rpm = |rpu, left| expect::ok(rpu, Unit::Day, "rpm", left).reset(1..=86_400);
     // Under team-a (resource defaults, 5 per day each): the child's and the parent's 4 left.
