@@ -49,6 +49,25 @@ pub fn pk_bucket(ns: &str, entity: &str, resource: &str, shard: i64) -> String {
     format!("{ns}/BUCKET#{entity}#{resource}#{shard}")
 }
 
+/// The deadline of a soft or bypass stamp written at `now_ms`: `now + 60 s × U(0.8, 1.0)`, the
+/// library's `stamp_deadline` with its default stamp TTL (the jitter spreads renewals).
+pub fn stamp_deadline(now_ms: i64) -> i64 {
+    use rand::Rng;
+    now_ms + rand::rng().random_range(48_000..=60_000)
+}
+
+/// The `(PK, SK)` of the four stored config levels of `(entity, resource)`, in precedence
+/// order (§8.1): entity + resource, entity default, resource, system. The first three are the
+/// access walk's (§8.5).
+pub fn config_levels(ns: &str, entity: &str, resource: &str) -> [(String, String); 4] {
+    [
+        (pk_entity(ns, entity), format!("{SK_CONFIG_PREFIX}{resource}")),
+        (pk_entity(ns, entity), format!("{SK_CONFIG_PREFIX}_default_")),
+        (pk_resource(ns, resource), SK_CONFIG.to_owned()),
+        (pk_system(ns), SK_CONFIG.to_owned()),
+    ]
+}
+
 /// `{ns}/RESOURCE#{r}`: the resource-level config partition.
 pub fn pk_resource(ns: &str, resource: &str) -> String {
     format!("{ns}/RESOURCE#{resource}")

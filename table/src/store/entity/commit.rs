@@ -123,7 +123,7 @@ impl Inner {
         }
         // Stamps follow the config (§8.6): a soft limit keeps a live `b_{n}_soft`, a hard one
         // none; `bypass` while the walk says so. Each change is pinned on the stamp as read.
-        let deadline = stamp_deadline(now);
+        let deadline = keys::stamp_deadline(now.0);
         for (i, l) in p.limits.iter().enumerate() {
             if l.name == WCU {
                 continue;
@@ -254,7 +254,7 @@ impl Inner {
         };
         let mut item = new_bucket_item(&bucket, &limits);
         item.insert("cascade".into(), AttributeValue::Bool(p.cascade));
-        let deadline = stamp_deadline(now);
+        let deadline = keys::stamp_deadline(now.0);
         for l in p.limits.iter().filter(|l| l.stamp_soft) {
             item.insert(keys::battr(&l.name, "soft"), n(deadline));
         }
@@ -323,13 +323,6 @@ impl Inner {
             Err(e) => Err(unavailable(e)),
         }
     }
-}
-
-/// The deadline of a soft or bypass stamp written now: `now + 60 s × U(0.8, 1.0)`, as the
-/// library's `stamp_deadline` (its default stamp TTL).
-fn stamp_deadline(now: EpochMillis) -> i64 {
-    use rand::Rng;
-    now.0 + rand::rng().random_range(48_000..=60_000)
 }
 
 /// An UpdateItem request as a transaction item on `(pk, #STATE)`.

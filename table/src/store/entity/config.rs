@@ -59,16 +59,6 @@ pub(crate) enum Access {
     Bypass,
 }
 
-/// The config keys of `(entity, resource)` in precedence order.
-pub(crate) fn level_keys(ns: &str, entity: &str, resource: &str) -> [(String, String); 4] {
-    [
-        (keys::pk_entity(ns, entity), format!("{}{resource}", keys::SK_CONFIG_PREFIX)),
-        (keys::pk_entity(ns, entity), format!("{}_default_", keys::SK_CONFIG_PREFIX)),
-        (keys::pk_resource(ns, resource), keys::SK_CONFIG.to_owned()),
-        (keys::pk_system(ns), keys::SK_CONFIG.to_owned()),
-    ]
-}
-
 fn number(item: &Item, attr: &str) -> Option<i64> {
     match item.get(attr) {
         Some(AttributeValue::N(n)) => n.parse::<f64>().ok().map(|v| v as i64),
@@ -158,7 +148,7 @@ impl Inner {
     /// The limits of `(entity, resource)`, each level's item cached for the config TTL
     /// (missing items too); the levels that missed are read in one BatchGetItem.
     pub(crate) async fn resolve_limits(&self, ns: &str, entity: &str, resource: &str) -> Result<Resolved, StoreError> {
-        let keys = level_keys(ns, entity, resource);
+        let keys = keys::config_levels(ns, entity, resource);
         let mut items: [Option<Arc<Item>>; 4] = Default::default();
         let mut missing = Vec::new();
         {

@@ -9,7 +9,7 @@ use zael_core::store::{EntityOutcome, LimitReport, StoreError};
 
 use super::super::request::{parse, path, unavailable};
 use super::super::{BucketId, Inner};
-use super::config::{Access, level_keys, walk};
+use super::config::{Access, walk};
 use super::{Side, report};
 use crate::item::{BucketImage, Item};
 use crate::keys::{self, WCU};
@@ -176,7 +176,7 @@ impl Inner {
 
     /// The walk levels, META and bucket shard of one side, in one consistent BatchGetItem.
     async fn read_side(&self, id: &BucketId, shard: i64) -> Result<Read, StoreError> {
-        let levels = level_keys(&id.ns, &id.entity, &id.resource);
+        let levels = keys::config_levels(&id.ns, &id.entity, &id.resource);
         let meta_key = (keys::pk_entity(&id.ns, &id.entity), keys::SK_META.to_owned());
         let bucket_key = (id.pk(shard), keys::SK_STATE.to_owned());
         let mut wanted: Vec<(String, String)> = levels[..3].to_vec();
