@@ -21,7 +21,7 @@ pub enum Command {
     /// Deploy the stack (`--table-only`: the table alone, for emulators).
     Deploy(Box<stack::DeployArgs>),
     /// Show the stack's and table's status.
-    Status(crate::commands::inventory::StatusArgs),
+    Status(crate::repo::RequiredTarget),
     /// List the rate limiter stacks of a region.
     List(crate::commands::inventory::ListArgs),
     /// Delete the stack.

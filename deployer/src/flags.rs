@@ -7,8 +7,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 use zael_table::keys;
 
+use crate::commands::limits::Level;
 use crate::config_item::{Item, n, s};
-use crate::repo::{Repo, Result, describe};
+use crate::repo::{Repo, Result, describe, now_ms};
 
 /// A flag change.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -20,7 +21,8 @@ pub enum Access {
 }
 
 impl Access {
-    fn value(self) -> Option<AttributeValue> {
+    /// The stored `disabled` value; `None` removes it.
+    pub fn value(self) -> Option<AttributeValue> {
         match self {
             Access::Disable => Some(AttributeValue::Bool(true)),
             Access::Enable => Some(AttributeValue::Bool(false)),
@@ -88,89 +90,90 @@ pub async fn apply_cascade(repo: &Repo, ns: &str, scope: &Scope<'_>, cascade: Op
             Some(AttributeValue::S(p)) => Some(p.clone()),
             _ => None,
         };
-        let mut policy = matches!(meta.as_ref().and_then(|m| m.get("cascade")), Some(AttributeValue::Bool(true)));
-        for (pk, sk) in walk_keys(ns, &entity, &resource) {
-            if let Some(AttributeValue::Bool(c)) = repo.get(&pk, &sk).await?.as_ref().and_then(|i| i.get("cascade")) {
-                policy = *c;
-                break;
-            }
-        }
-        let mut request = repo
-            .db
-            .update_item()
-            .table_name(&repo.table)
-            .key("PK", s(&bucket_pk))
-            .key("SK", s(keys::SK_STATE))
-            .condition_expression("attribute_exists(PK)")
-            .expression_attribute_names("#c", "cascade")
-            .expression_attribute_names("#p", "parent_id")
-            .expression_attribute_values(":c", AttributeValue::Bool(policy && parent.is_some()));
-        request = match &parent {
-            Some(p) => request.update_expression("SET #c = :c, #p = :p").expression_attribute_values(":p", s(p)),
-            None => request.update_expression("SET #c = :c REMOVE #p"),
-        };
-        match request.send().await {
-            Ok(_) => written += 1,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
-            Err(e) => return Err(format!("Failed to stamp a bucket: {}", describe(&e)).into()),
-        }
+        let meta_cascade = matches!(meta.as_ref().and_then(|m| m.get("cascade")), Some(AttributeValue::Bool(true)));
+        let owner = Owner { parent: parent.as_deref(), meta_cascade, pgen: None };
+        written += usize::from(stamp_owner(repo, ns, &bucket_pk, &entity, &resource, &owner).await?);
     }
     Ok(written)
 }
 
 /// After a parent move: each bucket of `entity` gets the new owner stamp (`parent_id`,
 /// `pgen`) and its resolved cascade policy; returns how many were written.
-pub async fn restamp_owner(
-    repo: &Repo,
-    ns: &str,
-    entity: &str,
-    parent: Option<&str>,
-    pgen: i64,
-    cascade_meta: bool,
-) -> Result<usize> {
+pub async fn restamp_owner(repo: &Repo, ns: &str, entity: &str, owner: &Owner<'_>) -> Result<usize> {
     let scope = Scope::Entity { entity, resource: crate::commands::limits::DEFAULT_RESOURCE };
     let mut written = 0;
     for (bucket_pk, entity, resource) in buckets(repo, ns, &scope).await? {
-        let mut policy = cascade_meta;
-        for (pk, sk) in walk_keys(ns, &entity, &resource) {
-            if let Some(AttributeValue::Bool(c)) = repo.get(&pk, &sk).await?.as_ref().and_then(|i| i.get("cascade")) {
-                policy = *c;
-                break;
-            }
-        }
-        let mut request = repo
-            .db
-            .update_item()
-            .table_name(&repo.table)
-            .key("PK", s(&bucket_pk))
-            .key("SK", s(keys::SK_STATE))
-            .condition_expression("attribute_exists(PK)")
-            .expression_attribute_names("#c", "cascade")
-            .expression_attribute_names("#p", "parent_id")
-            .expression_attribute_names("#g", "pgen")
-            .expression_attribute_values(":c", AttributeValue::Bool(policy && parent.is_some()))
-            .expression_attribute_values(":g", n(pgen));
-        request = match parent {
-            Some(p) => {
-                request.update_expression("SET #c = :c, #p = :p, #g = :g").expression_attribute_values(":p", s(p))
-            }
-            None => request.update_expression("SET #c = :c, #g = :g REMOVE #p"),
-        };
-        match request.send().await {
-            Ok(_) => written += 1,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
-            Err(e) => return Err(format!("Failed to stamp a bucket: {}", describe(&e)).into()),
-        }
+        written += usize::from(stamp_owner(repo, ns, &bucket_pk, &entity, &resource, owner).await?);
     }
     Ok(written)
 }
 
-fn walk_keys(ns: &str, entity: &str, resource: &str) -> [(String, String); 3] {
-    [
-        (keys::pk_entity(ns, entity), format!("{}{resource}", keys::SK_CONFIG_PREFIX)),
-        (keys::pk_entity(ns, entity), format!("{}_default_", keys::SK_CONFIG_PREFIX)),
-        (keys::pk_resource(ns, resource), keys::SK_CONFIG.to_owned()),
-    ]
+/// What a bucket's owner stamp comes from: the owner's parent, META's `cascade`, and a new
+/// parent generation when the owner moved.
+pub struct Owner<'a> {
+    pub parent: Option<&'a str>,
+    pub meta_cascade: bool,
+    pub pgen: Option<i64>,
+}
+
+/// Stamps one bucket with its owner's parent and resolved cascade policy; `false` when the
+/// bucket is gone.
+async fn stamp_owner(
+    repo: &Repo,
+    ns: &str,
+    bucket_pk: &str,
+    entity: &str,
+    resource: &str,
+    owner: &Owner<'_>,
+) -> Result<bool> {
+    let policy = match first_explicit(repo, ns, entity, resource, "cascade").await? {
+        Some(AttributeValue::Bool(c)) => c,
+        _ => owner.meta_cascade,
+    };
+    let mut set = vec!["#c = :c"];
+    let mut request = repo
+        .db
+        .update_item()
+        .table_name(&repo.table)
+        .key("PK", s(bucket_pk))
+        .key("SK", s(keys::SK_STATE))
+        .condition_expression("attribute_exists(PK)")
+        .expression_attribute_names("#c", "cascade")
+        .expression_attribute_names("#p", "parent_id")
+        .expression_attribute_values(":c", AttributeValue::Bool(policy && owner.parent.is_some()));
+    if let Some(pgen) = owner.pgen {
+        set.push("#g = :g");
+        request = request.expression_attribute_names("#g", "pgen").expression_attribute_values(":g", n(pgen));
+    }
+    let update = match owner.parent {
+        Some(p) => {
+            set.push("#p = :p");
+            request = request.expression_attribute_values(":p", s(p));
+            format!("SET {}", set.join(", "))
+        }
+        None => format!("SET {} REMOVE #p", set.join(", ")),
+    };
+    match request.update_expression(update).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(false),
+        Err(e) => Err(format!("Failed to stamp a bucket: {}", describe(&e)).into()),
+    }
+}
+
+/// The first explicit `attr` of the walk: entity+resource, entity default, resource.
+async fn first_explicit(
+    repo: &Repo,
+    ns: &str,
+    entity: &str,
+    resource: &str,
+    attr: &str,
+) -> Result<Option<AttributeValue>> {
+    for (pk, sk) in keys::config_levels(ns, entity, resource).into_iter().take(3) {
+        if let Some(value) = repo.get(&pk, &sk).await?.and_then(|mut i| i.remove(attr)) {
+            return Ok(Some(value));
+        }
+    }
+    Ok(None)
 }
 
 /// Sets (`Some`) or removes `attr` on the scope's config item, creating a flags-only item
@@ -179,9 +182,9 @@ async fn upsert(repo: &Repo, ns: &str, scope: &Scope<'_>, attr: &str, value: Opt
     let fail = |e: String| format!("Failed to update the {attr} flag: {e}");
     let (pk, sk) = match scope {
         Scope::Entity { entity, resource } => {
-            (keys::pk_entity(ns, entity), format!("{}{resource}", keys::SK_CONFIG_PREFIX))
+            Level::Entity { entity: (*entity).to_owned(), resource: (*resource).to_owned() }.key(ns)
         }
-        Scope::Resource(r) => (keys::pk_resource(ns, r), keys::SK_CONFIG.to_owned()),
+        Scope::Resource(r) => Level::Resource((*r).to_owned()).key(ns),
     };
     let mut names = HashMap::from([("#d".to_owned(), attr.to_owned())]);
     let mut values: Item = HashMap::new();
@@ -225,14 +228,10 @@ async fn upsert(repo: &Repo, ns: &str, scope: &Scope<'_>, attr: &str, value: Opt
     Ok(())
 }
 
-/// The first explicit `disabled` of entity+resource, entity default, resource.
+/// The walk's access: the first explicit `disabled` (entity+resource, entity default, resource).
 async fn walk(repo: &Repo, ns: &str, entity: &str, resource: &str) -> Result<Resolved> {
-    for (pk, sk) in walk_keys(ns, entity, resource) {
-        if let Some(state) = repo.get(&pk, &sk).await?.and_then(|i| resolved_of(i.get("disabled"))) {
-            return Ok(state);
-        }
-    }
-    Ok(Resolved::Enforced)
+    let explicit = first_explicit(repo, ns, entity, resource, "disabled").await?;
+    Ok(resolved_of(explicit.as_ref()).unwrap_or(Resolved::Enforced))
 }
 
 async fn stamp(repo: &Repo, pk: &str, state: Resolved) -> Result<bool> {
@@ -251,7 +250,7 @@ async fn stamp(repo: &Repo, pk: &str, state: Resolved) -> Result<bool> {
             .expression_attribute_values(":t", AttributeValue::Bool(true)),
         Resolved::Bypass => request
             .update_expression("SET #b = :deadline REMOVE #d")
-            .expression_attribute_values(":deadline", n(stamp_deadline())),
+            .expression_attribute_values(":deadline", n(zael_table::keys::stamp_deadline(now_ms()))),
         Resolved::Enforced => request.update_expression("REMOVE #d, #b"),
     };
     match request.send().await {
@@ -261,15 +260,8 @@ async fn stamp(repo: &Repo, pk: &str, state: Resolved) -> Result<bool> {
     }
 }
 
-/// `now + 60 s × U(0.8, 1.0)`, the library's stamp deadline.
-fn stamp_deadline() -> i64 {
-    use rand::Rng;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    now.as_millis() as i64 + rand::rng().random_range(48_000..=60_000)
-}
-
 /// The bucket shards a flag change touches: `(PK, entity, resource)`.
-async fn buckets(repo: &Repo, ns: &str, scope: &Scope<'_>) -> Result<Vec<(String, String, String)>> {
+pub async fn buckets(repo: &Repo, ns: &str, scope: &Scope<'_>) -> Result<Vec<(String, String, String)>> {
     let (index, pk_attr, pk, sk_attr, prefix) = match scope {
         Scope::Entity { entity, resource } if *resource == crate::commands::limits::DEFAULT_RESOURCE => {
             ("GSI3", "GSI3PK", keys::pk_entity(ns, entity), "GSI3SK", "BUCKET#".to_owned())
@@ -279,35 +271,26 @@ async fn buckets(repo: &Repo, ns: &str, scope: &Scope<'_>) -> Result<Vec<(String
         }
         Scope::Resource(r) => ("GSI2", "GSI2PK", keys::gsi2_pk(ns, r), "GSI2SK", "BUCKET#".to_owned()),
     };
-    let mut out = Vec::new();
-    let mut start = None;
-    loop {
-        let page = repo
-            .db
-            .query()
-            .table_name(&repo.table)
-            .index_name(index)
-            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-            .expression_attribute_names("#pk", pk_attr)
-            .expression_attribute_names("#sk", sk_attr)
-            .expression_attribute_values(":pk", s(&pk))
-            .expression_attribute_values(":prefix", s(&prefix))
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| format!("Failed to find buckets: {}", describe(&e)))?;
-        for item in page.items.unwrap_or_default() {
-            if let Some(AttributeValue::S(bucket_pk)) = item.get("PK")
-                && let Some((entity, resource)) = parse_bucket_pk(bucket_pk, ns)
-            {
-                out.push((bucket_pk.clone(), entity, resource));
+    let items = repo
+        .query_all(|q| {
+            q.index_name(index)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                .expression_attribute_names("#pk", pk_attr)
+                .expression_attribute_names("#sk", sk_attr)
+                .expression_attribute_values(":pk", s(&pk))
+                .expression_attribute_values(":prefix", s(&prefix))
+        })
+        .await
+        .map_err(|e| format!("Failed to find buckets: {e}"))?;
+    Ok(items
+        .iter()
+        .filter_map(|item| match item.get("PK") {
+            Some(AttributeValue::S(bucket_pk)) => {
+                parse_bucket_pk(bucket_pk, ns).map(|(entity, resource)| (bucket_pk.clone(), entity, resource))
             }
-        }
-        start = page.last_evaluated_key;
-        if start.is_none() {
-            return Ok(out);
-        }
-    }
+            _ => None,
+        })
+        .collect())
 }
 
 /// `{ns}/BUCKET#{entity}#{resource}#{shard}`: the shard after the last `#`, the entity before

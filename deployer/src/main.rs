@@ -17,9 +17,6 @@ mod template;
 
 use clap::Parser;
 
-/// The answer to an abort prompt's "no".
-pub const ABORTED: &str = "Aborted!";
-
 /// How a command failed.
 #[derive(Debug)]
 pub enum Failure {
@@ -35,7 +32,7 @@ pub enum Failure {
 
 impl From<String> for Failure {
     fn from(message: String) -> Self {
-        if message == ABORTED { Failure::Plain(message) } else { Failure::Error(message) }
+        Failure::Error(message)
     }
 }
 

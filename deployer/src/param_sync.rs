@@ -2,53 +2,16 @@
 //! shard of the entity's buckets on the resource gets the new parameters, `vu = 0` (the next
 //! writer's slow pass clamps the balance) and no `ttl` (its limits are entity-level now).
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use zael_table::keys;
 
 use crate::config_item::{Item, n, s};
 use crate::limit_spec::LimitSpec;
-use crate::repo::{Repo, Result, describe};
-
-/// Shards of `entity`'s buckets on `resource` (`_default_`: on every resource the entity has
-/// no config of its own for), by GSI3.
-async fn shards(repo: &Repo, ns: &str, entity: &str, resource: &str) -> Result<Vec<(String, String)>> {
-    let prefix = if resource == crate::commands::limits::DEFAULT_RESOURCE {
-        "BUCKET#".to_owned()
-    } else {
-        format!("BUCKET#{resource}#")
-    };
-    let mut found = Vec::new();
-    let mut start = None;
-    loop {
-        let out = repo
-            .db
-            .query()
-            .table_name(&repo.table)
-            .index_name("GSI3")
-            .key_condition_expression("GSI3PK = :pk AND begins_with(GSI3SK, :prefix)")
-            .expression_attribute_values(":pk", s(keys::pk_entity(ns, entity)))
-            .expression_attribute_values(":prefix", s(prefix.clone()))
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| format!("Failed to find the entity's buckets: {}", describe(&e)))?;
-        for item in out.items.unwrap_or_default() {
-            let text = |a: &str| match item.get(a) {
-                Some(AttributeValue::S(v)) => v.clone(),
-                _ => String::new(),
-            };
-            found.push((text("PK"), text("resource")));
-        }
-        start = out.last_evaluated_key;
-        if start.is_none() {
-            return Ok(found);
-        }
-    }
-}
+use crate::repo::{Repo, Result, describe, now_ms};
 
 pub async fn sync(repo: &Repo, ns: &str, entity: &str, resource: &str, limits: &[LimitSpec]) -> Result<()> {
     let default = resource == crate::commands::limits::DEFAULT_RESOURCE;
-    for (pk, bucket_resource) in shards(repo, ns, entity, resource).await? {
+    let scope = crate::flags::Scope::Entity { entity, resource };
+    for (pk, _, bucket_resource) in crate::flags::buckets(repo, ns, &scope).await? {
         if default {
             // A resource with the entity's own config keeps it.
             let own = format!("{}{bucket_resource}", keys::SK_CONFIG_PREFIX);
@@ -63,7 +26,7 @@ pub async fn sync(repo: &Repo, ns: &str, entity: &str, resource: &str, limits: &
         let mut values: Item = Item::from([(":vz".to_owned(), n(0))]);
         let mut set = vec!["#vu = :vz".to_owned()];
         let mut remove = vec!["#ttl".to_owned()];
-        let deadline = soft_deadline();
+        let deadline = zael_table::keys::stamp_deadline(now_ms());
         for (i, l) in limits.iter().enumerate() {
             for (field, value) in [
                 ("cp", l.capacity.saturating_mul(1000)),
@@ -101,11 +64,4 @@ pub async fn sync(repo: &Repo, ns: &str, entity: &str, resource: &str, limits: &
         }
     }
     Ok(())
-}
-
-/// A soft stamp written now: `now + 60 s × U(0.8, 1.0)` (the library's `stamp_deadline`).
-fn soft_deadline() -> i64 {
-    use rand::Rng;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    now.as_millis() as i64 + rand::rng().random_range(48_000..=60_000)
 }

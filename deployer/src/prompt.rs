@@ -13,8 +13,8 @@ fn ask(question: &str) -> bool {
 }
 
 /// An abort prompt: "no" fails the command with `Aborted!` (exit 1).
-pub fn confirm_or_abort(yes: bool, question: &str) -> Result<(), String> {
-    if yes || ask(question) { Ok(()) } else { Err(crate::ABORTED.into()) }
+pub fn confirm_or_abort(yes: bool, question: &str) -> crate::repo::Result<()> {
+    if yes || ask(question) { Ok(()) } else { Err(crate::Failure::Plain("Aborted!".into())) }
 }
 
 /// A cancel prompt: `false` when the answer is no (the caller prints `Cancelled`, exit 0).

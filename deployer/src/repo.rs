@@ -3,11 +3,12 @@
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 use tokio::sync::OnceCell;
 use zael_table::keys;
-use zael_table::version::{IMPLEMENTED_VERSION, Version};
+use zael_table::version::IMPLEMENTED_VERSION;
 
 use crate::config_item::{Item, n, s};
 
@@ -23,6 +24,29 @@ pub struct Target {
     /// AWS endpoint URL (e.g. http://localhost:4566 for LocalStack, or moto).
     #[arg(long)]
     pub endpoint_url: Option<String>,
+}
+
+/// The current time in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    zael_core::bucket::EpochMillis::now().0
+}
+
+/// [`Target`] for the commands where the stack name is required (`delete`, `status`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct RequiredTarget {
+    /// Stack identifier (required).
+    #[arg(short = 'n', long = "name", required = true)]
+    pub name: String,
+    #[arg(long)]
+    pub region: Option<String>,
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+}
+
+impl From<RequiredTarget> for Target {
+    fn from(t: RequiredTarget) -> Target {
+        Target { name: t.name, region: t.region, endpoint_url: t.endpoint_url }
+    }
 }
 
 /// The result of every command: `Err` is printed as `Error: …` with exit status 1.
@@ -102,6 +126,25 @@ impl Repo {
         if e.code() == Some("ResourceNotFoundException") { self.missing_stack() } else { describe(&e) }
     }
 
+    /// Every item a query answers, page after page: `build` sets everything but the table and
+    /// the start key.
+    pub async fn query_all(
+        &self,
+        build: impl Fn(QueryFluentBuilder) -> QueryFluentBuilder,
+    ) -> std::result::Result<Vec<Item>, String> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let query = build(self.db.query().table_name(&self.table)).set_exclusive_start_key(start);
+            let out = query.send().await.map_err(|e| describe(&e))?;
+            items.extend(out.items.unwrap_or_default());
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+
     pub fn missing_stack(&self) -> String {
         format!(
             "Stack '{}' not found in {}. Deploy it with 'zae-limiter deploy -n {}'.",
@@ -121,17 +164,17 @@ impl Repo {
             Some(AttributeValue::S(v)) => Some(v.clone()),
             _ => None,
         };
-        let ours = Version::parse(IMPLEMENTED_VERSION).expect("valid");
-        let min = text("client_min_version").and_then(|m| Version::parse(&m));
-        if let Some(min) = min
-            && ours < min
-        {
-            return Err(crate::Failure::from(format!(
-                "Version mismatch: client={IMPLEMENTED_VERSION}, schema={}, lambda={}. Client version {IMPLEMENTED_VERSION} is below minimum required version {}. Please upgrade.",
-                text("schema_version").unwrap_or_default(),
-                text("lambda_version").unwrap_or_else(|| "unknown".into()),
-                text("client_min_version").unwrap_or_default()
-            )));
+        let (schema, min, lambda) = (text("schema_version"), text("client_min_version"), text("lambda_version"));
+        match crate::compat::evaluate(schema.as_deref(), min.as_deref(), lambda.as_deref()) {
+            crate::compat::Verdict::ClientUpgrade(m) => {
+                return Err(crate::Failure::from(format!(
+                    "Version mismatch: client={IMPLEMENTED_VERSION}, schema={}, lambda={}. {m}",
+                    schema.unwrap_or_default(),
+                    lambda.unwrap_or_else(|| "unknown".into()),
+                )));
+            }
+            crate::compat::Verdict::SchemaMigration(m) => return Err(m.into()),
+            crate::compat::Verdict::Compatible | crate::compat::Verdict::LambdaUpdate(_) => {}
         }
         Ok(record)
     }
@@ -184,7 +227,7 @@ impl Repo {
             },
             None => 90,
         };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now_s = now_ms().div_euclid(1000);
         let event_id = ulid::Ulid::new().to_string();
         let pk = format!("{ns}/AUDIT#{entity}");
         let item = Item::from([
@@ -197,7 +240,7 @@ impl Repo {
             ("principal".to_owned(), self.principal().await),
             ("resource".to_owned(), resource.map_or(AttributeValue::Null(true), s)),
             ("details".to_owned(), AttributeValue::M(details)),
-            ("ttl".to_owned(), n(now.as_secs() as i64 + retention_days * 86_400)),
+            ("ttl".to_owned(), n(now_s + retention_days * 86_400)),
             ("GSI4PK".to_owned(), s(ns)),
             ("GSI4SK".to_owned(), s(pk)),
         ]);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::stack::DeployArgs;
 use crate::compat::SCHEMA_VERSION;
-use crate::repo::{Repo, Result, Target};
+use crate::repo::{Repo, RequiredTarget, Result, Target};
 use crate::template::{self, params};
 use zael_table::version::IMPLEMENTED_VERSION;
 
@@ -152,16 +152,6 @@ fn body_for(args: &DeployArgs, parameters: &[(&'static str, String)]) -> String 
     }
 }
 
-/// The parameters naming the six managed policies.
-const POLICY_NAME_PARAMETERS: [&str; 6] = [
-    "AcquireOnlyPolicyName",
-    "FullAccessPolicyName",
-    "ReadOnlyPolicyName",
-    "NamespaceAcquirePolicyName",
-    "NamespaceFullAccessPolicyName",
-    "NamespaceReadOnlyPolicyName",
-];
-
 /// Resources whose replacement would lose data or break principals that use them.
 const NEVER_REPLACED: [&str; 2] = ["AWS::DynamoDB::Table", "AWS::IAM::ManagedPolicy"];
 
@@ -186,17 +176,13 @@ async fn update(
             .unwrap_or("")
             .to_owned()
     };
-    let renamed: Vec<&str> = parameters
+    let renamed: Vec<&str> = params::POLICY_NAMES
         .iter()
         .map(|(k, _)| *k)
-        .chain(POLICY_NAME_PARAMETERS)
-        .filter(|k| k.ends_with("PolicyName"))
         .filter(|k| {
             let new = parameters.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str()).unwrap_or("");
             current_value(k) != new
         })
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
         .collect();
     if !renamed.is_empty() {
         return Err(format!(
@@ -397,13 +383,8 @@ pub async fn deploy(args: DeployArgs, tags: Vec<(String, String)>) -> Result<()>
 
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
-    /// Stack identifier (required).
-    #[arg(short = 'n', long = "name", required = true)]
-    pub name: String,
-    #[arg(long)]
-    pub region: Option<String>,
-    #[arg(long)]
-    pub endpoint_url: Option<String>,
+    #[command(flatten)]
+    pub target: RequiredTarget,
     #[arg(long = "wait", overrides_with = "no_wait")]
     pub wait: bool,
     #[arg(long = "no-wait")]
@@ -413,14 +394,14 @@ pub struct DeleteArgs {
 }
 
 pub async fn delete(args: DeleteArgs) -> Result<()> {
-    let target =
-        Target { name: args.name.clone(), region: args.region.clone(), endpoint_url: args.endpoint_url.clone() };
+    let target = Target::from(args.target);
     let repo = Repo::connect(&target, None).await?;
-    crate::prompt::confirm_or_abort(args.yes, &format!("Are you sure you want to delete stack '{}'?", args.name))?;
-    println!("Deleting stack: {}", args.name);
+    let name = target.name;
+    crate::prompt::confirm_or_abort(args.yes, &format!("Are you sure you want to delete stack '{name}'?"))?;
+    println!("Deleting stack: {name}");
     let cfn = Cfn::new(&repo.config);
     let fail = |e: String| crate::Failure::Plain(format!("✗ Deletion failed: {e}"));
-    if let Err(e) = cfn.delete_stack().stack_name(&args.name).send().await {
+    if let Err(e) = cfn.delete_stack().stack_name(&name).send().await {
         let text = aws_sdk_cloudformation::error::DisplayErrorContext(&e).to_string();
         if !text.contains("does not exist") {
             return Err(fail(text));
@@ -430,9 +411,9 @@ pub async fn delete(args: DeleteArgs) -> Result<()> {
         println!("Stack deletion initiated. Use 'status' command to check progress.");
         return Ok(());
     }
-    match follow(&cfn, &args.name).await.map_err(fail)? {
+    match follow(&cfn, &name).await.map_err(fail)? {
         None | Some(StackStatus::DeleteComplete) => {
-            println!("✓ Stack '{}' deleted successfully", args.name);
+            println!("✓ Stack '{}' deleted successfully", name);
             Ok(())
         }
         Some(other) => Err(fail(format!("stack is {}", other.as_str()))),

@@ -4,6 +4,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use zael_table::keys;
 
 use super::DataTarget;
+use super::access::Change;
 use super::limits::{self, Level};
 use crate::flags::Access;
 use crate::repo::Result;
@@ -172,16 +173,11 @@ pub async fn run_resource(command: ResourceCommand) -> Result<()> {
             level.validate()?;
             let (repo, ns) = data.open(false).await?;
             let item = limits::get(&repo, &ns, &level).await?;
-            let lines = item.as_ref().map(|i| limits::limit_lines(i, "  ")).unwrap_or_default();
-            if lines.is_empty() {
-                println!("No defaults configured for resource '{resource}'");
-            } else {
-                println!("Defaults for resource '{resource}':");
-                lines.iter().for_each(|l| println!("{l}"));
-            }
-            for line in item.as_ref().map(crate::config_item::flag_lines).unwrap_or_default() {
-                println!("{line}");
-            }
+            limits::print_limits(
+                item.as_ref(),
+                &format!("Defaults for resource '{resource}':"),
+                &format!("No defaults configured for resource '{resource}'"),
+            );
         }
         ResourceCommand::DeleteDefaults { resource, yes, data } => {
             let level = Level::Resource(resource.clone());
@@ -198,11 +194,12 @@ pub async fn run_resource(command: ResourceCommand) -> Result<()> {
         ResourceCommand::ClearDisabled { resource, data } => resource_flag(&resource, &data, Access::Clear).await?,
         ResourceCommand::SetCascade { resource, value, data } => {
             Level::Resource(resource.clone()).validate()?;
-            super::entity::cascade(&data, crate::flags::Scope::Resource(&resource), Some(value == "on")).await?
+            super::access::change(&data, crate::flags::Scope::Resource(&resource), Change::Cascade(Some(value == "on")))
+                .await?
         }
         ResourceCommand::ClearCascade { resource, data } => {
             Level::Resource(resource.clone()).validate()?;
-            super::entity::cascade(&data, crate::flags::Scope::Resource(&resource), None).await?
+            super::access::change(&data, crate::flags::Scope::Resource(&resource), Change::Cascade(None)).await?
         }
         ResourceCommand::List { data } => {
             let (repo, ns) = data.open(false).await?;
@@ -225,5 +222,5 @@ pub async fn run_resource(command: ResourceCommand) -> Result<()> {
 
 async fn resource_flag(resource: &str, data: &DataTarget, access: Access) -> Result<()> {
     Level::Resource(resource.to_owned()).validate()?;
-    super::entity::flag(data, crate::flags::Scope::Resource(resource), access).await
+    super::access::change(data, crate::flags::Scope::Resource(resource), Change::Access(access)).await
 }

@@ -6,6 +6,7 @@ use zael_core::keys::is_valid_entity_id;
 use zael_table::keys;
 
 use super::DataTarget;
+use super::access::Change;
 use super::limits::{self, DEFAULT_RESOURCE, Level};
 use crate::config_item::{Item, n, s};
 use crate::repo::{Repo, Result, describe};
@@ -131,33 +132,6 @@ pub struct FlagArgs {
     pub data: DataTarget,
 }
 
-/// The flag commands of entities and resources: the change, the fan-out, the audit event
-/// and the reference's line.
-pub async fn flag(data: &DataTarget, scope: crate::flags::Scope<'_>, access: crate::flags::Access) -> Result<()> {
-    use crate::flags::{Access, Scope};
-    let (repo, ns) = data.open(true).await?;
-    let written = crate::flags::apply(&repo, &ns, &scope, access).await?;
-    let (audit_entity, resource, what) = match &scope {
-        Scope::Entity { entity, resource } => ((*entity).to_owned(), *resource, format!("entity '{entity}'")),
-        Scope::Resource(r) => (format!("$RESOURCE:{r}"), *r, format!("resource '{r}'")),
-    };
-    let value = match access {
-        Access::Disable => AttributeValue::Bool(true),
-        Access::Enable => AttributeValue::Bool(false),
-        Access::Bypass => s("bypass"),
-        Access::Clear => AttributeValue::Null(true),
-    };
-    let details = HashMap::from([("disabled".to_owned(), value), ("buckets_stamped".to_owned(), n(written))]);
-    repo.audit(&ns, &audit_entity, "limits_set", Some(resource), details).await?;
-    match access {
-        Access::Disable => println!("Disabled {what} ({written} buckets stamped)"),
-        Access::Enable => println!("Enabled {what} ({written} buckets cleared)"),
-        Access::Bypass => println!("Bypassed {what} ({written} buckets stamped)"),
-        Access::Clear => println!("Cleared disabled flag for {what} ({written} buckets updated)"),
-    }
-    Ok(())
-}
-
 fn text(item: &Item, attr: &str) -> Option<String> {
     match item.get(attr) {
         Some(AttributeValue::S(v)) => Some(v.clone()),
@@ -237,16 +211,11 @@ pub async fn run(command: EntityCommand) -> Result<()> {
             level.validate()?;
             let (repo, ns) = data.open(false).await?;
             let item = limits::get(&repo, &ns, &level).await?;
-            let lines = item.as_ref().map(|i| limits::limit_lines(i, "  ")).unwrap_or_default();
-            if lines.is_empty() {
-                println!("No limits configured for entity '{entity_id}' on resource '{resource}'");
-            } else {
-                println!("Limits for entity '{entity_id}' on resource '{resource}':");
-                lines.iter().for_each(|l| println!("{l}"));
-            }
-            for line in item.as_ref().map(crate::config_item::flag_lines).unwrap_or_default() {
-                println!("{line}");
-            }
+            limits::print_limits(
+                item.as_ref(),
+                &format!("Limits for entity '{entity_id}' on resource '{resource}':"),
+                &format!("No limits configured for entity '{entity_id}' on resource '{resource}'"),
+            );
         }
         EntityCommand::Disable(a) => entity_flag(a, crate::flags::Access::Disable).await?,
         EntityCommand::Enable(a) => entity_flag(a, crate::flags::Access::Enable).await?,
@@ -351,7 +320,8 @@ async fn set_parent(repo: &Repo, ns: &str, entity: &str, parent: Option<&str>) -
     };
     request.send().await.map_err(|e| format!("Failed to move entity '{entity}': {}", describe(&e)))?;
     let cascade_meta = matches!(meta.get("cascade"), Some(AttributeValue::Bool(true)));
-    let written = crate::flags::restamp_owner(repo, ns, entity, parent, pgen, cascade_meta).await?;
+    let owner = crate::flags::Owner { parent, meta_cascade: cascade_meta, pgen: Some(pgen) };
+    let written = crate::flags::restamp_owner(repo, ns, entity, &owner).await?;
     let details = HashMap::from([
         ("old_parent_id".to_owned(), old.as_deref().map_or(AttributeValue::Null(true), s)),
         ("parent_id".to_owned(), parent.map_or(AttributeValue::Null(true), s)),
@@ -369,72 +339,40 @@ async fn set_parent(repo: &Repo, ns: &str, entity: &str, parent: Option<&str>) -
 
 /// Entity IDs with a config item on `resource` (the sparse GSI3), every page.
 async fn with_custom_limits(repo: &Repo, ns: &str, resource: &str, page: Option<i32>) -> Result<Vec<String>> {
-    let mut ids = Vec::new();
-    let mut start = None;
-    loop {
-        let out = repo
-            .db
-            .query()
-            .table_name(&repo.table)
-            .index_name("GSI3")
-            .key_condition_expression("GSI3PK = :pk")
-            .expression_attribute_values(":pk", s(format!("{ns}/ENTITY_CONFIG#{resource}")))
-            .set_limit(page)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| format!("Failed to list entities: {}", describe(&e)))?;
-        for item in out.items.unwrap_or_default() {
-            if let Some(AttributeValue::S(id)) = item.get("GSI3SK") {
-                ids.push(id.clone());
-            }
-        }
-        start = out.last_evaluated_key;
-        if start.is_none() {
-            return Ok(ids);
-        }
-    }
+    let items = repo
+        .query_all(|q| {
+            q.index_name("GSI3")
+                .key_condition_expression("GSI3PK = :pk")
+                .expression_attribute_values(":pk", s(format!("{ns}/ENTITY_CONFIG#{resource}")))
+                .set_limit(page)
+        })
+        .await
+        .map_err(|e| format!("Failed to list entities: {e}"))?;
+    Ok(items.iter().filter_map(|i| text(i, "GSI3SK")).collect())
 }
 
 async fn entity_cascade(entity: &str, resource: Option<String>, data: &DataTarget, value: Option<bool>) -> Result<()> {
     let resource = resource.unwrap_or_else(|| DEFAULT_RESOURCE.to_owned());
     Level::Entity { entity: entity.to_owned(), resource: resource.clone() }.validate()?;
-    cascade(data, crate::flags::Scope::Entity { entity, resource: &resource }, value).await
-}
-
-/// The cascade commands of entities and resources: the policy, the fan-out, the audit event
-/// and the reference's line.
-pub async fn cascade(data: &DataTarget, scope: crate::flags::Scope<'_>, value: Option<bool>) -> Result<()> {
-    use crate::flags::Scope;
-    let (repo, ns) = data.open(true).await?;
-    let written = crate::flags::apply_cascade(&repo, &ns, &scope, value).await?;
-    let (audit_entity, resource, what) = match &scope {
-        Scope::Entity { entity, resource } => ((*entity).to_owned(), *resource, format!("entity '{entity}'")),
-        Scope::Resource(r) => (format!("$RESOURCE:{r}"), *r, format!("resource '{r}'")),
-    };
-    let details = HashMap::from([
-        ("cascade".to_owned(), value.map_or(AttributeValue::Null(true), AttributeValue::Bool)),
-        ("buckets_stamped".to_owned(), n(written)),
-    ]);
-    repo.audit(&ns, &audit_entity, "limits_set", Some(resource), details).await?;
-    match value {
-        Some(on) => println!("Set cascade {} for {what} ({written} buckets stamped)", if on { "on" } else { "off" }),
-        None => println!("Cleared cascade policy for {what} ({written} buckets updated)"),
-    }
-    Ok(())
+    super::access::change(data, crate::flags::Scope::Entity { entity, resource: &resource }, Change::Cascade(value))
+        .await
 }
 
 async fn entity_flag(args: FlagArgs, access: crate::flags::Access) -> Result<()> {
     let resource = args.resource.unwrap_or_else(|| DEFAULT_RESOURCE.to_owned());
     let level = Level::Entity { entity: args.entity_id.clone(), resource: resource.clone() };
     level.validate()?;
-    flag(&args.data, crate::flags::Scope::Entity { entity: &args.entity_id, resource: &resource }, access).await
+    super::access::change(
+        &args.data,
+        crate::flags::Scope::Entity { entity: &args.entity_id, resource: &resource },
+        Change::Access(access),
+    )
+    .await
 }
 
 /// The library's `create_entity`: META under `attribute_not_exists(PK)`, then the audit event.
 async fn create(repo: &Repo, ns: &str, entity: &str, name: &str, parent: Option<&str>, cascade: bool) -> Result<()> {
     let pk = keys::pk_entity(ns, entity);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let pinc: String = {
         use rand::Rng;
         let bytes: [u8; 8] = rand::rng().random();
@@ -448,7 +386,7 @@ async fn create(repo: &Repo, ns: &str, entity: &str, name: &str, parent: Option<
         ("name".to_owned(), s(name)),
         ("parent_id".to_owned(), parent.map_or(AttributeValue::Null(true), s)),
         ("cascade".to_owned(), AttributeValue::Bool(cascade)),
-        ("pgen".to_owned(), n(now.as_millis())),
+        ("pgen".to_owned(), n(crate::repo::now_ms())),
         ("pinc".to_owned(), s(pinc)),
         ("metadata".to_owned(), AttributeValue::M(HashMap::new())),
         ("created_at".to_owned(), s(&created_at)),

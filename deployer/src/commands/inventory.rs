@@ -6,18 +6,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use std::time::Instant;
 
 use crate::ascii_table;
-use crate::repo::{Repo, Result, Target};
-
-#[derive(Debug, clap::Args)]
-pub struct StatusArgs {
-    /// Stack identifier (required).
-    #[arg(short = 'n', long = "name", required = true)]
-    pub name: String,
-    #[arg(long)]
-    pub region: Option<String>,
-    #[arg(long)]
-    pub endpoint_url: Option<String>,
-}
+use crate::repo::{Repo, RequiredTarget, Result, Target};
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
@@ -44,13 +33,12 @@ fn output(stack: &Stack, key: &str) -> Option<String> {
     stack.outputs().iter().find(|o| o.output_key() == Some(key)).and_then(|o| o.output_value()).map(str::to_owned)
 }
 
-pub async fn status(args: StatusArgs) -> Result<()> {
-    let target =
-        Target { name: args.name.clone(), region: args.region.clone(), endpoint_url: args.endpoint_url.clone() };
+pub async fn status(args: RequiredTarget) -> Result<()> {
+    let target = Target::from(args);
     let repo = Repo::connect(&target, None).await?;
     let cfn = Cfn::new(&repo.config);
     let stack =
-        cfn.describe_stacks().stack_name(&args.name).send().await.ok().and_then(|o| o.stacks().first().cloned());
+        cfn.describe_stacks().stack_name(&target.name).send().await.ok().and_then(|o| o.stacks().first().cloned());
     let stack_status = stack.as_ref().and_then(|s| s.stack_status()).map(|s| s.as_str().to_owned());
     let complete = stack_status.as_deref().is_some_and(|s| s.contains("COMPLETE"));
     let started = Instant::now();
@@ -76,7 +64,7 @@ pub async fn status(args: StatusArgs) -> Result<()> {
         _ => "Unknown",
     };
     println!();
-    println!("Status: {}", args.name);
+    println!("Status: {}", target.name);
     println!("{}", "=".repeat(50));
     println!();
     println!("Connectivity");

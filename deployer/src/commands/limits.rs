@@ -212,6 +212,20 @@ pub fn limit_lines(item: &Item, indent: &str) -> Vec<String> {
         .collect()
 }
 
+/// A getter's output: `header` and the limits, or `none`; then the explicit flags (§6).
+pub fn print_limits(item: Option<&Item>, header: &str, none: &str) {
+    let lines = item.map(|i| limit_lines(i, "  ")).unwrap_or_default();
+    if lines.is_empty() {
+        println!("{none}");
+    } else {
+        println!("{header}");
+        lines.iter().for_each(|l| println!("{l}"));
+    }
+    for line in item.map(config_item::flag_lines).unwrap_or_default() {
+        println!("{line}");
+    }
+}
+
 /// Deletes the level's item (the entity level also decrements its registry count); audited.
 /// `false` when there was nothing to delete.
 pub async fn delete(repo: &Repo, ns: &str, level: &Level) -> Result<bool> {

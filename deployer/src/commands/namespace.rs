@@ -65,26 +65,13 @@ fn text(item: &Item, attr: &str) -> String {
 }
 
 async fn registry(repo: &Repo, prefix: &str) -> Result<Vec<Item>> {
-    let mut items = Vec::new();
-    let mut start = None;
-    loop {
-        let out = repo
-            .db
-            .query()
-            .table_name(&repo.table)
-            .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
-            .expression_attribute_values(":pk", s(SYSTEM_PK))
-            .expression_attribute_values(":prefix", s(prefix))
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| describe(&e))?;
-        items.extend(out.items.unwrap_or_default());
-        start = out.last_evaluated_key;
-        if start.is_none() {
-            return Ok(items);
-        }
-    }
+    Ok(repo
+        .query_all(|q| {
+            q.key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
+                .expression_attribute_values(":pk", s(SYSTEM_PK))
+                .expression_attribute_values(":prefix", s(prefix))
+        })
+        .await?)
 }
 
 pub async fn run(command: NamespaceCommand) -> Result<()> {

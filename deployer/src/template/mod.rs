@@ -73,18 +73,11 @@ fn parameters() -> BTreeMap<&'static str, Parameter> {
         "PermissionBoundary",
         Parameter::string("", "Permission boundary for every role: a policy name or ARN (optional)"),
     );
-    for name in ["AggregatorRoleName", "AppRoleName", "AdminRoleName", "ReadOnlyRoleName", "ProvisionerRoleName"] {
+    for (name, _) in params::ROLE_NAMES {
         p.insert(name, Parameter::string("", "Custom role name (optional)"));
     }
     p.insert("RoleNameFormat", Parameter::string("", "The role name format, exported for related stacks (optional)"));
-    for name in [
-        "AcquireOnlyPolicyName",
-        "FullAccessPolicyName",
-        "ReadOnlyPolicyName",
-        "NamespaceAcquirePolicyName",
-        "NamespaceFullAccessPolicyName",
-        "NamespaceReadOnlyPolicyName",
-    ] {
+    for (name, _) in params::POLICY_NAMES {
         p.insert(name, Parameter::string("", "Custom managed policy name (optional)"));
     }
     p.insert(

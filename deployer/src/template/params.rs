@@ -46,25 +46,12 @@ pub fn for_deploy(args: &DeployArgs) -> Vec<(&'static str, String)> {
     let stack = &args.target.name;
     if let Some(format) = &args.role_name_format {
         p.push(("RoleNameFormat", format.clone()));
-        for (parameter, component) in [
-            ("AggregatorRoleName", "aggr"),
-            ("AppRoleName", "app"),
-            ("AdminRoleName", "admin"),
-            ("ReadOnlyRoleName", "read"),
-            ("ProvisionerRoleName", "prov"),
-        ] {
+        for (parameter, component) in ROLE_NAMES {
             p.push((parameter, format.replacen("{}", &format!("{stack}-{component}"), 1)));
         }
     }
     if let Some(format) = &args.policy_name_format {
-        for (parameter, component) in [
-            ("AcquireOnlyPolicyName", "acq"),
-            ("FullAccessPolicyName", "full"),
-            ("ReadOnlyPolicyName", "read"),
-            ("NamespaceAcquirePolicyName", "ns-acq"),
-            ("NamespaceFullAccessPolicyName", "ns-full"),
-            ("NamespaceReadOnlyPolicyName", "ns-read"),
-        ] {
+        for (parameter, component) in POLICY_NAMES {
             p.push((parameter, format.replacen("{}", &format!("{stack}-{component}"), 1)));
         }
     }
@@ -76,16 +63,30 @@ pub fn duration_threshold_ms(timeout_secs: u32, pct: u32) -> i64 {
     ((f64::from(timeout_secs) * 1000.0) * (f64::from(pct) / 100.0)) as i64
 }
 
-/// Role components and policy components of the generated names (§3.2).
-const ROLE_COMPONENTS: [&str; 5] = ["aggr", "app", "admin", "read", "prov"];
-const POLICY_COMPONENTS: [&str; 6] = ["acq", "full", "read", "ns-acq", "ns-full", "ns-read"];
+/// The role-name parameters and the component of each generated name (§3.2).
+pub const ROLE_NAMES: [(&str, &str); 5] = [
+    ("AggregatorRoleName", "aggr"),
+    ("AppRoleName", "app"),
+    ("AdminRoleName", "admin"),
+    ("ReadOnlyRoleName", "read"),
+    ("ProvisionerRoleName", "prov"),
+];
+/// The policy-name parameters and the component of each generated name (§3.2).
+pub const POLICY_NAMES: [(&str, &str); 6] = [
+    ("AcquireOnlyPolicyName", "acq"),
+    ("FullAccessPolicyName", "full"),
+    ("ReadOnlyPolicyName", "read"),
+    ("NamespaceAcquirePolicyName", "ns-acq"),
+    ("NamespaceFullAccessPolicyName", "ns-full"),
+    ("NamespaceReadOnlyPolicyName", "ns-read"),
+];
 
 /// A name built from a format over its IAM limit, with the reference's message.
 pub fn check_name_lengths(stack: &str, format: Option<&str>, policies: bool) -> Result<(), String> {
     let Some(format) = format else { return Ok(()) };
-    let (what, limit, components): (&str, usize, &[&str]) =
-        if policies { ("policy_name", 128, &POLICY_COMPONENTS) } else { ("role_name", 64, &ROLE_COMPONENTS) };
-    for component in components {
+    let (what, limit, names): (&str, usize, &[(&str, &str)]) =
+        if policies { ("policy_name", 128, &POLICY_NAMES) } else { ("role_name", 64, &ROLE_NAMES) };
+    for (_, component) in names {
         let name = format.replacen("{}", &format!("{stack}-{component}"), 1);
         let len = name.chars().count();
         if len > limit {
