@@ -85,7 +85,8 @@ pub fn encode_entries<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>)
     out
 }
 
-/// Whether `name` is a valid zae-limiter resource name.
+/// Whether `name` is a valid zae-limiter resource name (it starts with a letter, so the
+/// entity-level `_default_` is never one).
 pub fn is_valid_resource(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()

@@ -57,7 +57,6 @@ pub struct Repo {
     pub config: aws_config::SdkConfig,
     sts: aws_sdk_sts::Client,
     pub table: String,
-    region: Option<String>,
     principal: OnceCell<Option<String>>,
     explicit_principal: Option<String>,
 }
@@ -79,14 +78,7 @@ pub fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::f
 impl Repo {
     pub async fn connect(target: &Target, principal: Option<String>) -> Result<Repo> {
         let name = crate::stack_name::validate(&target.name)?.to_owned();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &target.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(url) = &target.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        let config = loader.load().await;
+        let config = zael_table::sdk_config(target.region.as_deref(), target.endpoint_url.as_deref()).await;
         if let Some(p) = &principal {
             validate_principal(p)?;
         }
@@ -95,14 +87,13 @@ impl Repo {
             config: config.clone(),
             sts: aws_sdk_sts::Client::new(&config),
             table: name,
-            region: target.region.clone().or_else(|| config.region().map(|r| r.to_string())),
             principal: OnceCell::new(),
             explicit_principal: principal,
         })
     }
 
     pub fn region_label(&self) -> &str {
-        self.region.as_deref().unwrap_or("the default region")
+        self.config.region().map_or("the default region", |r| r.as_ref())
     }
 
     pub async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>> {

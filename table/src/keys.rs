@@ -115,21 +115,12 @@ pub fn parse_battr(attr: &str) -> Option<(&str, &str)> {
 
 /// Whether `entity` is a valid zae-limiter entity id (§4).
 pub fn is_valid_entity(entity: &str) -> bool {
-    let b = entity.as_bytes();
-    !b.is_empty()
-        && b.len() <= 256
-        && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || b"_.-:@".contains(&c))
+    zael_core::keys::is_valid_entity_id(entity)
 }
 
-/// Whether `resource` is a valid zae-limiter resource (§4); `_default_` is reserved.
+/// Whether `resource` is a valid zae-limiter resource (§4); the entity-level `_default_` is not.
 pub fn is_valid_resource(resource: &str) -> bool {
-    let b = resource.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphabetic()
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || b"_.-/:".contains(&c))
-        && resource != "_default_"
+    zael_core::keys::is_valid_resource(resource)
 }
 
 /// Whether `name` is a valid stack (= table) name: `^[A-Za-z][A-Za-z0-9-]*$`, at most 55

@@ -179,5 +179,5 @@ pub use db::CallCounts;
 pub use metrics::describe_metrics;
 pub use store::{
     CommitHook, ConnectError, DEFAULT_CALL_TIMEOUT, DEFAULT_NAMESPACE_CACHE_TTL, DynamoStore, DynamoStoreOptions,
-    LIMIT_NAME,
+    LIMIT_NAME, sdk_config,
 };

@@ -351,7 +351,7 @@ impl Builder<'_, '_> {
                 self.report.error(format!("{at}: a resource is required (resource: NAME or resource_from: KEY)"));
                 None
             }
-            (Some(r), None) if !is_valid_resource(r) || r == "_default_" => {
+            (Some(r), None) if !is_valid_resource(r) => {
                 self.report.error(format!(
                     "{at}: resource '{r}' is not a zae-limiter resource name (a letter, then letters, digits and _.-/:, at most 64)"
                 ));

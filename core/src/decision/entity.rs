@@ -38,7 +38,7 @@ pub(super) fn request(
         ResourceSource::Literal(r) => r.as_str(),
         ResourceSource::Entry(key) => {
             let r = value_of(key);
-            if !is_valid_resource(r) || r == "_default_" {
+            if !is_valid_resource(r) {
                 return Err(RequestError::InvalidEntity { descriptor: index, what: "resource", value: r.to_owned() });
             }
             r

@@ -54,7 +54,7 @@ impl Level {
         let resource_ok = |r: &str| is_valid_resource(r);
         match self {
             Level::System => Ok(()),
-            Level::Resource(r) if !resource_ok(r) || r == DEFAULT_RESOURCE => Err(invalid_resource(r).into()),
+            Level::Resource(r) if !resource_ok(r) => Err(invalid_resource(r).into()),
             Level::Resource(_) => Ok(()),
             Level::Entity { entity, .. } if !is_valid_entity_id(entity) => Err(crate::Failure::from(format!(
                 "Invalid entity_id: must start with alphanumeric and contain only alphanumeric, underscore, hyphen, dot, colon, or @ characters ('{entity}')"

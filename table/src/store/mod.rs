@@ -100,6 +100,19 @@ impl DynamoStoreOptions {
     }
 }
 
+/// The AWS SDK configuration from the standard chain (credentials, region), with `region` and
+/// `endpoint_url` when given (an emulator: moto, DynamoDB Local, LocalStack).
+pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
 /// Why a store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -172,14 +185,7 @@ impl DynamoStore {
     /// `endpoint_url` when given, then reads the version record once: a missing table or
     /// record, or a record that refuses zael's version, fails here.
     pub async fn connect(options: DynamoStoreOptions) -> Result<DynamoStore, ConnectError> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &options.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(url) = &options.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        let config = loader.load().await;
+        let config = sdk_config(options.region.as_deref(), options.endpoint_url.as_deref()).await;
         DynamoStore::from_sdk_config(&config, options).await
     }
 

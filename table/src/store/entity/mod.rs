@@ -158,13 +158,17 @@ impl Inner {
         self.parents.lock().expect("lock").get(id).cloned().flatten()
     }
 
+    /// What a bucket image says of its owner: the parent it cascades to, the shard count.
     fn learn_parent(&self, id: &BucketId, image: &BucketImage) {
+        self.remember_parent(id, image.cascades_to.clone());
+        self.learn_count(id, image.shard_count);
+    }
+
+    fn remember_parent(&self, id: &BucketId, parent: Option<String>) {
         let mut parents = self.parents.lock().expect("lock");
         if parents.len() >= super::CACHE_LIMIT {
             parents.clear();
         }
-        parents.insert(id.clone(), image.cascades_to.clone());
-        drop(parents);
-        self.learn_count(id, image.shard_count);
+        parents.insert(id.clone(), parent);
     }
 }

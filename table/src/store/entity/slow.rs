@@ -159,7 +159,7 @@ impl Inner {
                 for p in &plans {
                     self.learn_count(&p.side.id, p.count);
                 }
-                self.parents.lock().expect("lock").insert(child.id.clone(), parent_id.filter(|_| cascade));
+                self.remember_parent(&child.id, parent_id.filter(|_| cascade));
                 return Ok(EntityOutcome::Admitted(reports));
             }
             // Short without the refill, or the owner moved: decide again on fresh reads.
