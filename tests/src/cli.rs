@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::moto::{Moto, REGION, python};
+use crate::moto::{Moto, REGION};
 
 /// How a CLI run ended.
 #[derive(Debug)]
@@ -59,49 +59,11 @@ pub async fn library_reads(
     resource: &str,
     parent: &str,
 ) -> serde_json::Value {
-    let script = crate::workspace_root().join("tests").join("py").join("library_reads.py");
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(python())
-            .arg(script)
-            .args([table, namespace, entity, resource, parent])
-            .env("ZAEL_TEST_ENDPOINT", moto.endpoint())
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_SESSION_TOKEN", "testing")
-            .env("AWS_REGION", REGION)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("library within 120 s")
-    .expect("run python");
-    assert!(out.status.success(), "library_reads failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    let out = moto.run_script("tests/py/library_reads.py", &[table, namespace, entity, resource, parent]).await;
+    serde_json::from_str(&out).expect("JSON")
 }
 
 /// Runs `tests/py/<script> ARGS` with the test venv against `moto`; its stdout.
 pub async fn run_python(moto: &Moto, script: &str, args: &[&str]) -> String {
-    let path = crate::workspace_root().join("tests").join("py").join(script);
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(python())
-            .arg(path)
-            .args(args)
-            .env("ZAEL_TEST_ENDPOINT", moto.endpoint())
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_SESSION_TOKEN", "testing")
-            .env("AWS_REGION", REGION)
-            .env("AWS_DEFAULT_REGION", REGION)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("python within 120 s")
-    .expect("run python");
-    assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    moto.run_script(&format!("tests/py/{script}"), args).await
 }

@@ -134,27 +134,37 @@ impl Moto {
     /// test support; the table name.
     pub async fn library_table(&self, extra: &[&str]) -> String {
         let table = unique("zl");
-        let script = crate::workspace_root().join("table").join("tests").join("py").join("oracle.py");
-        let mut cmd = tokio::process::Command::new(python());
-        cmd.arg(script)
-            .args(["entity-setup", &table, "tenant"])
-            .env("ZAEL_TEST_ENDPOINT", self.endpoint())
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_SESSION_TOKEN", "testing")
-            .env("AWS_REGION", REGION)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-            .await
-            .expect("the library's setup within 120 s")
-            .expect("run the oracle");
-        assert!(out.status.success(), "entity-setup failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.run_script("table/tests/py/oracle.py", &["entity-setup", &table, "tenant"]).await;
         let client = zael_table::testing::local_client(&self.endpoint(), REGION).await;
         for name in extra {
             zael_table::testing::register_namespace(&client, &table, name).await.expect("register");
         }
         table
+    }
+
+    /// Runs the test venv's python on `script` (relative to the workspace) with `args`, against
+    /// this moto with dummy credentials (at most 120 s); its stdout. A failure fails the test.
+    pub async fn run_script(&self, script: &str, args: &[&str]) -> String {
+        let out = tokio::time::timeout(
+            Duration::from_secs(120),
+            tokio::process::Command::new(python())
+                .arg(crate::workspace_root().join(script))
+                .args(args)
+                .env("ZAEL_TEST_ENDPOINT", self.endpoint())
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("AWS_SESSION_TOKEN", "testing")
+                .env("AWS_REGION", REGION)
+                .env("AWS_DEFAULT_REGION", REGION)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{script} within 120 s"))
+        .expect("run python");
+        assert!(out.status.success(), "{script} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Writes the namespace's system config with `on_unavailable` (like the library's

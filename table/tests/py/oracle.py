@@ -47,12 +47,8 @@ async def setup(table, namespace):
     print(json.dumps({"namespace_id": opened.namespace_id}))
 
 
-def hits(cp, ra, rp):
-    return [Limit(name="hits", capacity=int(cp), refill_amount=int(ra), refill_period_seconds=int(rp))]
-
-
-async def acquire(table, namespace, entity, resource, cp, ra, rp, amount, count):
-    limiter = await open_limiter(table, namespace)
+def count_slow_paths(limiter):
+    """A list that grows by one on each of the limiter's slow-path acquires."""
     slow_calls = []
     original = limiter._slow_acquire
 
@@ -61,6 +57,16 @@ async def acquire(table, namespace, entity, resource, cp, ra, rp, amount, count)
         return await original(*args, **kwargs)
 
     limiter._slow_acquire = spy
+    return slow_calls
+
+
+def hits(cp, ra, rp):
+    return [Limit(name="hits", capacity=int(cp), refill_amount=int(ra), refill_period_seconds=int(rp))]
+
+
+async def acquire(table, namespace, entity, resource, cp, ra, rp, amount, count):
+    limiter = await open_limiter(table, namespace)
+    slow_calls = count_slow_paths(limiter)
     results = []
     for _ in range(int(count)):
         before = len(slow_calls)
@@ -136,14 +142,7 @@ async def available_of(limiter, entity, resource):
 
 async def entity_run(table, namespace, steps):
     limiter = await open_limiter(table, namespace)
-    slow_calls = []
-    original = limiter._slow_acquire
-
-    async def spy(*args, **kwargs):
-        slow_calls.append(1)
-        return await original(*args, **kwargs)
-
-    limiter._slow_acquire = spy
+    slow_calls = count_slow_paths(limiter)
     out = []
     for entity, resource, consume in json.loads(steps):
         before = len(slow_calls)
