@@ -162,6 +162,9 @@ struct Inner {
     /// Stored config items by `(PK, SK)` (`None`: absent), with when they were read.
     config_cache: Mutex<HashMap<(String, String), CachedItem>>,
     config_ttl: Duration,
+    /// Each (entity, resource)'s resolved limits, with the instant of the oldest item they
+    /// were resolved from.
+    resolved: Mutex<HashMap<BucketId, (Instant, Arc<entity::Resolved>)>>,
     /// Bucket PKs already logged as unsupported.
     warned: Mutex<HashSet<String>>,
     /// Shards recently seen short (the rejection cache).
@@ -222,6 +225,7 @@ impl DynamoStore {
                 entity_images: Mutex::new(HashMap::new()),
                 config_cache: Mutex::new(HashMap::new()),
                 config_ttl: options.config_cache_ttl,
+                resolved: Mutex::new(HashMap::new()),
                 warned: Mutex::new(HashSet::new()),
                 rejections: Rejections::new(),
                 rejection_cache: options.rejection_cache,

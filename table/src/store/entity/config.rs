@@ -7,7 +7,7 @@ use std::time::Instant;
 use zael_core::store::StoreError;
 
 use super::super::request::unavailable;
-use super::super::{CACHE_LIMIT, Inner};
+use super::super::{BucketId, CACHE_LIMIT, Inner};
 use crate::item::Item;
 use crate::keys;
 
@@ -145,17 +145,28 @@ pub(crate) fn walk(items: &[Option<&Item>]) -> (Access, Option<bool>) {
 }
 
 impl Inner {
-    /// The limits of `(entity, resource)`, each level's item cached for the config TTL
-    /// (missing items too); the levels that missed are read in one BatchGetItem.
-    pub(crate) async fn resolve_limits(&self, ns: &str, entity: &str, resource: &str) -> Result<Resolved, StoreError> {
-        let keys = keys::config_levels(ns, entity, resource);
+    /// The limits of `(entity, resource)`: resolved once per config TTL (the oldest of its
+    /// items decides when), from each level's item, itself cached for the TTL (missing items
+    /// too, since other entities share the resource and system levels); the levels that missed
+    /// are read in one BatchGetItem.
+    pub(crate) async fn resolve_limits(&self, id: &BucketId) -> Result<Arc<Resolved>, StoreError> {
+        if let Some((at, resolved)) = self.resolved.lock().expect("lock").get(id)
+            && at.elapsed() < self.config_ttl
+        {
+            return Ok(resolved.clone());
+        }
+        let keys = keys::config_levels(&id.ns, &id.entity, &id.resource);
         let mut items: [Option<Arc<Item>>; 4] = Default::default();
+        let mut oldest = Instant::now();
         let mut missing = Vec::new();
         {
             let cache = self.config_cache.lock().expect("lock");
             for (i, key) in keys.iter().enumerate() {
                 match cache.get(key) {
-                    Some((at, Ok(item))) if at.elapsed() < self.config_ttl => items[i] = item.clone(),
+                    Some((at, Ok(item))) if at.elapsed() < self.config_ttl => {
+                        items[i] = item.clone();
+                        oldest = oldest.min(*at);
+                    }
                     _ => missing.push(i),
                 }
             }
@@ -173,7 +184,13 @@ impl Inner {
                 items[i] = item;
             }
         }
-        Ok(resolve(&items))
+        let resolved = Arc::new(resolve(&items));
+        let mut cache = self.resolved.lock().expect("lock");
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(id.clone(), (oldest, resolved.clone()));
+        Ok(resolved)
     }
 }
 

@@ -33,13 +33,13 @@ pub(crate) use config::Resolved;
 #[derive(Clone, Debug)]
 pub(super) struct Side {
     pub id: BucketId,
-    pub limits: Resolved,
+    pub limits: Arc<Resolved>,
     /// Requested limits this side has, with their amounts in millitokens.
     pub declared: Vec<(String, i64)>,
 }
 
 impl Side {
-    fn new(id: BucketId, limits: Resolved, consume: &[(Arc<str>, Millitokens)]) -> Side {
+    fn new(id: BucketId, limits: Arc<Resolved>, consume: &[(Arc<str>, Millitokens)]) -> Side {
         let declared =
             consume.iter().filter(|(n, _)| limits.limit(n).is_some()).map(|(n, a)| (n.to_string(), a.0)).collect();
         Side { id, limits, declared }
@@ -102,7 +102,7 @@ impl Inner {
         let ns = self.namespace_id(&request.namespace).await?;
         self.check_version().await?;
         let id = BucketId { ns, entity: request.entity.clone(), resource: request.resource.clone() };
-        let limits = self.resolve_limits(&id.ns, &id.entity, &id.resource).await?;
+        let limits = self.resolve_limits(&id).await?;
         if let Some(what) = &limits.unsupported {
             return Err(self.unsupported_entity(&id, what));
         }
@@ -128,7 +128,7 @@ impl Inner {
         consume: &[(Arc<str>, Millitokens)],
     ) -> Result<Side, StoreError> {
         let id = BucketId { ns: child.id.ns.clone(), entity: parent.to_owned(), resource: child.id.resource.clone() };
-        let limits = self.resolve_limits(&id.ns, &id.entity, &id.resource).await?;
+        let limits = self.resolve_limits(&id).await?;
         if let Some(what) = &limits.unsupported {
             return Err(self.unsupported_entity(&id, what));
         }
