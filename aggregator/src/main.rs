@@ -12,6 +12,11 @@ use zael_aggregator::poll::{self, PollOptions};
 use zael_aggregator::record::StreamRecord;
 use zael_aggregator::{Aggregator, Settings};
 
+// About 15 % of a batch's CPU went to glibc malloc/free (bench/README.md); mimalloc, as in
+// zael-server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Without `--poll`, runs as an AWS Lambda (provided.al2023) configured by its environment:
 /// TABLE_NAME, SNAPSHOT_WINDOWS, SNAPSHOT_TTL_DAYS, ENABLE_ARCHIVAL, ARCHIVE_BUCKET_NAME.
 #[derive(Parser, Debug)]

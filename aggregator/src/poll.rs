@@ -3,6 +3,11 @@
 //! the last record applied per shard. For emulators (DynamoDB Local, moto) and docker-compose,
 //! where no event source mapping invokes a Lambda.
 //!
+//! The stream is described once per pass (new shards appear on real Streams) and read on with
+//! `NextShardIterator`; a fresh iterator from the checkpoint is taken only after a failure.
+//! `--until-idle` stops at the first pass in which every shard returned nothing, which is
+//! exact on emulators; real Streams can return empty pages with more records behind them.
+//!
 //! A batch that reports failures (an audit archive that could not be written) is re-read from
 //! the first failed record, at most `max_attempts` times in all, like the event source
 //! mapping's retries; then it is skipped with an ERROR line naming the sequence range, which
@@ -56,6 +61,8 @@ pub async fn run(
     let mut checkpoints = load_checkpoints(options.checkpoint.as_ref())?;
     let mut summary = PollSummary::default();
     let mut attempts: BTreeMap<String, u32> = BTreeMap::new();
+    // Where each shard's next read starts, when the last batch was applied whole.
+    let mut next: BTreeMap<String, String> = BTreeMap::new();
     tracing::info!(table_name = table, stream_arn, "Polling the table's stream");
     loop {
         let stream = streams.describe_stream().stream_arn(&stream_arn).send().await.map_err(sdk("DescribeStream"))?;
@@ -65,13 +72,21 @@ pub async fn run(
             .unwrap_or_default();
         let mut got_any = false;
         for shard in shards {
-            let mut request = streams.get_shard_iterator().stream_arn(&stream_arn).shard_id(&shard);
-            request = match checkpoints.get(&shard) {
-                Some(seq) => request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).sequence_number(seq),
-                None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            let iterator = match next.remove(&shard) {
+                Some(iterator) => iterator,
+                None => {
+                    let mut request = streams.get_shard_iterator().stream_arn(&stream_arn).shard_id(&shard);
+                    request = match checkpoints.get(&shard) {
+                        Some(seq) => {
+                            request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).sequence_number(seq)
+                        }
+                        None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+                    };
+                    let iterator = request.send().await.map_err(sdk("GetShardIterator"))?.shard_iterator;
+                    let Some(iterator) = iterator else { continue };
+                    iterator
+                }
             };
-            let iterator = request.send().await.map_err(sdk("GetShardIterator"))?.shard_iterator;
-            let Some(iterator) = iterator else { continue };
             let page = streams
                 .get_records()
                 .shard_iterator(iterator)
@@ -79,9 +94,13 @@ pub async fn run(
                 .send()
                 .await
                 .map_err(sdk("GetRecords"))?;
+            let following = page.next_shard_iterator.clone();
             let records: Vec<StreamRecord> =
                 page.records.unwrap_or_default().into_iter().map(StreamRecord::from_stream).collect();
             if records.is_empty() {
+                if let Some(iterator) = following {
+                    next.insert(shard.clone(), iterator);
+                }
                 continue;
             }
             got_any = true;
@@ -115,6 +134,8 @@ pub async fn run(
             }
             if applied_to < records.len() {
                 tokio::time::sleep(options.interval).await;
+            } else if let Some(iterator) = following {
+                next.insert(shard.clone(), iterator);
             }
             if options.max_batches.is_some_and(|max| summary.batches >= max) {
                 return Ok(summary);

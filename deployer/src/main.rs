@@ -8,6 +8,7 @@ mod commands;
 mod compat;
 mod config_item;
 mod flags;
+mod lambda_package;
 mod limit_spec;
 mod param_sync;
 mod prompt;

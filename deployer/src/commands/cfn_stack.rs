@@ -22,7 +22,7 @@ fn onoff(on: bool) -> &'static str {
 
 /// The parameters and tags of a deploy; prints the reference's notes and summary.
 fn plan(args: &DeployArgs, tags: &[(String, String)], region: &str) -> Vec<(&'static str, String)> {
-    let mut parameters = params::for_deploy(args);
+    let parameters = params::for_deploy(args);
     let get = |k: &str| parameters.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap_or_default();
     if args.no_iam && !args.no_aggregator && args.aggregator_role_arn.is_none() {
         println!(
@@ -71,9 +71,6 @@ fn plan(args: &DeployArgs, tags: &[(String, String)], region: &str) -> Vec<(&'st
         }
     }
     println!();
-    // The aggregator's code location: unused (but required) when it is not deployed.
-    parameters.push(("AggregatorCodeS3Bucket", "-".into()));
-    parameters.push(("AggregatorCodeS3Key", "-".into()));
     parameters
 }
 
@@ -280,17 +277,29 @@ fn human(status: &StackStatus) -> String {
 }
 
 pub async fn deploy(args: DeployArgs, tags: Vec<(String, String)>) -> Result<()> {
+    let fail = |e: String| crate::Failure::Plain(format!("✗ Deployment failed: {e}"));
     let repo = Repo::connect(&args.target, None).await?;
-    let parameters = plan(&args, &tags, repo.region_label());
-    if parameters.iter().any(|(k, v)| *k == "EnableAggregator" && v == "true") {
-        return Err(crate::Failure::Plain(
-            "✗ Deployment failed: the Rust aggregator Lambda is not built yet (issue #5); deploy with --no-aggregator until it is"
-                .into(),
-        ));
-    }
+    let mut parameters = plan(&args, &tags, repo.region_label());
+    let aggregator = parameters.iter().any(|(k, v)| *k == "EnableAggregator" && v == "true");
+    // The aggregator's code: packaged before anything changes, staged for the template.
+    let package = if aggregator {
+        let binary = crate::lambda_package::locate(args.binary.as_deref()).map_err(fail)?;
+        Some(crate::lambda_package::build(&binary).map_err(fail)?)
+    } else {
+        None
+    };
+    let (code_bucket, code_key) = match &package {
+        Some(package) => {
+            let emulator = args.target.endpoint_url.is_some();
+            super::lambda_code::stage(&repo.config, emulator, &args.target.name, package).await.map_err(fail)?
+        }
+        // Unused (but required) when the aggregator is not deployed.
+        None => ("-".to_owned(), "-".to_owned()),
+    };
+    parameters.push(("AggregatorCodeS3Bucket", code_bucket));
+    parameters.push(("AggregatorCodeS3Key", code_key));
     let cfn = Cfn::new(&repo.config);
     let name = args.target.name.clone();
-    let fail = |e: String| crate::Failure::Plain(format!("✗ Deployment failed: {e}"));
     let wait = !args.no_wait;
     let existing = status(&cfn, &name).await.map_err(fail)?;
     let stack_id = match existing {
@@ -361,6 +370,13 @@ pub async fn deploy(args: DeployArgs, tags: Vec<(String, String)>) -> Result<()>
     println!("  Stack ID: {stack_id}");
     if !wait {
         return Ok(());
+    }
+    if let Some(package) = &package
+        && let Err(e) = super::lambda_code::push(&repo.config, &name, package).await
+    {
+        return Err(crate::Failure::Plain(format!(
+            "⚠️  Lambda deployment failed: {e}\n  Stack was created successfully, but Lambda code needs manual deployment."
+        )));
     }
     println!("Initializing version record...");
     if repo.get(zael_table::keys::SYSTEM_PK, zael_table::keys::SK_VERSION).await?.is_none() {

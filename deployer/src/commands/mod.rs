@@ -6,6 +6,7 @@ pub mod cfn_stack;
 pub mod defaults;
 pub mod entity;
 pub mod inventory;
+pub mod lambda_code;
 pub mod limits;
 pub mod namespace;
 pub mod stack;

@@ -30,6 +30,9 @@ pub struct DeployArgs {
     pub enable_aggregator: bool,
     #[arg(long = "no-aggregator")]
     pub no_aggregator: bool,
+    /// The zael-aggregator binary to deploy (default: the one next to zae-limiter).
+    #[arg(long = "aggregator-binary", env = crate::lambda_package::BINARY_ENV)]
+    pub binary: Option<std::path::PathBuf>,
     #[arg(long = "enable-provisioner", overrides_with = "no_provisioner")]
     pub enable_provisioner: bool,
     #[arg(long = "no-provisioner")]
@@ -321,26 +324,35 @@ pub struct LambdaExportArgs {
     /// Where to write the zip.
     #[arg(short = 'o', long = "output", default_value = "lambda.zip")]
     pub output: std::path::PathBuf,
-    /// Describe the package without building it.
+    /// Describe the package without writing it.
     #[arg(long)]
     pub info: bool,
     /// Overwrite an existing file.
     #[arg(short = 'f', long = "force")]
     pub force: bool,
+    /// The zael-aggregator binary to package (default: the one next to zae-limiter).
+    #[arg(long, env = crate::lambda_package::BINARY_ENV)]
+    pub binary: Option<std::path::PathBuf>,
 }
 
-/// `lambda-export`: the aggregator's `bootstrap` zip. The aggregator is issue #5; until it is
-/// built there is nothing to package, and the command says so.
+/// `lambda-export`: the aggregator's `bootstrap` zip (see [`crate::lambda_package`]).
 pub fn lambda_export(args: LambdaExportArgs) -> Result<()> {
+    let fail = |e: String| crate::Failure::Plain(format!("✗ Failed to export Lambda package: {e}"));
+    let binary = crate::lambda_package::locate(args.binary.as_deref()).map_err(fail)?;
     if args.info {
+        let (bytes, glibc) = crate::lambda_package::inspect(&binary).map_err(fail)?;
         println!();
         println!("Lambda Package Information");
         println!("{}", "=".repeat(26));
         println!();
         println!("{:<20}{}", "Package path:", args.output.display());
-        println!("{:<20}provided.al2023 (x86_64)", "Runtime:");
+        println!("{:<20}{}", "Binary:", binary.display());
+        println!("{:<20}{}", "Uncompressed size:", crate::lambda_package::kb(bytes.len()));
         println!("{:<20}bootstrap", "Handler:");
-        println!("{:<20}not built yet (the Rust aggregator is issue #5)", "Status:");
+        println!("{:<20}provided.al2023 (x86_64)", "Runtime:");
+        if let Some((major, minor)) = glibc {
+            println!("{:<20}{major}.{minor}", "Needs glibc:");
+        }
         println!();
         return Ok(());
     }
@@ -350,7 +362,12 @@ pub fn lambda_export(args: LambdaExportArgs) -> Result<()> {
             args.output.display()
         )));
     }
-    Err(crate::Failure::Plain(
-        "✗ Failed to export Lambda package: the Rust aggregator (zael-aggregator, issue #5) is not built yet".into(),
-    ))
+    let package = crate::lambda_package::build(&binary).map_err(fail)?;
+    std::fs::write(&args.output, &package.zip).map_err(|e| fail(format!("{}: {e}", args.output.display())))?;
+    println!(
+        "✓ Exported Lambda package to: {} ({})",
+        args.output.display(),
+        crate::lambda_package::kb(package.zip.len())
+    );
+    Ok(())
 }

@@ -123,7 +123,7 @@ fn aggregator_function() -> Resource {
             "Environment": {"Variables": {
                 "TABLE_NAME": r#ref("AWS::StackName"),
                 "SNAPSHOT_WINDOWS": r#ref("SnapshotWindows"),
-                "SNAPSHOT_TTL_DAYS": r#ref("SnapshotRetentionDays"),
+                "SNAPSHOT_TTL_DAYS": sub("${SnapshotRetentionDays}"),
                 "ZAE_LIMITER_SCHEMA_VERSION": r#ref("SchemaVersion"),
                 "ENABLE_ARCHIVAL": r#ref("EnableAuditArchival"),
                 "ARCHIVE_BUCKET_NAME": if_("DeployAuditArchive", r#ref("AuditArchiveBucket"), json!("")),

@@ -1,0 +1,104 @@
+//! `zae-limiter lambda-export` and `deploy` with the aggregator, against moto: the package is
+//! one executable `bootstrap`, `deploy` stages it for the template and pushes it. moto never
+//! runs the function, so a small x86_64 system binary stands in for the (large, debug-built)
+//! aggregator where the bytes do not matter.
+
+use std::io::Read;
+use zael_tests::cli::run_cli;
+use zael_tests::moto::Moto;
+use zael_tests::unique;
+
+/// An x86_64 ELF needing glibc <= 2.34 on the Debian 12 hosts.
+const STAND_IN: &str = "/usr/bin/env";
+
+fn sha256_base64(bytes: &[u8]) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("openssl dgst -sha256 -binary | base64")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .expect("openssl");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn lambda_export_zips_the_binary_as_an_executable_bootstrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("aggregator.zip");
+    let zip_arg = zip.to_str().unwrap();
+    let out = run_cli(&["lambda-export", "-o", zip_arg, "--binary", STAND_IN], "").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let size = std::fs::metadata(&zip).unwrap().len();
+    assert_eq!(out.stdout, format!("✓ Exported Lambda package to: {zip_arg} ({:.1} KB)\n", size as f64 / 1024.0));
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
+    assert_eq!(archive.len(), 1);
+    let mut entry = archive.by_name("bootstrap").unwrap();
+    assert_eq!(entry.unix_mode().map(|m| m & 0o777), Some(0o755));
+    let mut content = Vec::new();
+    entry.read_to_end(&mut content).unwrap();
+    assert_eq!(content, std::fs::read(STAND_IN).unwrap());
+
+    let again = run_cli(&["lambda-export", "-o", zip_arg, "--binary", STAND_IN], "").await;
+    assert_eq!(
+        (again.code, again.stderr.as_str()),
+        (1, format!("File already exists: {zip_arg}\nUse --force to overwrite.\n").as_str())
+    );
+    let forced = run_cli(&["lambda-export", "-o", zip_arg, "--binary", STAND_IN, "-f"], "").await;
+    assert_eq!(forced.code, 0, "{forced:?}");
+
+    let script = dir.path().join("script");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let refused = run_cli(&["lambda-export", "-o", zip_arg, "-f", "--binary", script.to_str().unwrap()], "").await;
+    assert_eq!(
+        (refused.code, refused.stderr),
+        (1, format!("✗ Failed to export Lambda package: {}: not an ELF executable\n", script.display()))
+    );
+
+    // By default the zael-aggregator next to zae-limiter (the workspace build) is packaged.
+    let info = run_cli(&["lambda-export", "--info"], "").await;
+    assert_eq!(info.code, 0, "{info:?}");
+    let sibling = zael_tests::cli::cli_bin().with_file_name("zael-aggregator");
+    assert!(info.stdout.contains(&format!("Binary:             {}\n", sibling.display())), "{}", info.stdout);
+    assert!(info.stdout.contains("Handler:            bootstrap\nRuntime:            provided.al2023 (x86_64)\n"));
+    assert!(info.stdout.contains("Needs glibc:        2."), "{}", info.stdout);
+}
+
+#[tokio::test]
+async fn deploy_stages_the_aggregator_for_the_template_and_pushes_it() {
+    let moto = Moto::start();
+    let name = unique("agg").replace('-', "").chars().take(20).collect::<String>();
+    let name = format!("a{name}");
+    let endpoint = moto.endpoint();
+    let out =
+        run_cli(&["deploy", "--name", &name, "--endpoint-url", &endpoint, "--aggregator-binary", STAND_IN], "").await;
+    assert_eq!(out.code, 0, "{out:?}\n{}", moto.log_tail());
+    assert!(out.stdout.contains("  Aggregator: enabled\n"), "{}", out.stdout);
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("a.zip");
+    assert_eq!(run_cli(&["lambda-export", "-o", zip.to_str().unwrap(), "--binary", STAND_IN], "").await.code, 0);
+    let zip = std::fs::read(&zip).unwrap();
+    let sha = sha256_base64(&zip);
+    let expected = format!(
+        "✓ Stack create complete\n  Stack ID: {stack_id}\nDeploying Lambda function code...\n✓ Lambda code deployed ({kb:.1} KB)\n  \
+         Function ARN: arn:aws:lambda:us-east-1:123456789012:function:{name}-aggregator\n  Code SHA256: {short}...\n\
+         ✓ Event Source Mapping ready\nInitializing version record...\n✓ Version record initialized (schema 0.10.0)\n\
+         ✓ Default namespace registered\n",
+        stack_id = out.stdout.lines().find_map(|l| l.strip_prefix("  Stack ID: ")).unwrap(),
+        kb = zip.len() as f64 / 1024.0,
+        short = &sha[..16],
+    );
+    assert!(out.stdout.ends_with(&expected), "{}", out.stdout);
+    let state = moto.run_script("tests/py/lambda_state.py", &[&name]).await;
+    let state: serde_json::Value = serde_json::from_str(state.trim()).unwrap();
+    assert_eq!(
+        state,
+        serde_json::json!({"runtime": "provided.al2023", "handler": "bootstrap", "architectures": ["x86_64"],
+            "code_sha256": sha, "code_size": zip.len(), "mappings": ["Enabled"]})
+    );
+}
