@@ -11,7 +11,7 @@ pub type Item = HashMap<String, AttributeValue>;
 /// A stamp (`bypass`, `b_{n}_soft`) as read: its deadline in epoch ms (`-1` for a legacy
 /// `BOOL true`, which reads as expired) and the attribute itself, for pins.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct StampRead {
+pub struct StampRead {
     pub deadline: i64,
     pub raw: AttributeValue,
 }
@@ -24,7 +24,7 @@ impl StampRead {
 
 /// One limit on a bucket item: `b_{n}_{tk,cp,ra,rp,tc,soft}`.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct LimitImage {
+pub struct LimitImage {
     pub name: String,
     pub tk: i64,
     pub cp: i64,
@@ -36,7 +36,7 @@ pub(crate) struct LimitImage {
 
 /// What zael reads off a bucket shard item.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct BucketImage {
+pub struct BucketImage {
     pub rf: i64,
     pub shard_count: i64,
     pub ttl: Option<i64>,

@@ -176,7 +176,12 @@ pub mod testing;
 pub mod version;
 
 pub use db::CallCounts;
+/// Bucket shard items as read (for the CLI's reset and top-up, which plan on every shard).
+pub use item::{BucketImage, LimitImage, StampRead};
 pub use metrics::describe_metrics;
+/// The bucket `ttl` of the library (`now_s + int(7 × slowest recovery)`), for writers outside
+/// the store.
+pub use plan::{recovery_secs, ttl_epoch};
 pub use store::{
     CommitHook, ConnectError, DEFAULT_CALL_TIMEOUT, DEFAULT_NAMESPACE_CACHE_TTL, DynamoStore, DynamoStoreOptions,
     LIMIT_NAME, sdk_config,

@@ -155,7 +155,7 @@ pub(crate) fn project(tk: i64, rf: i64, limit: &BucketLimit, now: EpochMillis) -
 
 /// Seconds a limit needs to refill from empty, as the library computes it for the bucket TTL
 /// (`_recovery_seconds` over a `Limit` in whole tokens and seconds), in f64 in the same order.
-pub(crate) fn recovery_secs(cp: i64, ra: i64, rp: i64) -> f64 {
+pub fn recovery_secs(cp: i64, ra: i64, rp: i64) -> f64 {
     let cap = (cp / 1000).max(1);
     let rate = (ra / 1000).max(1);
     let period = (rp / 1000).max(1);
@@ -163,7 +163,7 @@ pub(crate) fn recovery_secs(cp: i64, ra: i64, rp: i64) -> f64 {
 }
 
 /// `ttl` of a bucket whose limits come from an override (§11.12): `now_s + int(7 × max)`.
-pub(crate) fn ttl_epoch(now: EpochMillis, horizons: &[f64]) -> i64 {
+pub fn ttl_epoch(now: EpochMillis, horizons: &[f64]) -> i64 {
     let max = horizons.iter().copied().fold(0.0_f64, f64::max);
     now.0.div_euclid(1000).saturating_add((max * TTL_MULTIPLIER) as i64)
 }
