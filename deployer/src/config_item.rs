@@ -35,6 +35,11 @@ fn number(item: &Item, attr: &str) -> Option<u64> {
     }
 }
 
+/// The note of a quota (a zero refill rate, or a duration window `w_{name}_*`).
+pub const QUOTA_NOTE: &str = "a quota (not shown by this CLI yet)";
+/// The note of a limit with a parameter schedule.
+pub const SCHEDULED_NOTE: &str = "scheduled (not shown by this CLI yet)";
+
 /// The limits of a config item, by name; a limit with a schedule or a reset window (which
 /// this CLI does not set) is shown with what it has and a note.
 pub fn read_limits(item: &Item) -> Vec<(LimitSpec, Option<&'static str>)> {
@@ -64,9 +69,9 @@ pub fn read_limits(item: &Item) -> Vec<(LimitSpec, Option<&'static str>)> {
                 soft: matches!(item.get(&format!("{prefix}{name}_soft")), Some(AttributeValue::Bool(true))),
             };
             let note = if prefix == "w_" || spec.refill_amount == 0 {
-                Some("a quota (not shown by this CLI yet)")
+                Some(QUOTA_NOTE)
             } else if item.contains_key(&format!("{prefix}{name}_sched")) {
-                Some("scheduled (not shown by this CLI yet)")
+                Some(SCHEDULED_NOTE)
             } else {
                 None
             };

@@ -15,7 +15,7 @@ pub struct LimitSpec {
 }
 
 /// The library's bounds (`schedule.MAX_TOKENS`, `MAX_PERIOD_SECONDS`).
-const MAX_TOKENS: u64 = 1_000_000_000_000_000;
+pub const MAX_TOKENS: u64 = 1_000_000_000_000_000;
 const MAX_PERIOD_SECONDS: u64 = 1_000_000_000;
 
 fn period_seconds(period: &str) -> Result<u64, String> {
@@ -34,7 +34,7 @@ fn period_seconds(period: &str) -> Result<u64, String> {
 }
 
 /// Python's `int()` on a CLI value: an optional sign, digits, surrounding blanks.
-fn python_int(s: &str) -> Result<i128, String> {
+pub fn python_int(s: &str) -> Result<i128, String> {
     let t = s.trim();
     let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'_') || digits.starts_with('_') {

@@ -3,6 +3,8 @@
 //! stderr and exit 1; usage errors exit 2 (clap).
 
 mod ascii_table;
+mod bucket_items;
+mod bucket_plan;
 mod cli;
 mod commands;
 mod compat;
@@ -29,6 +31,8 @@ pub enum Failure {
     Silent,
     /// A usage error found after parsing: `Error: …`, exit 2.
     Usage(String),
+    /// A usage error printed as it is, exit 2 (click's usage block for a bad parameter).
+    UsageText(String),
 }
 
 impl From<String> for Failure {
@@ -46,7 +50,7 @@ impl From<&str> for Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Error(m) | Failure::Plain(m) | Failure::Usage(m) => f.write_str(m),
+            Failure::Error(m) | Failure::Plain(m) | Failure::Usage(m) | Failure::UsageText(m) => f.write_str(m),
             Failure::Silent => Ok(()),
         }
     }
@@ -99,6 +103,10 @@ fn main() -> std::process::ExitCode {
         Err(Failure::Silent) => std::process::ExitCode::FAILURE,
         Err(Failure::Usage(m)) => {
             eprintln!("Error: {m}");
+            std::process::ExitCode::from(2)
+        }
+        Err(Failure::UsageText(m)) => {
+            eprintln!("{m}");
             std::process::ExitCode::from(2)
         }
     }

@@ -211,6 +211,27 @@ impl Repo {
         resource: Option<&str>,
         details: HashMap<String, AttributeValue>,
     ) -> Result<()> {
+        let item = self.audit_item(ns, entity, action, resource, details).await?;
+        self.db
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| format!("Failed to write the audit event: {}", describe(&e)))?;
+        Ok(())
+    }
+
+    /// The item of an audit event (§13), written by [`Repo::audit`] or, for a reset or top-up,
+    /// in the operation's own transaction.
+    pub async fn audit_item(
+        &self,
+        ns: &str,
+        entity: &str,
+        action: &str,
+        resource: Option<&str>,
+        details: HashMap<String, AttributeValue>,
+    ) -> Result<Item> {
         let retention_days = match self.get(&keys::pk_system(ns), keys::SK_CONFIG).await? {
             Some(item) => match item.get("audit_retention_days") {
                 Some(AttributeValue::N(v)) => v.parse::<f64>().map(|d| d as i64).unwrap_or(90),
@@ -221,7 +242,7 @@ impl Repo {
         let now_s = now_ms().div_euclid(1000);
         let event_id = ulid::Ulid::new().to_string();
         let pk = format!("{ns}/AUDIT#{entity}");
-        let item = Item::from([
+        Ok(Item::from([
             ("PK".to_owned(), s(&pk)),
             ("SK".to_owned(), s(format!("#AUDIT#{event_id}"))),
             ("entity_id".to_owned(), s(entity)),
@@ -234,15 +255,7 @@ impl Repo {
             ("ttl".to_owned(), n(now_s + retention_days * 86_400)),
             ("GSI4PK".to_owned(), s(ns)),
             ("GSI4SK".to_owned(), s(pk)),
-        ]);
-        self.db
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| format!("Failed to write the audit event: {}", describe(&e)))?;
-        Ok(())
+        ]))
     }
 }
 

@@ -95,6 +95,10 @@ pub enum EntityCommand {
         #[command(flatten)]
         data: DataTarget,
     },
+    /// Restore an entity's balance on one resource to its full share, now.
+    Reset(super::bucket_ops::ResetArgs),
+    /// Add tokens to an entity's balance on one resource, now.
+    TopUp(super::bucket_ops::TopUpArgs),
     /// List the entities with their own limits on a resource.
     List {
         #[arg(long = "with-custom-limits", required = true, value_name = "RESOURCE")]
@@ -239,6 +243,8 @@ pub async fn run(command: EntityCommand) -> Result<()> {
             let (repo, ns) = data.open(true).await?;
             set_parent(&repo, &ns, &entity_id, parent.as_deref()).await?;
         }
+        EntityCommand::Reset(args) => super::bucket_ops::reset(args).await?,
+        EntityCommand::TopUp(args) => super::bucket_ops::top_up(args).await?,
         EntityCommand::List { resource, limit, data } => {
             let (repo, ns) = data.open(false).await?;
             let ids = with_custom_limits(&repo, &ns, &resource, limit).await?;

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod bucket_ops;
 pub mod cfn_stack;
 pub mod defaults;
 pub mod entity;
