@@ -32,6 +32,8 @@ pub enum Command {
         #[arg(short = 'o', long = "output")]
         output: Option<std::path::PathBuf>,
     },
+    /// Apply this client's template and push its Lambda code to an existing stack.
+    Upgrade(crate::commands::upgrade::UpgradeArgs),
     /// Build the aggregator's Lambda package (`bootstrap` zip).
     LambdaExport(crate::commands::stack::LambdaExportArgs),
     /// Show the infrastructure's versions and compatibility.

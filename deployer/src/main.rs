@@ -65,6 +65,7 @@ async fn run(cli: cli::Cli) -> repo::Result<()> {
         Command::Delete(args) => commands::cfn_stack::delete(args).await,
         Command::CfnTemplate { output } => commands::stack::cfn_template(output),
         Command::LambdaExport(args) => commands::stack::lambda_export(args),
+        Command::Upgrade(args) => commands::upgrade::upgrade(args).await,
         Command::Version { target } => commands::stack::version(target).await,
         Command::Check { target } => commands::stack::check(target).await,
         Command::Namespace(c) => commands::namespace::run(c).await,

@@ -102,3 +102,77 @@ async fn deploy_stages_the_aggregator_for_the_template_and_pushes_it() {
             "code_sha256": sha, "code_size": zip.len(), "mappings": ["Enabled"]})
     );
 }
+
+#[tokio::test]
+async fn upgrade_pushes_the_code_to_an_older_stack_and_stamps_the_version() {
+    let moto = Moto::start();
+    let name = format!("u{}", unique("").replace('-', "").chars().take(20).collect::<String>());
+    let endpoint = moto.endpoint();
+    let target = ["--name", name.as_str(), "--endpoint-url", endpoint.as_str()];
+    let deploy = run_cli(&[&["deploy", "--aggregator-binary", STAND_IN][..], &target].concat(), "").await;
+    assert_eq!(deploy.code, 0, "{deploy:?}");
+
+    let upgrade = [&["upgrade", "--aggregator-binary", STAND_IN][..], &target].concat();
+    let current = run_cli(&upgrade, "").await;
+    assert_eq!(
+        (current.code, current.stdout.as_str()),
+        (
+            0,
+            "Checking infrastructure version...\nCurrent: Lambda 0.17.0\nTarget:  Lambda 0.17.0\n\
+             [1/5] Applying stack template...\n      Stack template already current\n\
+             Lambda code is already up to date.\n  Client:   0.17.0\n  Lambda:   0.17.0\n"
+        )
+    );
+
+    let client = zael_table::testing::local_client(&endpoint, zael_tests::moto::REGION).await;
+    zael_table::testing::put_version_record(&client, &name, "0.10.0", "0.0.0", Some("0.16.0")).await.unwrap();
+    let older = run_cli(&upgrade, "").await;
+    let zip_kb = {
+        let dir = tempfile::tempdir().unwrap();
+        let zip = dir.path().join("a.zip");
+        assert_eq!(run_cli(&["lambda-export", "-o", zip.to_str().unwrap(), "--binary", STAND_IN], "").await.code, 0);
+        std::fs::metadata(&zip).unwrap().len() as f64 / 1024.0
+    };
+    assert_eq!(
+        (older.code, older.stdout),
+        (
+            0,
+            format!(
+                "Checking infrastructure version...\nCurrent: Lambda 0.16.0\nTarget:  Lambda 0.17.0\n\
+                 [1/5] Applying stack template...\n      Stack template already current\n\
+                 [2/5] Deploying Lambda code...\n      Lambda code deployed ({zip_kb:.1} KB)\n\
+                 [3/5] Deploying provisioner code...\n      Skipped (zael ships no provisioner code; the function keeps its code)\n\
+                 [4/5] Updating version record...\n      Version record updated\n\
+                 [5/5] Updating stack tags...\n      Tags already current\n✓ Upgrade complete!\n"
+            )
+        )
+    );
+    let version = run_cli(&[&["version"][..], &target].concat(), "").await;
+    assert!(version.stdout.contains("Lambda Version:     0.17.0\n"), "{}", version.stdout);
+
+    // A table without a stack: nothing to apply, no function to push; the record is stamped.
+    let table_only = format!("{name}t");
+    let bare = ["--name", table_only.as_str(), "--endpoint-url", endpoint.as_str()];
+    assert_eq!(run_cli(&[&["deploy", "--table-only"][..], &bare].concat(), "").await.code, 0);
+    zael_table::testing::put_version_record(&client, &table_only, "0.10.0", "0.0.0", Some("0.16.0")).await.unwrap();
+    let out = run_cli(&[&["upgrade", "--aggregator-binary", STAND_IN][..], &bare].concat(), "").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!(
+            "[1/5] Applying stack template...\n      No CloudFormation stack named {table_only}, skipped\n\
+             [2/5] Deploying Lambda code...\n      No aggregator Lambda on this stack, skipped\n"
+        )),
+        "{}",
+        out.stdout
+    );
+
+    let missing = run_cli(&["upgrade", "--name", "nosuchstack", "--endpoint-url", &endpoint], "").await;
+    assert_eq!(
+        (missing.code, missing.stdout.as_str(), missing.stderr.as_str()),
+        (
+            1,
+            "Checking infrastructure version...\n",
+            "Infrastructure not initialized.\nRun 'zae-limiter deploy' first.\n"
+        )
+    );
+}

@@ -74,7 +74,7 @@ fn plan(args: &DeployArgs, tags: &[(String, String)], region: &str) -> Vec<(&'st
     parameters
 }
 
-fn stack_tags(name: &str, user: &[(String, String)]) -> Vec<Tag> {
+pub(crate) fn stack_tags(name: &str, user: &[(String, String)]) -> Vec<Tag> {
     let mut tags: Vec<(String, String)> = user.to_vec();
     for (k, v) in [
         ("ManagedBy", "zae-limiter".to_owned()),
@@ -89,7 +89,10 @@ fn stack_tags(name: &str, user: &[(String, String)]) -> Vec<Tag> {
     tags.into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
 }
 
-async fn status(cfn: &Cfn, name: &str) -> std::result::Result<Option<(StackStatus, String, Option<String>)>, String> {
+pub(crate) async fn status(
+    cfn: &Cfn,
+    name: &str,
+) -> std::result::Result<Option<(StackStatus, String, Option<String>)>, String> {
     match cfn.describe_stacks().stack_name(name).send().await {
         Ok(out) => Ok(out.stacks().first().and_then(|s| {
             Some((
@@ -106,11 +109,20 @@ async fn status(cfn: &Cfn, name: &str) -> std::result::Result<Option<(StackStatu
 }
 
 /// Follows a stack operation, printing each new event, until it settles; the final status.
-async fn follow(cfn: &Cfn, name: &str) -> std::result::Result<Option<StackStatus>, String> {
+pub(crate) async fn follow(cfn: &Cfn, name: &str) -> std::result::Result<Option<StackStatus>, String> {
+    watch(cfn, name, true).await
+}
+
+/// Waits, silently, until a stack operation settles; the final status.
+pub(crate) async fn settle(cfn: &Cfn, name: &str) -> std::result::Result<Option<StackStatus>, String> {
+    watch(cfn, name, false).await
+}
+
+async fn watch(cfn: &Cfn, name: &str, print: bool) -> std::result::Result<Option<StackStatus>, String> {
     let mut seen: HashSet<String> = HashSet::new();
     let started = std::time::Instant::now();
     loop {
-        if let Ok(out) = cfn.describe_stack_events().stack_name(name).send().await {
+        if print && let Ok(out) = cfn.describe_stack_events().stack_name(name).send().await {
             let mut events: Vec<_> = out
                 .stack_events()
                 .iter()
@@ -143,7 +155,7 @@ async fn follow(cfn: &Cfn, name: &str) -> std::result::Result<Option<StackStatus
 fn body_for(args: &DeployArgs, parameters: &[(&'static str, String)]) -> String {
     if args.target.endpoint_url.is_some() {
         let full = serde_json::to_value(template::template()).expect("a template serialises");
-        template::resolved(&full, parameters).to_string()
+        template::resolve_keeping_parameters(&full, parameters).to_string()
     } else {
         template::to_json(&template::template())
     }
@@ -272,7 +284,7 @@ async fn status_of(cfn: &Cfn, name: &str) -> std::result::Result<Option<StackSta
     Ok(status(cfn, name).await?.map(|(s, _, _)| s))
 }
 
-fn human(status: &StackStatus) -> String {
+pub(crate) fn human(status: &StackStatus) -> String {
     status.as_str().to_lowercase().replace('_', " ")
 }
 
@@ -372,7 +384,7 @@ pub async fn deploy(args: DeployArgs, tags: Vec<(String, String)>) -> Result<()>
         return Ok(());
     }
     if let Some(package) = &package
-        && let Err(e) = super::lambda_code::push(&repo.config, &name, package).await
+        && let Err(e) = super::lambda_code::deploy(&repo.config, &name, package).await
     {
         return Err(crate::Failure::Plain(format!(
             "⚠️  Lambda deployment failed: {e}\n  Stack was created successfully, but Lambda code needs manual deployment."

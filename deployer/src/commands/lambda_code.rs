@@ -66,19 +66,36 @@ pub async fn stage(
     Ok((bucket, key))
 }
 
-/// Pushes the package to `{stack}-aggregator` and waits until the function is updated and
-/// active and its event source mapping is enabled. Prints the reference's lines.
-pub async fn push(config: &aws_config::SdkConfig, stack: &str, package: &Package) -> Result<(), String> {
+/// A pushed function.
+pub struct Pushed {
+    pub function_arn: String,
+    pub code_sha256: String,
+}
+
+pub enum PushError {
+    /// The stack has no aggregator function.
+    Absent,
+    Failed(String),
+}
+
+/// Pushes the package to `{stack}-aggregator` with `UpdateFunctionCode`, tags it with the
+/// version, and waits until the function is updated and active.
+pub async fn push(config: &aws_config::SdkConfig, stack: &str, package: &Package) -> Result<Pushed, PushError> {
     let lambda = aws_sdk_lambda::Client::new(config);
     let function = format!("{stack}-aggregator");
-    println!("Deploying Lambda function code...");
-    let updated = lambda
+    let updated = match lambda
         .update_function_code()
         .function_name(&function)
         .zip_file(aws_sdk_lambda::primitives::Blob::new(package.zip.clone()))
         .send()
         .await
-        .map_err(sdk("UpdateFunctionCode"))?;
+    {
+        Ok(out) => out,
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+            return Err(PushError::Absent);
+        }
+        Err(e) => return Err(PushError::Failed(sdk("UpdateFunctionCode")(e))),
+    };
     let started = Instant::now();
     loop {
         let conf = lambda
@@ -86,31 +103,38 @@ pub async fn push(config: &aws_config::SdkConfig, stack: &str, package: &Package
             .function_name(&function)
             .send()
             .await
-            .map_err(sdk("GetFunctionConfiguration"))?;
-        let updating = conf.last_update_status().is_some_and(|s| s.as_str() == "InProgress");
-        let active = conf.state().is_none_or(|s| *s == State::Active);
+            .map_err(|e| PushError::Failed(sdk("GetFunctionConfiguration")(e)))?;
         if conf.state() == Some(&State::Failed) {
-            return Err(format!("function {function} failed: {}", conf.state_reason().unwrap_or_default()));
+            return Err(PushError::Failed(format!(
+                "function {function} failed: {}",
+                conf.state_reason().unwrap_or_default()
+            )));
         }
-        if !updating && active {
+        let updating = conf.last_update_status().is_some_and(|s| s.as_str() == "InProgress");
+        if !updating && conf.state().is_none_or(|s| *s == State::Active) {
             break;
         }
         if started.elapsed() > READY_LIMIT {
-            return Err(format!("function {function} not ready after {} s", READY_LIMIT.as_secs()));
+            return Err(PushError::Failed(format!("function {function} not ready after {} s", READY_LIMIT.as_secs())));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    if let Some(arn) = updated.function_arn() {
-        let _ = lambda
-            .tag_resource()
-            .resource(arn)
-            .tags("zae-limiter:lambda-version", zael_table::version::IMPLEMENTED_VERSION)
-            .send()
-            .await;
-    }
-    println!("✓ Lambda code deployed ({})", kb(package.zip.len()));
-    println!("  Function ARN: {}", updated.function_arn().unwrap_or_default());
-    println!("  Code SHA256: {}...", updated.code_sha256().unwrap_or_default().chars().take(16).collect::<String>());
+    let function_arn = updated.function_arn().unwrap_or_default().to_owned();
+    let _ = lambda
+        .tag_resource()
+        .resource(&function_arn)
+        .tags("zae-limiter:lambda-version", zael_table::version::IMPLEMENTED_VERSION)
+        .send()
+        .await;
+    Ok(Pushed { function_arn, code_sha256: updated.code_sha256().unwrap_or_default().to_owned() })
+}
+
+/// Waits (at most 120 s) until every event source mapping of `{stack}-aggregator` is
+/// enabled; false when one is disabled or the wait runs out.
+pub async fn mapping_ready(config: &aws_config::SdkConfig, stack: &str) -> Result<bool, String> {
+    let lambda = aws_sdk_lambda::Client::new(config);
+    let function = format!("{stack}-aggregator");
+    let started = Instant::now();
     loop {
         let mappings = lambda
             .list_event_source_mappings()
@@ -120,12 +144,28 @@ pub async fn push(config: &aws_config::SdkConfig, stack: &str, package: &Package
             .map_err(sdk("ListEventSourceMappings"))?;
         let states: Vec<&str> = mappings.event_source_mappings().iter().filter_map(|m| m.state()).collect();
         if !states.is_empty() && states.iter().all(|s| *s == "Enabled") {
-            println!("✓ Event Source Mapping ready");
-            return Ok(());
+            return Ok(true);
         }
         if states.iter().any(|s| *s == "Disabled" || *s == "Disabling") || started.elapsed() > READY_LIMIT {
-            return Ok(());
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// `deploy`'s code step, with the reference's lines.
+pub async fn deploy(config: &aws_config::SdkConfig, stack: &str, package: &Package) -> Result<(), String> {
+    println!("Deploying Lambda function code...");
+    let pushed = match push(config, stack, package).await {
+        Ok(p) => p,
+        Err(PushError::Absent) => return Err(format!("function {stack}-aggregator does not exist")),
+        Err(PushError::Failed(e)) => return Err(e),
+    };
+    println!("✓ Lambda code deployed ({})", kb(package.zip.len()));
+    println!("  Function ARN: {}", pushed.function_arn);
+    println!("  Code SHA256: {}...", pushed.code_sha256.chars().take(16).collect::<String>());
+    if mapping_ready(config, stack).await? {
+        println!("✓ Event Source Mapping ready");
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ pub mod lambda_code;
 pub mod limits;
 pub mod namespace;
 pub mod stack;
+pub mod upgrade;
 pub mod usage;
 
 use crate::repo::{Repo, Result, Target};

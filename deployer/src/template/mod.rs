@@ -13,7 +13,7 @@ pub mod params;
 mod resolve;
 mod resources;
 
-pub use resolve::resolve as resolved;
+pub use resolve::resolve_keeping_parameters;
 
 pub use cfn::Template;
 use cfn::{Output, Parameter, and, cond, get_att, is_set, is_true, not, or, r#ref, sub};

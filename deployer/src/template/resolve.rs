@@ -84,7 +84,18 @@ impl Context<'_> {
 }
 
 /// The template `template` (JSON) resolved for `parameters` (the rest take their defaults).
+#[cfg(test)]
 pub fn resolve(template: &Value, parameters: &[(&str, String)]) -> Value {
+    decide(template, parameters, false)
+}
+
+/// [`resolve`], keeping every declared parameter (also those only conditions read), so an
+/// emulator's stack records every value and a later `upgrade` can decide the same conditions.
+pub fn resolve_keeping_parameters(template: &Value, parameters: &[(&str, String)]) -> Value {
+    decide(template, parameters, true)
+}
+
+fn decide(template: &Value, parameters: &[(&str, String)], keep_parameters: bool) -> Value {
     let mut values: BTreeMap<String, String> = template["Parameters"]
         .as_object()
         .map(|m| m.iter().map(|(k, p)| (k.clone(), p.get("Default").map(value_text).unwrap_or_default())).collect())
@@ -116,7 +127,7 @@ pub fn resolve(template: &Value, parameters: &[(&str, String)]) -> Value {
     let root = out.as_object_mut().expect("a template is an object");
     root.remove("Conditions");
     if let Some(Value::Object(params)) = root.get_mut("Parameters") {
-        params.retain(|name, _| used.contains(name));
+        params.retain(|name, _| keep_parameters || used.contains(name));
         // The row's values become the defaults, so a linter resolves each Ref as deployed.
         for (name, p) in params.iter_mut() {
             let value = &cx.parameters[name];
