@@ -80,6 +80,12 @@ pub fn parse(record: &StreamRecord) -> Result<Option<BucketRecord>, String> {
         return Ok(None);
     }
     let new = &record.new_image;
+    if new.is_empty() {
+        return Err("the record has no NewImage (the stream must be NEW_AND_OLD_IMAGES)".into());
+    }
+    if !new.contains_key("PK") || !new.contains_key("SK") {
+        return Err("the record's NewImage has no PK or SK".into());
+    }
     if string(new, "SK") != Some(SK_STATE) {
         return Ok(None);
     }
@@ -219,6 +225,16 @@ mod tests {
             "attribute b_rpm_tc is not a number: S(\"lots\")"
         );
         assert_eq!(parse(&record(EventName::Remove, image(0, 0), image(1, 1))).unwrap(), None);
+        assert_eq!(
+            parse(&record(EventName::Modify, image(0, 0), Image::new())).unwrap_err(),
+            "the record has no NewImage (the stream must be NEW_AND_OLD_IMAGES)"
+        );
+        let mut keyless = image(1, 1);
+        keyless.remove("PK");
+        assert_eq!(
+            parse(&record(EventName::Modify, image(0, 0), keyless)).unwrap_err(),
+            "the record's NewImage has no PK or SK"
+        );
     }
 
     #[test]

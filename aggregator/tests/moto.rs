@@ -395,6 +395,11 @@ async fn malformed_records_are_reported_and_contained_to_themselves() {
             "Keys": {"PK": {"S": "ns1/ENTITY#good"}, "SK": {"S": "#META"}},
             "OldImage": {"PK": {"S": "ns1/ENTITY#good"}, "SK": {"S": "#META"}},
             "NewImage": {"PK": {"S": "ns1/ENTITY#good"}, "SK": {"S": "#META"}, "b_rpm_tc": {"N": "5"}}}},
+        {"eventID": "5", "eventName": "MODIFY", "eventSource": "aws:dynamodb", "awsRegion": REGION,
+         "dynamodb": {"SequenceNumber": "5", "SizeBytes": 10,
+            "Keys": {"PK": {"S": "ns1/BUCKET#nokey#api#0"}, "SK": {"S": "#STATE"}},
+            "OldImage": {"entity_id": {"S": "nokey"}, "b_rpm_tc": {"N": "0"}},
+            "NewImage": {"entity_id": {"S": "nokey"}, "b_rpm_tc": {"N": "1000"}}}},
         {"eventID": "4", "eventName": "MODIFY", "eventSource": "aws:dynamodb", "awsRegion": REGION,
          "dynamodb": {"SequenceNumber": "4", "SizeBytes": 10,
             "Keys": {"PK": {"S": "ns1/BUCKET#good#api#0"}, "SK": {"S": "#STATE"}},
@@ -412,6 +417,7 @@ async fn malformed_records_are_reported_and_contained_to_themselves() {
         vec![
             "Error extracting audit event from record 1: Key has no namespace separator '/': AUDIT#old".to_owned(),
             "Error processing record: attribute b_rpm_tc is not a number: S(\"lots\")".to_owned(),
+            "Error processing record: the record's NewImage has no PK or SK".to_owned(),
         ]
     );
     assert_eq!((outcome.failures.len(), outcome.snapshots_updated, outcome.deltas_extracted), (0, 1, 1));

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 pub const BINARY_ENV: &str = "ZAEL_AGGREGATOR_BINARY";
 /// `provided.al2023` ships glibc 2.34.
 pub const MAX_GLIBC: (u32, u32) = (2, 34);
+/// Lambda's limit on a function's unzipped code.
+pub const MAX_UNZIPPED_BYTES: u64 = 250 * 1024 * 1024;
 
 #[derive(Debug)]
 pub struct Package {
@@ -51,6 +53,15 @@ pub type GlibcVersion = (u32, u32);
 
 /// Reads and checks the binary at `path`: its bytes and the glibc it needs.
 pub fn inspect(path: &Path) -> Result<(Vec<u8>, Option<GlibcVersion>), String> {
+    let size = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
+    if size > MAX_UNZIPPED_BYTES {
+        return Err(format!(
+            "{} is {} MB, over Lambda's 250 MB for unzipped code (a debug build?); build it with \
+             'cargo build --release -p zael-aggregator'",
+            path.display(),
+            size / (1024 * 1024)
+        ));
+    }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     check_elf_x86_64(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let glibc = highest_glibc(&bytes);
@@ -157,6 +168,9 @@ mod tests {
         let new = dir.path().join("new");
         std::fs::write(&new, elf(0x3E, b"GLIBC_2.36")).unwrap();
         assert!(build(&new).unwrap_err().contains("needs glibc 2.36, but provided.al2023 ships 2.34"));
+        let huge = dir.path().join("huge");
+        std::fs::File::create(&huge).unwrap().set_len(MAX_UNZIPPED_BYTES + 1).unwrap();
+        assert!(build(&huge).unwrap_err().contains("is 250 MB, over Lambda's 250 MB for unzipped code"));
         let text = dir.path().join("text");
         std::fs::write(&text, "#!/bin/sh\n").unwrap();
         assert!(build(&text).unwrap_err().ends_with("not an ELF executable"));

@@ -351,10 +351,17 @@ async fn deploy_creates_the_stack_through_cloudformation_and_delete_removes_it()
 }
 
 #[tokio::test]
-async fn deploy_with_the_aggregator_waits_for_its_lambda() {
-    let out = cli(&["deploy", "-n", "with-aggregator"]).await;
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("the Rust aggregator Lambda is not built yet"), "{out:?}");
+async fn deploy_with_an_unusable_aggregator_binary_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("zael-aggregator");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let binary = script.to_str().unwrap();
+    let out = cli(&["deploy", "-n", "with-aggregator", "--aggregator-binary", binary]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.stderr, format!("✗ Deployment failed: {binary}: not an ELF executable\n"));
+    assert!(!out.stdout.contains("Stack"), "{}", out.stdout);
+    let status = cli(&["status", "-n", "with-aggregator"]).await;
+    assert!(!status.stdout.contains("CREATE_"), "{status:?}");
 }
 
 #[tokio::test]
