@@ -1,5 +1,5 @@
-//! Command-line flags. Every flag can also be set through an environment variable named
-//! `ZAEL_<FLAG>` (e.g. `ZAEL_LISTEN`, `ZAEL_SHADOW_MODE=true`).
+//! Command-line flags. Every flag but `--validate` can also be set through an environment
+//! variable named `ZAEL_<FLAG>` (e.g. `ZAEL_LISTEN`, `ZAEL_SHADOW_MODE=true`).
 
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
