@@ -147,15 +147,15 @@ async fn local_stack_limits_through_envoy_and_aggregates_usage() {
 
     // Entity rule (examples/entities/llm.yaml) on the limits init.sh stored: rpm 5 for key-1.
     for _ in 0..5 {
-        let r = get(envoy, "/llm/", &[("x-api-key", "key-1"), ("x-model", "gpt-4")]).await;
+        let r = get(envoy, "/llm/", &[("x-api-key", "key-1"), ("x-model", "gpt-4"), ("x-tokens", "100")]).await;
         assert_eq!(r.status, 200, "{r:?}\n{}", log_tail());
     }
-    let r = get(envoy, "/llm/", &[("x-api-key", "key-1"), ("x-model", "gpt-4")]).await;
+    let r = get(envoy, "/llm/", &[("x-api-key", "key-1"), ("x-model", "gpt-4"), ("x-tokens", "100")]).await;
     assert_eq!((r.status, r.header("x-ratelimit-limit")), (429, Some("5, 5;w=60;name=\"rpm\"".to_owned())), "{r:?}");
     // No stored limits for this key at any level: admitted, nothing to report.
     assert_eq!(get(envoy, "/llm/", &[("x-api-key", "key-9"), ("x-model", "gpt-4")]).await.status, 200);
 
-    // The aggregator turns key-1's five admitted requests into usage snapshots.
+    // The aggregator turns key-1's five admitted requests (100 tokens each) into snapshots.
     let endpoint = format!("http://127.0.0.1:{}", ports[0]);
     let args =
         ["usage", "list", "-e", "key-1", "-N", "tenant-alpha", "--name", "zael-demo", "--endpoint-url", &endpoint];
@@ -163,13 +163,13 @@ async fn local_stack_limits_through_envoy_and_aggregates_usage() {
     let mut last = String::new();
     while started.elapsed() < Duration::from_secs(60) {
         last = run_cli(&args, "").await.stdout;
-        if last.contains("| hourly | gpt-4    | key-1  | 5      | rpm=5, tpm=5 |") {
+        if last.contains("| hourly | gpt-4    | key-1  | 5      | rpm=5, tpm=500 |") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(last.contains("| hourly | gpt-4    | key-1  | 5      | rpm=5, tpm=5 |"), "{last}\n{}", log_tail());
-    assert!(last.contains("| daily  | gpt-4    | key-1  | 5      | rpm=5, tpm=5 |"), "{last}");
+    assert!(last.contains("| hourly | gpt-4    | key-1  | 5      | rpm=5, tpm=500 |"), "{last}\n{}", log_tail());
+    assert!(last.contains("| daily  | gpt-4    | key-1  | 5      | rpm=5, tpm=500 |"), "{last}");
 
     // SIGTERM stops every component.
     stack.terminate();
