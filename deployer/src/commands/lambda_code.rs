@@ -130,7 +130,10 @@ pub async fn push(config: &aws_config::SdkConfig, stack: &str, package: &Package
 }
 
 /// Waits (at most 120 s) until every event source mapping of `{stack}-aggregator` is
-/// enabled; false when one is disabled or the wait runs out.
+/// enabled; false when one is disabled or the wait runs out. Decision: unlike the reference,
+/// no extra 45 s dwell after `Enabled` (the reference waits for a first `LastProcessingResult`
+/// because `StartingPosition LATEST` misses writes made before the mapping polls; a deploy
+/// that must not miss them should enable the mapping before traffic starts).
 pub async fn mapping_ready(config: &aws_config::SdkConfig, stack: &str) -> Result<bool, String> {
     let lambda = aws_sdk_lambda::Client::new(config);
     let function = format!("{stack}-aggregator");
