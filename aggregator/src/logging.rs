@@ -32,8 +32,15 @@ impl Visit for Fields {
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.0.push((field.name().to_owned(), Value::from(value)));
     }
+    /// A `?value` whose Debug form is JSON (a list of strings, say) is logged as that JSON, as
+    /// the reference logs lists; anything else as its text.
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.push((field.name().to_owned(), Value::from(format!("{value:?}"))));
+        let text = format!("{value:?}");
+        let value = match serde_json::from_str::<Value>(&text) {
+            Ok(json @ (Value::Array(_) | Value::Object(_))) => json,
+            _ => Value::from(text),
+        };
+        self.0.push((field.name().to_owned(), value));
     }
 }
 

@@ -109,7 +109,10 @@ pub async fn run(
             let request_id = format!("local-{}", records[0].sequence_number);
             let outcome = aggregator.process(&records, &request_id, chrono::Utc::now()).await;
             let applied_to = match outcome.failures.first() {
-                None => records.len(),
+                None => {
+                    attempts.clear();
+                    records.len()
+                }
                 Some(failed) => {
                     let attempt = attempts.entry(failed.clone()).or_insert(0);
                     *attempt += 1;

@@ -129,6 +129,7 @@ async fn snapshots_match_the_reference_aggregator_except_the_documented_fixes() 
     assert_eq!(started["level"], "INFO");
     assert_eq!(started["logger"], "zael_aggregator.handler");
     assert_eq!(started["record_count"], 14);
+    assert_eq!(started["windows"], serde_json::json!(["hourly", "daily", "monthly"]));
     assert!(lines.iter().any(|l| l["message"] == "Skipping pre-migration record with unprefixed PK"
         && l["level"] == "WARNING"
         && l["pk"] == "BUCKET#legacy#api#0"));
