@@ -17,6 +17,7 @@ pub mod refill;
 pub mod settings;
 pub mod shard;
 pub mod snapshot;
+mod write;
 
 pub use handler::{Aggregator, Outcome};
 pub use settings::Settings;

@@ -83,7 +83,8 @@ pub fn plan(state: &ShardState, now: i64) -> Option<RefillWrite> {
     Some(RefillWrite { expected_rf: bucket.rf, new_rf: now.max(bucket.rf), expected_vu: bucket.vu, deltas })
 }
 
-fn refilled_balance(limit: &LimitImage, ceiling: i64, rate: i64, rf: i64, now: i64) -> i64 {
+/// `limit`'s balance refilled from `rf` to `now` with `ceiling` and `rate` (its shard's share).
+pub(crate) fn refilled_balance(limit: &LimitImage, ceiling: i64, rate: i64, rf: i64, now: i64) -> i64 {
     let params =
         BucketLimit { capacity: Millitokens(ceiling), refill_amount: Millitokens(rate), refill_period_ms: limit.rp };
     let state = BucketState { tokens: Millitokens(limit.tk), refilled_at: EpochMillis(rf) };
@@ -126,22 +127,14 @@ pub async fn write(client: &Client, table: &str, bucket: &BucketRecord, refill: 
         .set_expression_attribute_values(Some(values))
         .send()
         .await;
-    match result {
-        Ok(_) => {
-            let refilled: Vec<&str> = refill.deltas.iter().map(|(l, _, _)| l.as_str()).collect();
-            tracing::debug!(entity_id = bucket.entity, resource = bucket.resource, limits_refilled = ?refilled, "Bucket refilled");
-            Ok(true)
-        }
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
-            tracing::debug!(
-                entity_id = bucket.entity,
-                resource = bucket.resource,
-                "Refill skipped - concurrent rf update"
-            );
-            Ok(false)
-        }
-        Err(e) => Err(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()),
+    let written = crate::write::conditional(result)?;
+    if written {
+        let refilled: Vec<&str> = refill.deltas.iter().map(|(l, _, _)| l.as_str()).collect();
+        tracing::debug!(entity_id = bucket.entity, resource = bucket.resource, limits_refilled = ?refilled, "Bucket refilled");
+    } else {
+        tracing::debug!(entity_id = bucket.entity, resource = bucket.resource, "Refill skipped - concurrent rf update");
     }
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use crate::refill::ShardState;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 use std::collections::HashMap;
-use zael_core::bucket::{BucketLimit, BucketState, EpochMillis, Millitokens};
 use zael_table::keys::{
     MAX_SHARD_COUNT, SK_META, SK_STATE, WCU, gsi2_sk, gsi3_sk, gsi4_sk, parse_battr, pk_bucket, pk_entity,
 };
@@ -36,10 +35,7 @@ pub fn doubling(state: &ShardState, now: i64) -> Option<i64> {
     }
     let mut tokens = wcu.tk;
     if wcu.ra > 0 && wcu.rp > 0 {
-        let params =
-            BucketLimit { capacity: Millitokens(wcu.cp), refill_amount: Millitokens(wcu.ra), refill_period_ms: wcu.rp };
-        let read = BucketState { tokens: Millitokens(wcu.tk), refilled_at: EpochMillis(bucket.rf) };
-        tokens = read.refilled(&params, EpochMillis(now)).tokens.0;
+        tokens = crate::refill::refilled_balance(wcu, wcu.cp, wcu.ra, bucket.rf, now);
     }
     let ratio = tokens as f64 / wcu.cp as f64;
     (ratio < WCU_LOW_WATER).then(|| (bucket.shard_count * 2).min(MAX_SHARD_COUNT))
@@ -64,36 +60,32 @@ pub async fn write_doubling(
         .expression_attribute_values(":new", n(new_count))
         .send()
         .await;
-    match result {
-        Ok(_) => {
-            tracing::info!(
-                entity_id = bucket.entity,
-                resource = bucket.resource,
-                old_count = bucket.shard_count,
-                new_count,
-                "Proactive shard doubling"
-            );
-            if new_count >= MAX_SHARD_COUNT {
-                tracing::warn!(
-                    entity_id = bucket.entity,
-                    resource = bucket.resource,
-                    shard_count = new_count,
-                    max_shard_count = MAX_SHARD_COUNT,
-                    "Shard count reached MAX_SHARD_COUNT after proactive doubling"
-                );
-            }
-            Ok(true)
-        }
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
-            tracing::debug!(
-                entity_id = bucket.entity,
-                resource = bucket.resource,
-                "Proactive shard skipped - concurrent bump"
-            );
-            Ok(false)
-        }
-        Err(e) => Err(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()),
+    let written = crate::write::conditional(result)?;
+    if !written {
+        tracing::debug!(
+            entity_id = bucket.entity,
+            resource = bucket.resource,
+            "Proactive shard skipped - concurrent bump"
+        );
+        return Ok(false);
     }
+    tracing::info!(
+        entity_id = bucket.entity,
+        resource = bucket.resource,
+        old_count = bucket.shard_count,
+        new_count,
+        "Proactive shard doubling"
+    );
+    if new_count >= MAX_SHARD_COUNT {
+        tracing::warn!(
+            entity_id = bucket.entity,
+            resource = bucket.resource,
+            shard_count = new_count,
+            max_shard_count = MAX_SHARD_COUNT,
+            "Shard count reached MAX_SHARD_COUNT after proactive doubling"
+        );
+    }
+    Ok(true)
 }
 
 /// A raised `shard_count` seen on a shard-0 MODIFY.
@@ -213,10 +205,8 @@ pub async fn propagate(
             .expression_attribute_values(":new", n(change.new_count))
             .send()
             .await;
-        match result {
-            Ok(_) => updated += 1,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
-            Err(e) => return Err(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()),
+        if crate::write::conditional(result)? {
+            updated += 1;
         }
     }
     if let Some(feature) = &bucket.unsupported {
