@@ -200,7 +200,8 @@ async fn update(
         ));
     }
     let change_set = format!("zae-limiter-{}", ulid::Ulid::new().to_string().to_lowercase());
-    cfn.create_change_set()
+    let created = cfn
+        .create_change_set()
         .stack_name(name)
         .change_set_name(&change_set)
         .change_set_type(aws_sdk_cloudformation::types::ChangeSetType::Update)
@@ -211,33 +212,18 @@ async fn update(
         .capabilities(Capability::CapabilityNamedIam)
         .set_tags(Some(stack_tags(name, tags)))
         .send()
-        .await
-        .map_err(|e| {
-            format!("cannot create a change set: {}", aws_sdk_cloudformation::error::DisplayErrorContext(e))
-        })?;
-    let started = std::time::Instant::now();
-    let described = loop {
-        let out =
-            cfn.describe_change_set().stack_name(name).change_set_name(&change_set).send().await.map_err(|e| {
-                format!("cannot read the change set: {}", aws_sdk_cloudformation::error::DisplayErrorContext(e))
-            })?;
-        let status = out.status().map(|s| s.as_str().to_owned()).unwrap_or_default();
-        if status == "FAILED" {
-            let reason = out.status_reason().unwrap_or_default().to_owned();
-            let _ = cfn.delete_change_set().stack_name(name).change_set_name(&change_set).send().await;
-            if reason.contains("didn't contain changes") || reason.contains("No updates") {
-                println!("No changes to apply.");
-                return Ok(status_of(cfn, name).await?.unwrap_or(StackStatus::UpdateComplete));
-            }
-            return Err(format!("the change set failed: {reason}"));
+        .await;
+    if let Err(e) = created {
+        let text = aws_sdk_cloudformation::error::DisplayErrorContext(e).to_string();
+        if is_no_change(&text) {
+            println!("No changes to apply.");
+            return Ok(status_of(cfn, name).await?.unwrap_or(StackStatus::UpdateComplete));
         }
-        if status == "CREATE_COMPLETE" {
-            break out;
-        }
-        if started.elapsed() > WAIT_LIMIT {
-            return Err("the change set was not ready in time".into());
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        return Err(format!("cannot create a change set: {text}"));
+    }
+    let Some(described) = ready_change_set(cfn, name, &change_set).await? else {
+        println!("No changes to apply.");
+        return Ok(status_of(cfn, name).await?.unwrap_or(StackStatus::UpdateComplete));
     };
     println!("Changes:");
     let mut refused = Vec::new();
@@ -278,6 +264,43 @@ async fn update(
             other.map(|s| s.as_str().to_owned()).unwrap_or_else(|| "DELETED".into())
         )),
     }
+}
+
+/// Waits until change set `change_set` of stack `name` is ready to execute; `None` when it
+/// holds no changes (it is then deleted).
+pub(crate) async fn ready_change_set(
+    cfn: &Cfn,
+    name: &str,
+    change_set: &str,
+) -> std::result::Result<Option<aws_sdk_cloudformation::operation::describe_change_set::DescribeChangeSetOutput>, String>
+{
+    let started = std::time::Instant::now();
+    loop {
+        let out = cfn.describe_change_set().stack_name(name).change_set_name(change_set).send().await.map_err(|e| {
+            format!("cannot read the change set: {}", aws_sdk_cloudformation::error::DisplayErrorContext(e))
+        })?;
+        let status = out.status().map(|s| s.as_str().to_owned()).unwrap_or_default();
+        if status == "FAILED" {
+            let reason = out.status_reason().unwrap_or_default().to_owned();
+            let _ = cfn.delete_change_set().stack_name(name).change_set_name(change_set).send().await;
+            if is_no_change(&reason) {
+                return Ok(None);
+            }
+            return Err(format!("the change set failed: {reason}"));
+        }
+        if status == "CREATE_COMPLETE" {
+            return Ok(Some(out));
+        }
+        if started.elapsed() > WAIT_LIMIT {
+            return Err("the change set was not ready in time".into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Whether CloudFormation's message says an update would change nothing.
+pub(crate) fn is_no_change(message: &str) -> bool {
+    message.contains("didn't contain changes") || message.contains("No updates are to be performed")
 }
 
 async fn status_of(cfn: &Cfn, name: &str) -> std::result::Result<Option<StackStatus>, String> {

@@ -11,9 +11,8 @@
 
 use aws_sdk_cloudformation::Client as Cfn;
 use aws_sdk_cloudformation::types::{Capability, ChangeSetType, Parameter, Tag};
-use std::time::{Duration, Instant};
 
-use super::cfn_stack::{settle, stack_tags, status};
+use super::cfn_stack::{is_no_change, ready_change_set, settle, stack_tags, status};
 use super::lambda_code::{self, PushError};
 use crate::compat::{self, SCHEMA_VERSION, Verdict};
 use crate::repo::{Repo, RequiredTarget, Result, Target};
@@ -37,7 +36,6 @@ pub struct UpgradeArgs {
 
 const STEP: &str = "      ";
 const CHANGE: &str = "        ";
-const WAIT_LIMIT: Duration = Duration::from_secs(900);
 
 fn text(item: &crate::config_item::Item, attr: &str) -> Option<String> {
     item.get(attr).and_then(|v| v.as_s().ok()).cloned()
@@ -181,12 +179,7 @@ async fn apply_template(
     } else {
         template::to_json(&template::template())
     };
-    let user_tags: Vec<(String, String)> = stack
-        .tags()
-        .iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-        .filter(|(k, _)| !k.starts_with("aws:"))
-        .collect();
+    let user_tags = own_tags(&stack);
     let change_set = format!("zae-limiter-upgrade-{}", &ulid::Ulid::new().to_string().to_lowercase()[..12]);
     let created = cfn
         .create_change_set()
@@ -201,38 +194,15 @@ async fn apply_template(
         .await;
     if let Err(e) = created {
         let text = aws_sdk_cloudformation::error::DisplayErrorContext(&e).to_string();
-        if text.contains("No updates are to be performed") || text.contains("didn't contain changes") {
+        if is_no_change(&text) {
             println!("{STEP}Stack template already current");
             return Ok(());
         }
         return Err(format!("CreateChangeSet: {text}"));
     }
-    let started = Instant::now();
-    let described = loop {
-        let out = cfn
-            .describe_change_set()
-            .stack_name(name)
-            .change_set_name(&change_set)
-            .send()
-            .await
-            .map_err(cfn_error("DescribeChangeSet"))?;
-        let state = out.status().map(|s| s.as_str().to_owned()).unwrap_or_default();
-        if state == "FAILED" {
-            let reason = out.status_reason().unwrap_or_default().to_owned();
-            let _ = cfn.delete_change_set().stack_name(name).change_set_name(&change_set).send().await;
-            if reason.contains("didn't contain changes") || reason.contains("No updates are to be performed") {
-                println!("{STEP}Stack template already current");
-                return Ok(());
-            }
-            return Err(reason);
-        }
-        if state == "CREATE_COMPLETE" {
-            break out;
-        }
-        if started.elapsed() > WAIT_LIMIT {
-            return Err("the change set was not ready in time".into());
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    let Some(described) = ready_change_set(cfn, name, &change_set).await? else {
+        println!("{STEP}Stack template already current");
+        return Ok(());
     };
     let mut lines = Vec::new();
     let mut refused = Vec::new();
@@ -273,18 +243,23 @@ async fn apply_template(
     Ok(())
 }
 
+/// A stack's tags without the `aws:` ones CloudFormation sets itself.
+fn own_tags(stack: &aws_sdk_cloudformation::types::Stack) -> Vec<(String, String)> {
+    stack
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+        .filter(|(k, _)| !k.starts_with("aws:"))
+        .collect()
+}
+
 /// Step 5: the current non-`aws:` tags plus the managed ones (this client's versions);
 /// `Ok(false)` when they are already so.
 async fn refresh_tags(cfn: &Cfn, name: &str, lambda_version: &str) -> std::result::Result<bool, String> {
     let Some((_, _, _)) = status(cfn, name).await? else { return Ok(false) };
     let stack = cfn.describe_stacks().stack_name(name).send().await.map_err(cfn_error("DescribeStacks"))?;
     let Some(stack) = stack.stacks().first() else { return Ok(false) };
-    let current: Vec<(String, String)> = stack
-        .tags()
-        .iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-        .filter(|(k, _)| !k.starts_with("aws:"))
-        .collect();
+    let current = own_tags(stack);
     let mut desired: Vec<(String, String)> = stack_tags(name, &current)
         .into_iter()
         .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
@@ -320,7 +295,7 @@ async fn refresh_tags(cfn: &Cfn, name: &str, lambda_version: &str) -> std::resul
         Ok(_) => {}
         Err(e) => {
             let text = aws_sdk_cloudformation::error::DisplayErrorContext(&e).to_string();
-            if text.contains("No updates are to be performed") {
+            if is_no_change(&text) {
                 return Ok(false);
             }
             return Err(text);
