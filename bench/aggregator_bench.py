@@ -50,13 +50,11 @@ import json
 import os
 import random
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 # moto accepts any credentials; never use real ones against it.
@@ -70,6 +68,10 @@ os.environ.update(
 )
 
 import boto3  # noqa: E402
+from benchlib import Moto  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "aggregator" / "tests" / "py"))
+from reference import stream_records  # noqa: E402  (the same stream read as the oracle tests)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -90,57 +92,6 @@ WRITES = ("UpdateItem", "PutItem", "TransactWriteItems", "BatchWriteItem", "Dele
 
 def log(msg):
     print(f"[aggregator-bench] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check, limit, what):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"[aggregator-bench] {what} not ready within {limit} s")
-
-
-def listening(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-class Moto:
-    def __init__(self, tmp):
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log = open(Path(tmp) / "moto.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH / "moto_counting.py"), "127.0.0.1", str(self.port)],
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(lambda: listening(self.port), 60, "moto")
-
-    def counts(self, reset=False):
-        request = urllib.request.Request(self.endpoint + "/__bench/counts", method="DELETE" if reset else "GET")
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return json.loads(r.read())
-
-    def cpu_s(self):
-        """moto's CPU time so far (user + system), in seconds."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait(timeout=10)
 
 
 # --- tables -----------------------------------------------------------------------------
@@ -290,27 +241,6 @@ def copy_items(src, dst):
     for item in items:
         client.put_item(TableName=dst, Item=item)
     return len(items)
-
-
-def stream_records(table_name):
-    """The stream's records as a Lambda event carries them (like aggregator/tests/py/reference.py)."""
-    client = boto3.client("dynamodb")
-    streams = boto3.client("dynamodbstreams")
-    arn = client.describe_table(TableName=table_name)["Table"]["LatestStreamArn"]
-    records = []
-    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
-        it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")[
-            "ShardIterator"]
-        for _ in range(10_000):
-            page = streams.get_records(ShardIterator=it, Limit=1000)
-            records.extend(page["Records"])
-            if not page["Records"] or not page.get("NextShardIterator"):
-                break
-            it = page["NextShardIterator"]
-    for r in records:
-        r["eventSourceARN"] = arn
-        r["dynamodb"].pop("ApproximateCreationDateTime", None)
-    return records
 
 
 def usage_keys(table_name):

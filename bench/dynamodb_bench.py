@@ -22,7 +22,6 @@ without META on resource defaults), `entity-rejected` (one exhausted, 1 per hour
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,8 @@ import grpc  # noqa: E402
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2  # noqa: E402
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc  # noqa: E402
 from zae_limiter import Limit, RateLimiter, RateLimitExceeded, Repository  # noqa: E402
+
+from benchlib import Moto, free_port, wait_until  # noqa: E402
 
 # moto accepts any credentials; never use real ones against it.
 os.environ.update(
@@ -106,52 +107,6 @@ PY_LIMITS = {
 
 def log(msg):
     print(f"[dynamodb-bench] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check, limit, what):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"[dynamodb-bench] {what} not ready within {limit} s")
-
-
-def listening(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-class Moto:
-    def __init__(self, tmp):
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log = open(Path(tmp) / "moto.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH / "moto_counting.py"), "127.0.0.1", str(self.port)],
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(lambda: listening(self.port), 60, "moto")
-
-    def counts(self, reset=False):
-        request = urllib.request.Request(self.endpoint + "/__bench/counts", method="DELETE" if reset else "GET")
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return json.loads(r.read())
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait(timeout=10)
 
 
 class Zael:

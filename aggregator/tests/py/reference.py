@@ -7,8 +7,6 @@ Usage:
   reference.py aggregate TABLE TARGET WINDOWS
       reads every record of TABLE's stream and runs the reference `process_stream_records` on
       them with TARGET as its table; prints {"records": N, "snapshots_updated": N, "errors": [...]}
-  reference.py records TABLE
-      prints TABLE's stream records as a Lambda event {"Records": [...]} (the benchmark's input)
 """
 
 import contextlib
@@ -18,8 +16,6 @@ import sys
 
 import boto3
 
-ENDPOINT = os.environ["ZAEL_TEST_ENDPOINT"]
-os.environ["AWS_ENDPOINT_URL"] = ENDPOINT
 T0 = 1767608400000  # 2026-01-05T10:20:00Z
 HOUR = 3_600_000
 
@@ -95,6 +91,7 @@ def traffic(table_name):
 
 
 def stream_records(table_name):
+    """Every record of TABLE's stream, as a Lambda event carries them (also bench/aggregator_bench.py's input)."""
     client = boto3.client("dynamodb")
     streams = boto3.client("dynamodbstreams")
     arn = client.describe_table(TableName=table_name)["Table"]["LatestStreamArn"]
@@ -125,13 +122,12 @@ def aggregate(table_name, target, windows):
 
 
 def main():
+    os.environ["AWS_ENDPOINT_URL"] = os.environ["ZAEL_TEST_ENDPOINT"]
     command, args = sys.argv[1], sys.argv[2:]
     if command == "traffic":
         traffic(*args)
     elif command == "aggregate":
         aggregate(*args)
-    elif command == "records":
-        print(json.dumps({"Records": stream_records(*args)}))
     else:
         sys.exit(f"unknown command {command}")
 
