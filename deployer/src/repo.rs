@@ -110,6 +110,24 @@ impl Repo {
         Ok(out.item)
     }
 
+    /// Puts `item` unless an item with its key exists: `Ok(false)` when one does; `Err` is the
+    /// error's description.
+    pub async fn put_new(&self, item: Item) -> std::result::Result<bool, String> {
+        let put = self
+            .db
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(PK)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e) => Err(describe(&e)),
+        }
+    }
+
     fn not_found_or<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
         &self,
         e: aws_sdk_dynamodb::error::SdkError<E, R>,

@@ -403,21 +403,8 @@ async fn create(repo: &Repo, ns: &str, entity: &str, name: &str, parent: Option<
         item.insert("GSI1PK".into(), s(format!("{ns}/PARENT#{p}")));
         item.insert("GSI1SK".into(), s(format!("CHILD#{entity}")));
     }
-    let put = repo
-        .db
-        .put_item()
-        .table_name(&repo.table)
-        .set_item(Some(item))
-        .condition_expression("attribute_not_exists(PK)")
-        .send()
-        .await;
-    if let Err(e) = put {
-        return Err(crate::Failure::from(
-            match e.as_service_error().map(|s| s.is_conditional_check_failed_exception()) {
-                Some(true) => format!("Entity already exists: {entity}"),
-                _ => describe(&e),
-            },
-        ));
+    if !repo.put_new(item).await? {
+        return Err(crate::Failure::from(format!("Entity already exists: {entity}")));
     }
     let details = HashMap::from([
         ("name".to_owned(), s(name)),

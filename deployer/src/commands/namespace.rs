@@ -211,23 +211,14 @@ async fn recover(repo: &Repo, id: &str) -> Result<String> {
         ("GSI4PK".to_owned(), s(RESERVED_NAMESPACE)),
         ("GSI4SK".to_owned(), s(SYSTEM_PK)),
     ]);
-    let put = repo
-        .db
-        .put_item()
-        .table_name(&repo.table)
-        .set_item(Some(forward))
-        .condition_expression("attribute_not_exists(PK)")
-        .send()
-        .await;
-    if let Err(e) = put {
-        return Err(crate::Failure::from(
-            match e.as_service_error().map(|s| s.is_conditional_check_failed_exception()) {
-                Some(true) => {
-                    format!("Cannot recover namespace '{name}' — the name has been re-registered by another caller")
-                }
-                _ => format!("Failed to recover namespace: {}", describe(&e)),
-            },
-        ));
+    match repo.put_new(forward).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(crate::Failure::from(format!(
+                "Cannot recover namespace '{name}' — the name has been re-registered by another caller"
+            )));
+        }
+        Err(e) => return Err(crate::Failure::from(format!("Failed to recover namespace: {e}"))),
     }
     repo.db
         .update_item()
