@@ -1,7 +1,7 @@
 //! Audit archival (`deployer-and-aggregator.md` §11.6): the audit items TTL removed, as one
 //! gzip JSONL object per invocation under `audit/year=YYYY/month=MM/day=DD/`.
 
-use crate::record::{EventName, Image, StreamRecord, string};
+use crate::record::{EventName, StreamRecord, string};
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Datelike, Utc};
 use flate2::Compression;
@@ -136,14 +136,10 @@ pub async fn put(client: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec
         .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string())
 }
 
-/// Whether `image` is an audit item (for the caller's ordering of records).
-pub fn is_audit_image(image: &Image) -> bool {
-    string(image, "SK").is_some_and(|sk| sk.starts_with("#AUDIT#"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Image;
     use std::collections::HashMap;
 
     fn remove(old: Image) -> StreamRecord {

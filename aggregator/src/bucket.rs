@@ -3,7 +3,7 @@
 //! parameters (`table-format.md` §9, `deployer-and-aggregator.md` §11.2).
 
 use crate::record::{EventName, Image, StreamRecord, int, string};
-use zael_table::keys::{SK_STATE, parse_battr};
+use zael_table::keys::{SK_STATE, WCU, parse_battr};
 
 /// One limit `b_{name}_*` of a bucket image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +17,14 @@ pub struct LimitImage {
     pub rp: i64,
     /// `b_{name}_soft` is present (whatever its deadline).
     pub soft: bool,
+}
+
+impl LimitImage {
+    /// Whether this limit's delta is usage for the snapshots: consumption moved, and it is not
+    /// the reserved per-partition `wcu`.
+    pub fn counts_as_usage(&self) -> bool {
+        self.name != WCU && self.tc_delta != 0
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -63,7 +63,7 @@ impl Aggregator {
             }
         }
         out.deltas_extracted =
-            buckets.iter().map(|(_, b)| b.limits.iter().filter(|l| l.name != "wcu" && l.tc_delta != 0).count()).sum();
+            buckets.iter().map(|(_, b)| b.limits.iter().filter(|l| l.counts_as_usage()).count()).sum();
 
         self.snapshots(&buckets, now, &mut out).await;
         let modifies: Vec<&BucketRecord> =

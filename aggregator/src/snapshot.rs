@@ -6,7 +6,6 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
-use zael_table::keys::WCU;
 
 /// A snapshot window (`SNAPSHOT_WINDOWS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -73,7 +72,7 @@ pub fn plan<'a>(
 ) -> BTreeMap<SnapshotKey, SnapshotDelta> {
     let mut plan: BTreeMap<SnapshotKey, SnapshotDelta> = BTreeMap::new();
     for bucket in buckets {
-        let counted: Vec<_> = bucket.limits.iter().filter(|l| l.name != WCU && l.tc_delta != 0).collect();
+        let counted: Vec<_> = bucket.limits.iter().filter(|l| l.counts_as_usage()).collect();
         if counted.is_empty() {
             continue;
         }
