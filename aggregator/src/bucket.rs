@@ -3,7 +3,7 @@
 //! parameters (`table-format.md` §9, `deployer-and-aggregator.md` §11.2).
 
 use crate::record::{EventName, Image, StreamRecord, int, string};
-use zael_table::keys::{SK_STATE, WCU, parse_battr};
+use zael_table::keys::{SK_STATE, WCU, parse_battr, parse_pk_bucket};
 
 /// One limit `b_{name}_*` of a bucket image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,17 +42,6 @@ pub struct BucketRecord {
     /// The first attribute of a feature zael-aggregator does not evaluate (schedules,
     /// quotas, duration windows, top-ups), if the item carries one.
     pub unsupported: Option<String>,
-}
-
-/// The parts of a bucket partition key: namespace, entity, resource, shard.
-pub fn parse_bucket_pk(pk: &str) -> Option<(&str, &str, &str, i64)> {
-    let (namespace, rest) = pk.split_once('/')?;
-    let mut parts = rest.strip_prefix("BUCKET#")?.split('#');
-    let (entity, resource, shard) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || namespace.is_empty() || entity.is_empty() || resource.is_empty() {
-        return None;
-    }
-    Some((namespace, entity, resource, shard.parse().ok()?))
 }
 
 /// Item-level attributes of features the aggregator leaves to the client.
@@ -102,7 +91,7 @@ pub fn parse(record: &StreamRecord) -> Result<Option<BucketRecord>, String> {
         tracing::warn!(pk, "Skipping pre-migration record with unprefixed PK");
         return Ok(None);
     }
-    let Some((namespace, entity, resource, shard)) = parse_bucket_pk(pk) else {
+    let Some((namespace, entity, resource, shard)) = parse_pk_bucket(pk) else {
         return Ok(None);
     };
     if string(new, "entity_id").is_none_or(str::is_empty) {
@@ -254,13 +243,5 @@ mod tests {
         assert_eq!(unsupported_feature(&img), Some("b_rpm_rsa".into()));
         img.insert("rsched".into(), s("0 0 * * *"));
         assert_eq!(unsupported_feature(&img), Some("b_rpm_rsa".into()));
-    }
-
-    #[test]
-    fn bucket_keys() {
-        assert_eq!(parse_bucket_pk("a1/BUCKET#e:1#res/x.y#3"), Some(("a1", "e:1", "res/x.y", 3)));
-        assert_eq!(parse_bucket_pk("a1/ENTITY#e"), None);
-        assert_eq!(parse_bucket_pk("a1/BUCKET#e#r"), None);
-        assert_eq!(parse_bucket_pk("a1/BUCKET#e#r#x"), None);
     }
 }

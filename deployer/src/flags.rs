@@ -285,31 +285,10 @@ pub async fn buckets(repo: &Repo, ns: &str, scope: &Scope<'_>) -> Result<Vec<(St
     Ok(items
         .iter()
         .filter_map(|item| match item.get("PK") {
-            Some(AttributeValue::S(bucket_pk)) => {
-                parse_bucket_pk(bucket_pk, ns).map(|(entity, resource)| (bucket_pk.clone(), entity, resource))
-            }
+            Some(AttributeValue::S(bucket_pk)) => zael_table::keys::parse_pk_bucket(bucket_pk)
+                .filter(|(bucket_ns, ..)| *bucket_ns == ns)
+                .map(|(_, entity, resource, _)| (bucket_pk.clone(), entity.to_owned(), resource.to_owned())),
             _ => None,
         })
         .collect())
-}
-
-/// `{ns}/BUCKET#{entity}#{resource}#{shard}`: the shard after the last `#`, the entity before
-/// the first (§9.1).
-fn parse_bucket_pk(pk: &str, ns: &str) -> Option<(String, String)> {
-    let rest = pk.strip_prefix(&format!("{ns}/BUCKET#"))?;
-    let (without_shard, _) = rest.rsplit_once('#')?;
-    let (entity, resource) = without_shard.split_once('#')?;
-    Some((entity.to_owned(), resource.to_owned()))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn bucket_keys() {
-        assert_eq!(
-            super::parse_bucket_pk("ns1/BUCKET#key-1#openai/gpt-4#3", "ns1"),
-            Some(("key-1".into(), "openai/gpt-4".into()))
-        );
-        assert_eq!(super::parse_bucket_pk("ns1/ENTITY#x", "ns1"), None);
-    }
 }

@@ -49,6 +49,18 @@ pub fn pk_bucket(ns: &str, entity: &str, resource: &str, shard: i64) -> String {
     format!("{ns}/BUCKET#{entity}#{resource}#{shard}")
 }
 
+/// The parts of a bucket partition key `{ns}/BUCKET#{e}#{r}#{s}`: namespace, entity, resource,
+/// shard (entity ids and resources contain no `#`; a resource may contain `/`).
+pub fn parse_pk_bucket(pk: &str) -> Option<(&str, &str, &str, i64)> {
+    let (namespace, rest) = pk.split_once('/')?;
+    let mut parts = rest.strip_prefix("BUCKET#")?.split('#');
+    let (entity, resource, shard) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || namespace.is_empty() || entity.is_empty() || resource.is_empty() {
+        return None;
+    }
+    Some((namespace, entity, resource, shard.parse().ok()?))
+}
+
 /// The deadline of a soft or bypass stamp written at `now_ms`: `now + 60 s × U(0.8, 1.0)`, the
 /// library's `stamp_deadline` with its default stamp TTL (the jitter spreads renewals).
 pub fn stamp_deadline(now_ms: i64) -> i64 {
@@ -138,6 +150,16 @@ pub fn is_valid_table(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bucket_keys_parse_back() {
+        use super::{parse_pk_bucket, pk_bucket};
+        assert_eq!(parse_pk_bucket(&pk_bucket("a1", "e:1", "res/x.y", 3)), Some(("a1", "e:1", "res/x.y", 3)));
+        assert_eq!(parse_pk_bucket("a1/ENTITY#e"), None);
+        assert_eq!(parse_pk_bucket("a1/BUCKET#e#r"), None);
+        assert_eq!(parse_pk_bucket("a1/BUCKET#e#r#x"), None);
+        assert_eq!(parse_pk_bucket("BUCKET#e#r#0"), None);
+    }
+
     use super::*;
 
     #[test]
