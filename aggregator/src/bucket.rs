@@ -3,7 +3,7 @@
 //! parameters (`table-format.md` §9, `deployer-and-aggregator.md` §11.2).
 
 use crate::record::{EventName, Image, StreamRecord, int, string};
-use zael_table::keys::{SK_STATE, WCU, parse_battr, parse_pk_bucket};
+use zael_table::keys::{SK_STATE, WCU, battr, parse_battr, parse_pk_bucket};
 
 /// One limit `b_{name}_*` of a bucket image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,7 +102,7 @@ pub fn parse(record: &StreamRecord) -> Result<Option<BucketRecord>, String> {
         new.keys().filter_map(|a| parse_battr(a)).filter(|(_, f)| *f == "tc").map(|(n, _)| n).collect();
     names.sort_unstable();
     for name in names {
-        let field = |f: &str| format!("b_{name}_{f}");
+        let field = |f: &str| battr(name, f);
         let new_tc = int(new, &field("tc"))?.unwrap_or_default();
         let old_tc = match record.event_name {
             EventName::Insert => Some(0),

@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::{BTreeMap, HashMap};
 use zael_core::bucket::{BucketLimit, BucketState, EpochMillis, Millitokens};
-use zael_table::keys::{SK_STATE, WCU, pk_bucket};
+use zael_table::keys::{SK_STATE, WCU, battr, pk_bucket};
 
 /// One bucket shard as the batch last saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,7 +108,7 @@ pub async fn write(client: &Client, table: &str, bucket: &BucketRecord, refill: 
     }
     let mut adds = Vec::new();
     for (i, (limit, delta, read)) in refill.deltas.iter().enumerate() {
-        names.insert(format!("#rt{i}"), format!("b_{limit}_tk"));
+        names.insert(format!("#rt{i}"), battr(limit, "tk"));
         values.insert(format!(":rd{i}"), n(*delta));
         adds.push(format!("#rt{i} :rd{i}"));
         if let Some(read) = read {

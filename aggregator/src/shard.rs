@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 use std::collections::HashMap;
 use zael_table::keys::{
-    MAX_SHARD_COUNT, SK_META, SK_STATE, WCU, gsi2_sk, gsi3_sk, gsi4_sk, parse_battr, pk_bucket, pk_entity,
+    MAX_SHARD_COUNT, SK_META, SK_STATE, WCU, battr, gsi2_sk, gsi3_sk, gsi4_sk, parse_battr, pk_bucket, pk_entity,
 };
 
 /// Below this share of its capacity, a projected `wcu` balance doubles the shard count.
@@ -133,10 +133,10 @@ pub fn clone_image(shard0: &Image, bucket: &BucketRecord, target: i64, new_count
     let limits: Vec<String> =
         shard0.keys().filter_map(|a| parse_battr(a)).filter(|(_, f)| *f == "cp").map(|(l, _)| l.to_owned()).collect();
     for limit in limits {
-        let cp = int(shard0, &format!("b_{limit}_cp"))?.unwrap_or(0);
+        let cp = int(shard0, &battr(&limit, "cp"))?.unwrap_or(0);
         let tokens = if limit == WCU { cp } else { cp / new_count };
-        item.insert(format!("b_{limit}_tk"), n(tokens));
-        item.insert(format!("b_{limit}_tc"), n(0));
+        item.insert(battr(&limit, "tk"), n(tokens));
+        item.insert(battr(&limit, "tc"), n(0));
     }
     Ok(item)
 }

@@ -6,6 +6,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
+use zael_table::keys::{gsi2_pk, pk_entity};
 
 /// A snapshot window (`SNAPSHOT_WINDOWS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -116,13 +117,13 @@ pub async fn write(
     ]);
     let s = |v: &str| AttributeValue::S(v.to_owned());
     let n = |v: i64| AttributeValue::N(v.to_string());
-    let entity_pk = format!("{}/ENTITY#{}", key.namespace, key.entity);
+    let entity_pk = pk_entity(&key.namespace, &key.entity);
     let mut values = HashMap::from([
         (":entity_id".to_owned(), s(&key.entity)),
         (":resource".to_owned(), s(&key.resource)),
         (":window".to_owned(), s(key.window.name())),
         (":window_start".to_owned(), s(&key.window_key)),
-        (":gsi2pk".to_owned(), s(&format!("{}/RESOURCE#{}", key.namespace, key.resource))),
+        (":gsi2pk".to_owned(), s(&gsi2_pk(&key.namespace, &key.resource))),
         (":gsi2sk".to_owned(), s(&format!("USAGE#{}#{}", key.window_key, key.entity))),
         (":gsi4pk".to_owned(), s(&key.namespace)),
         (":gsi4sk".to_owned(), s(&entity_pk)),
