@@ -78,6 +78,24 @@ pub fn inspect(path: &Path) -> Result<(Vec<u8>, Option<GlibcVersion>), String> {
     Ok((bytes, glibc))
 }
 
+/// A package built on first use, at most once (a command may need it for staging and for
+/// the push, or not at all).
+pub struct LazyPackage {
+    binary: Result<PathBuf, String>,
+    built: std::cell::OnceCell<Result<Package, String>>,
+}
+
+impl LazyPackage {
+    /// The binary [`locate`] finds for `explicit`; a lookup failure is reported on first use.
+    pub fn new(explicit: Option<&Path>) -> LazyPackage {
+        LazyPackage { binary: locate(explicit), built: std::cell::OnceCell::new() }
+    }
+
+    pub fn get(&self) -> Result<&Package, String> {
+        self.built.get_or_init(|| build(self.binary.as_ref().map_err(Clone::clone)?)).as_ref().map_err(Clone::clone)
+    }
+}
+
 /// Reads, checks and zips the binary at `path`.
 pub fn build(path: &Path) -> Result<Package, String> {
     let (bytes, _) = inspect(path)?;

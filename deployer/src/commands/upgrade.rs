@@ -70,10 +70,7 @@ pub async fn upgrade(args: UpgradeArgs) -> Result<()> {
 
     let emulator = target.endpoint_url.is_some();
     let cfn = Cfn::new(&repo.config);
-    let binary = crate::lambda_package::locate(args.binary.as_deref());
-    let package = || -> std::result::Result<crate::lambda_package::Package, String> {
-        crate::lambda_package::build(binary.as_ref().map_err(Clone::clone)?)
-    };
+    let package = crate::lambda_package::LazyPackage::new(args.binary.as_deref());
     println!("[1/5] Applying stack template...");
     if args.lambda_only {
         println!("{STEP}Skipped (--lambda-only)");
@@ -91,8 +88,8 @@ pub async fn upgrade(args: UpgradeArgs) -> Result<()> {
     }
 
     println!("[2/5] Deploying Lambda code...");
-    let package = package().map_err(|e| crate::Failure::Plain(format!("✗ Lambda deployment failed: {e}")))?;
-    match lambda_code::push(&repo.config, &target.name, &package).await {
+    let package = package.get().map_err(|e| crate::Failure::Plain(format!("✗ Lambda deployment failed: {e}")))?;
+    match lambda_code::push(&repo.config, &target.name, package).await {
         Ok(_) => {
             println!("{STEP}Lambda code deployed ({})", crate::lambda_package::kb(package.zip.len()));
             let _ = lambda_code::mapping_ready(&repo.config, &target.name).await;
@@ -142,7 +139,7 @@ async fn apply_template(
     repo: &Repo,
     name: &str,
     emulator: bool,
-    package: &dyn Fn() -> std::result::Result<crate::lambda_package::Package, String>,
+    package: &crate::lambda_package::LazyPackage,
 ) -> std::result::Result<(), String> {
     let Some(stack) =
         cfn.describe_stacks().stack_name(name).send().await.ok().and_then(|o| o.stacks().first().cloned())
@@ -167,7 +164,7 @@ async fn apply_template(
         .map(|(k, _)| k)
         .collect();
     if !missing_required.is_empty() {
-        let (bucket, key) = lambda_code::stage(&repo.config, emulator, name, &package()?).await?;
+        let (bucket, key) = lambda_code::stage(&repo.config, emulator, name, package.get()?).await?;
         for (k, v) in [("AggregatorCodeS3Bucket", bucket), ("AggregatorCodeS3Key", key)] {
             parameters.push(Parameter::builder().parameter_key(k).parameter_value(&v).build());
             values.push((k.to_owned(), v));
