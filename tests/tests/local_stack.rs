@@ -174,7 +174,7 @@ async fn local_stack_limits_through_envoy_and_aggregates_usage() {
     // SIGTERM stops every component.
     stack.terminate();
     let status = tokio::time::timeout(Duration::from_secs(30), stack.child.wait()).await.expect("exits on SIGTERM");
-    assert!(status.is_ok());
+    assert_eq!(status.expect("the script's status").code(), Some(143), "the TERM trap's exit code");
     for port in [ports[0], ports[1], ports[3], ports[4]] {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
