@@ -3,7 +3,12 @@
 //! * [`bucket`]: millitoken token-bucket arithmetic of the table format;
 //! * [`config`]: the envoyproxy/ratelimit YAML config and its matcher;
 //! * [`decision`]: descriptors in, bucket charges out, statuses back;
+//! * [`entities`]: the `--entities` file: namespaces, entities and stored limits for the
+//!   embedded store;
 //! * [`keys`]: bucket identity as zae-limiter entity and resource ids;
+//! * [`lease`]: leases of the native API, their authenticated ids and state;
+//! * [`limit_spec`]: the `name:rate[/period][:burst]` limit syntax of the CLI and the
+//!   entities file;
 //! * [`store`]: the trait every bucket store implements, and [`memory`], the embedded one.
 //!
 //! ```
@@ -24,6 +29,9 @@
 pub mod bucket;
 pub mod config;
 pub mod decision;
+pub mod entities;
 pub mod keys;
+pub mod lease;
+pub mod limit_spec;
 pub mod memory;
 pub mod store;

@@ -1,14 +1,30 @@
-//! The embedded store: buckets in a sharded concurrent map inside the server process.
+//! The embedded store: buckets inside the server process.
 //!
-//! Each bucket is updated under its shard's lock, so concurrent requests never over-admit.
-//! A bucket that has refilled to full is equivalent to one that does not exist, so
-//! [`MemoryStore::evict_full`] drops those; memory is bounded by the buckets that are
-//! still refilling.
+//! **YAML-rule buckets** live in a sharded concurrent map; each is updated under its shard's
+//! lock, so concurrent requests never over-admit. A bucket that has refilled to full is
+//! equivalent to one that does not exist, so [`MemoryStore::evict_full`] drops those; memory
+//! is bounded by the buckets that are still refilling.
+//!
+//! **Entities** ([`MemoryStore::with_entities`], the `--entities` file, [`crate::entities`])
+//! have their own buckets: one per (namespace, entity, resource), holding every resolved limit
+//! of it (balance and `tc`, the cumulative consumption), always one shard. Entity buckets and
+//! lease states sit under one lock, so an acquire that charges an entity and its parent, and
+//! a lease change that writes buckets and the lease's state, are each one atomic step (this
+//! store is for local use; the lock is held for microseconds). Every opened lease is kept
+//! until it expires: an idempotent one to replay, every one so its buckets are not evicted
+//! while it may still adjust them.
 
-use crate::bucket::{BucketLimit, BucketState, ChargeOutcome, EpochMillis};
-use crate::keys::BucketKey;
-use crate::store::{BucketRequest, BucketStore, StoreError};
+use crate::bucket::{BucketLimit, BucketState, ChargeOutcome, EpochMillis, Millitokens};
+use crate::entities::{Entities, Namespace, StoredLimit};
+use crate::keys::{BucketKey, is_valid_entity_id, is_valid_resource};
+use crate::lease::{Lease, LeaseChange, LeaseEntry, LeaseState, Verdict};
+use crate::store::{
+    BucketRequest, BucketStore, EntityOutcome, EntityRequest, LeaseChanged, LeaseOpened, LeaseRequest, LimitOverride,
+    LimitReport, OnUnavailable, StoreError,
+};
 use dashmap::DashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
 
 #[derive(Debug)]
 struct Slot {
@@ -21,14 +37,150 @@ struct Slot {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     buckets: DashMap<BucketKey, Slot>,
+    entities: Entities,
+    /// An `--entities` file was given.
+    has_entities: bool,
+    held: Mutex<Held>,
+}
+
+/// Where an entity bucket is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct EntityBucketId {
+    namespace: String,
+    entity: String,
+    resource: String,
+}
+
+impl EntityBucketId {
+    fn new(namespace: &str, entity: &str, resource: &str) -> Self {
+        EntityBucketId { namespace: namespace.to_owned(), entity: entity.to_owned(), resource: resource.to_owned() }
+    }
+}
+
+/// One limit of an entity bucket.
+#[derive(Debug)]
+struct LimitSlot {
+    /// The parameters of the last acquire (the resolved limit or an override).
+    limit: BucketLimit,
+    state: BucketState,
+    /// Millitokens consumed over the bucket's life (the table's `tc`).
+    consumed: i64,
+}
+
+impl LimitSlot {
+    fn full_at(&self, now: EpochMillis) -> bool {
+        self.state.refilled(&self.limit, now).tokens >= self.limit.capacity
+    }
+}
+
+/// An opened lease and its state.
+#[derive(Debug)]
+struct LeaseRecord {
+    /// The lease as opened (what an idempotent retry answers).
+    lease: Lease,
+    state: LeaseState,
+    idempotent: bool,
+}
+
+/// Entity buckets and lease states, changed together under one lock.
+#[derive(Debug, Default)]
+struct Held {
+    buckets: HashMap<EntityBucketId, BTreeMap<String, LimitSlot>>,
+    /// By (entity bucket of the lease, nonce).
+    leases: HashMap<(EntityBucketId, String), LeaseRecord>,
+    /// Lease count at which an insert first drops the expired ones.
+    purge_at: usize,
+}
+
+/// Leases kept before an insert drops the expired ones (then twice what remains).
+const LEASE_PURGE_MIN: usize = 1024;
+
+impl Held {
+    fn insert_lease(&mut self, key: (EntityBucketId, String), record: LeaseRecord, now: EpochMillis) {
+        if self.leases.len() >= self.purge_at {
+            self.leases.retain(|_, r| !r.lease.expired(now));
+            self.purge_at = (self.leases.len() * 2).max(LEASE_PURGE_MIN);
+        }
+        self.leases.insert(key, record);
+    }
+}
+
+/// One side of an entity acquire (the entity, or its parent under cascade).
+struct Side<'a> {
+    entity: &'a str,
+    limits: Vec<StoredLimit>,
+    /// The requested limits this side has, with their amounts in millitokens.
+    declared: Vec<(&'a str, i64)>,
+}
+
+/// What an entity acquire is, before it meets the buckets.
+enum Plan<'a> {
+    Decided(EntityOutcome),
+    Charge(Vec<Side<'a>>),
+}
+
+fn unknown_namespace(namespace: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "namespace '{namespace}' is not registered (zael-server --entities FILE declares namespaces)"
+    ))
+}
+
+fn check_ids(entity: &str, resource: &str) -> Result<(), StoreError> {
+    if is_valid_entity_id(entity) && is_valid_resource(resource) {
+        Ok(())
+    } else {
+        Err(StoreError::Refused(format!(
+            "entity '{entity}' on resource '{resource}' is outside the zae-limiter identifier rules"
+        )))
+    }
+}
+
+/// Whether a balance cannot cover `amount` (0 checks that the balance is not in debt).
+fn short(tokens: Millitokens, amount: i64) -> bool {
+    if amount == 0 { tokens.0 < 0 } else { tokens.0 < amount }
+}
+
+fn report(
+    entity: &str,
+    name: &str,
+    limit: BucketLimit,
+    tokens: Millitokens,
+    requested: i64,
+    exceeded: bool,
+    now: EpochMillis,
+) -> LimitReport {
+    LimitReport {
+        entity: entity.to_owned(),
+        name: name.to_owned(),
+        limit,
+        shard_count: 1,
+        shard: 0,
+        bypass: false,
+        tokens,
+        at: now,
+        requested: Millitokens(requested),
+        exceeded,
+    }
 }
 
 impl MemoryStore {
+    /// A store without entities: Envoy entity rules are admitted without a limit (as before
+    /// `--entities` existed); the native API's calls answer [`StoreError::NotFound`].
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Number of buckets held.
+    /// A store with the namespaces, entities and stored limits of an `--entities` file.
+    pub fn with_entities(entities: Entities) -> Self {
+        MemoryStore { entities, has_entities: true, ..Self::default() }
+    }
+
+    /// The entities the store was given.
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+
+    /// Number of YAML-rule buckets held.
     pub fn len(&self) -> usize {
         self.buckets.len()
     }
@@ -37,11 +189,42 @@ impl MemoryStore {
         self.buckets.is_empty()
     }
 
-    /// Drops every bucket that has refilled to its capacity by `now`; returns how many.
+    /// Number of entity buckets held (one per entity and resource).
+    pub fn entity_buckets_len(&self) -> usize {
+        self.held().buckets.len()
+    }
+
+    /// Number of leases held (until they expire).
+    pub fn leases_len(&self) -> usize {
+        self.held().leases.len()
+    }
+
+    fn held(&self) -> MutexGuard<'_, Held> {
+        // The state is consistent between statements, so a panic elsewhere leaves it usable.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops every bucket that has refilled to its capacity by `now`, and every lease that
+    /// has expired; returns how many buckets. An entity bucket goes only when every limit
+    /// of it is full and no live lease names it.
     pub fn evict_full(&self, now: EpochMillis) -> usize {
         let before = self.buckets.len();
         self.buckets.retain(|_, slot| slot.state.refilled(&slot.limit, now).tokens < slot.limit.capacity);
-        before.saturating_sub(self.buckets.len())
+        let mut dropped = before.saturating_sub(self.buckets.len());
+        let mut held = self.held();
+        held.leases.retain(|_, r| !r.lease.expired(now));
+        let pinned: HashSet<EntityBucketId> = held
+            .leases
+            .values()
+            .filter(|r| r.state.ended.is_none())
+            .flat_map(|r| {
+                r.lease.entries.iter().map(|e| EntityBucketId::new(&r.lease.namespace, &e.entity, &r.lease.resource))
+            })
+            .collect();
+        let before = held.buckets.len();
+        held.buckets.retain(|id, limits| pinned.contains(id) || limits.values().any(|l| !l.full_at(now)));
+        dropped += before.saturating_sub(held.buckets.len());
+        dropped
     }
 
     /// Applies one bucket's charges atomically.
@@ -56,6 +239,235 @@ impl MemoryStore {
             .or_insert_with(|| Slot { state: BucketState::full(&request.limit, now), limit: request.limit });
         slot.limit = request.limit;
         slot.state.charge_all(&request.limit, now, &request.charges)
+    }
+
+    fn namespace(&self, namespace: &str) -> Result<&Namespace, StoreError> {
+        self.entities.namespace(namespace).ok_or_else(|| unknown_namespace(namespace))
+    }
+
+    /// The sides an acquire charges, or what it answers without charging.
+    fn plan<'a>(
+        &'a self,
+        request: &'a EntityRequest,
+        overrides: Option<&[LimitOverride]>,
+    ) -> Result<Plan<'a>, StoreError> {
+        check_ids(&request.entity, &request.resource)?;
+        let ns = self.namespace(&request.namespace)?;
+        if let Some((name, amount)) = request.consume.iter().find(|(_, a)| a.0 < 0) {
+            return Err(StoreError::Refused(format!("a negative amount ({} millitokens) of '{name}'", amount.0)));
+        }
+        // The requested amounts, one per limit name.
+        let mut consume: Vec<(&str, i64)> = Vec::with_capacity(request.consume.len());
+        for (name, amount) in &request.consume {
+            match consume.iter_mut().find(|(n, _)| *n == &**name) {
+                Some((_, a)) => *a = a.saturating_add(amount.0),
+                None => consume.push((name, amount.0)),
+            }
+        }
+        let resource = request.resource.as_str();
+        let limits_of = |entity: &str| -> Vec<StoredLimit> {
+            match overrides {
+                Some(o) => {
+                    o.iter().map(|o| StoredLimit { name: o.name.clone(), limit: o.limit, soft: false }).collect()
+                }
+                None => ns.resolve(entity, resource).map(|r| r.limits.to_vec()).unwrap_or_default(),
+            }
+        };
+        let side = |entity: &'a str, limits: Vec<StoredLimit>| {
+            let declared = consume.iter().filter(|(n, _)| limits.iter().any(|l| l.name == *n)).copied().collect();
+            Side { entity, limits, declared }
+        };
+        let entity = request.entity.as_str();
+        if ns.disabled(entity, resource) {
+            return Ok(Plan::Decided(EntityOutcome::Disabled { entity: entity.to_owned() }));
+        }
+        let own = limits_of(entity);
+        if own.is_empty() {
+            return Ok(Plan::Decided(EntityOutcome::NoLimits));
+        }
+        let mut sides = vec![side(entity, own)];
+        if let Some(parent) = ns.cascades_to(entity) {
+            if ns.disabled(parent, resource) {
+                return Ok(Plan::Decided(EntityOutcome::Disabled { entity: parent.to_owned() }));
+            }
+            let limits = limits_of(parent);
+            if !limits.is_empty() {
+                sides.push(side(parent, limits));
+            }
+        }
+        Ok(Plan::Charge(sides))
+    }
+
+    /// Charges every side or none: refills each side's limits, admits iff every requested
+    /// amount is covered (or its limit is soft), then debits.
+    fn charge_sides(held: &mut Held, request: &EntityRequest, sides: &[Side<'_>], now: EpochMillis) -> EntityOutcome {
+        let mut admitted = true;
+        for side in sides {
+            let id = EntityBucketId::new(&request.namespace, side.entity, &request.resource);
+            let bucket = held.buckets.entry(id).or_default();
+            for l in &side.limits {
+                let slot = bucket.entry(l.name.clone()).or_insert_with(|| LimitSlot {
+                    limit: l.limit,
+                    state: BucketState::full(&l.limit, now),
+                    consumed: 0,
+                });
+                slot.limit = l.limit;
+                slot.state = slot.state.refilled(&l.limit, now);
+                if let Some((_, amount)) = side.declared.iter().find(|(n, _)| *n == l.name)
+                    && short(slot.state.tokens, *amount)
+                    && !l.soft
+                {
+                    admitted = false;
+                }
+            }
+        }
+        let mut reports = Vec::new();
+        for side in sides {
+            let id = EntityBucketId::new(&request.namespace, side.entity, &request.resource);
+            let bucket = held.buckets.get_mut(&id).expect("created above");
+            for (name, amount) in &side.declared {
+                let slot = bucket.get_mut(*name).expect("created above");
+                let was_short = short(slot.state.tokens, *amount);
+                if admitted {
+                    slot.state.tokens = slot.state.tokens - Millitokens(*amount);
+                    slot.consumed = slot.consumed.saturating_add(*amount);
+                }
+                let exceeded = !admitted && was_short;
+                reports.push(report(side.entity, name, slot.limit, slot.state.tokens, *amount, exceeded, now));
+            }
+        }
+        if admitted { EntityOutcome::Admitted(reports) } else { EntityOutcome::Rejected(reports) }
+    }
+
+    fn acquire_one(&self, request: &EntityRequest, now: EpochMillis) -> Result<EntityOutcome, StoreError> {
+        match self.plan(request, None)? {
+            Plan::Decided(outcome) => Ok(outcome),
+            Plan::Charge(sides) => Ok(Self::charge_sides(&mut self.held(), request, &sides, now)),
+        }
+    }
+
+    fn open_lease_now(&self, request: &LeaseRequest, now: EpochMillis) -> Result<LeaseOpened, StoreError> {
+        let acquire = &request.acquire;
+        let plan = self.plan(acquire, request.overrides.as_deref())?;
+        let key = (EntityBucketId::new(&acquire.namespace, &acquire.entity, &acquire.resource), request.nonce.clone());
+        let mut held = self.held();
+        if request.idempotent
+            && let Some(record) = held.leases.get(&key)
+            && record.idempotent
+            && !record.lease.expired(now)
+        {
+            return Ok(LeaseOpened::Replayed { lease: record.lease.clone() });
+        }
+        let sides = match plan {
+            Plan::Decided(EntityOutcome::Disabled { entity }) => return Ok(LeaseOpened::Disabled { entity }),
+            Plan::Decided(_) => return Ok(LeaseOpened::NoLimits),
+            Plan::Charge(sides) => sides,
+        };
+        let reports = match Self::charge_sides(&mut held, acquire, &sides, now) {
+            EntityOutcome::Admitted(reports) => reports,
+            EntityOutcome::Rejected(reports) => return Ok(LeaseOpened::Rejected(reports)),
+            EntityOutcome::Disabled { entity } => return Ok(LeaseOpened::Disabled { entity }),
+            EntityOutcome::NoLimits => return Ok(LeaseOpened::NoLimits),
+        };
+        let lease = Lease {
+            namespace: acquire.namespace.to_string(),
+            entity: acquire.entity.clone(),
+            resource: acquire.resource.clone(),
+            nonce: request.nonce.clone(),
+            seq: 0,
+            expires_at: request.expires_at.0,
+            entries: reports
+                .iter()
+                .map(|r| LeaseEntry {
+                    entity: r.entity.clone(),
+                    shard: r.shard,
+                    limit: r.name.clone(),
+                    amount: r.requested.0,
+                    bypass: r.bypass,
+                })
+                .collect(),
+        };
+        let record = LeaseRecord { lease: lease.clone(), state: LeaseState::default(), idempotent: request.idempotent };
+        held.insert_lease(key, record, now);
+        Ok(LeaseOpened::Admitted { lease, reports })
+    }
+
+    fn change_lease_now(
+        &self,
+        lease: &Lease,
+        change: &LeaseChange,
+        now: EpochMillis,
+    ) -> Result<LeaseChanged, StoreError> {
+        self.namespace(&lease.namespace)?;
+        if lease.expired(now) {
+            return Ok(LeaseChanged::Conflict(format!(
+                "the lease expired at {} ms since the epoch; it counts as released",
+                lease.expires_at
+            )));
+        }
+        let key = (EntityBucketId::new(&lease.namespace, &lease.entity, &lease.resource), lease.nonce.clone());
+        let mut held = self.held();
+        let state = held.leases.get(&key).map(|r| r.state.clone()).unwrap_or_default();
+        match state.verdict(lease, change) {
+            Verdict::Conflict(message) => return Ok(LeaseChanged::Conflict(message)),
+            Verdict::Done => return Ok(LeaseChanged::AlreadyApplied),
+            Verdict::Apply => {}
+        }
+        for write in lease.writes(change) {
+            // This store has one shard; a bucket that is gone has nothing to change.
+            let id = EntityBucketId::new(&lease.namespace, &write.entity, &lease.resource);
+            let Some(bucket) = held.buckets.get_mut(&id).filter(|_| write.shard == 0) else { continue };
+            for (name, delta) in &write.deltas {
+                let Some(slot) = bucket.get_mut(name) else { continue };
+                slot.state = slot.state.refilled(&slot.limit, now);
+                if !write.bypass {
+                    let tokens = slot.state.tokens - Millitokens(*delta);
+                    // A debit has no floor; a credit never lifts a balance above the ceiling.
+                    slot.state.tokens = if *delta > 0 { tokens } else { tokens.min(slot.limit.capacity) };
+                }
+                slot.consumed = slot.consumed.saturating_add(*delta);
+            }
+        }
+        let next = LeaseState::after(lease, change);
+        match held.leases.get_mut(&key) {
+            Some(record) => record.state = next,
+            None => {
+                let record = LeaseRecord { lease: lease.clone(), state: next, idempotent: false };
+                held.insert_lease(key, record, now);
+            }
+        }
+        Ok(LeaseChanged::Applied)
+    }
+
+    fn available_now(
+        &self,
+        namespace: &str,
+        entity: &str,
+        resource: &str,
+        now: EpochMillis,
+    ) -> Result<Vec<LimitReport>, StoreError> {
+        check_ids(entity, resource)?;
+        let ns = self.namespace(namespace)?;
+        let Some(own) = ns.resolve(entity, resource) else { return Ok(Vec::new()) };
+        let mut sides = vec![(entity, own.limits)];
+        if let Some(parent) = ns.cascades_to(entity)
+            && let Some(limits) = ns.resolve(parent, resource)
+        {
+            sides.push((parent, limits.limits));
+        }
+        let held = self.held();
+        let mut reports = Vec::new();
+        for (owner, limits) in sides {
+            let bucket = held.buckets.get(&EntityBucketId::new(namespace, owner, resource));
+            for l in limits {
+                let tokens = match bucket.and_then(|b| b.get(&l.name)) {
+                    Some(slot) => slot.state.refilled(&l.limit, now).tokens,
+                    None => l.limit.capacity,
+                };
+                reports.push(report(owner, &l.name, l.limit, tokens, 0, false, now));
+            }
+        }
+        Ok(reports)
     }
 }
 
@@ -72,7 +484,44 @@ impl BucketStore for MemoryStore {
     ) -> Result<Vec<Vec<ChargeOutcome>>, StoreError> {
         Ok(requests.iter().map(|r| self.charge_bucket(r, now)).collect())
     }
+
+    async fn acquire(&self, requests: &[EntityRequest], now: EpochMillis) -> Vec<Result<EntityOutcome, StoreError>> {
+        if !self.has_entities {
+            return requests.iter().map(|_| Ok(EntityOutcome::NoLimits)).collect();
+        }
+        requests.iter().map(|r| self.acquire_one(r, now)).collect()
+    }
+
+    async fn open_lease(&self, request: &LeaseRequest, now: EpochMillis) -> Result<LeaseOpened, StoreError> {
+        self.open_lease_now(request, now)
+    }
+
+    async fn change_lease(
+        &self,
+        lease: &Lease,
+        change: &LeaseChange,
+        now: EpochMillis,
+    ) -> Result<LeaseChanged, StoreError> {
+        self.change_lease_now(lease, change, now)
+    }
+
+    async fn available(
+        &self,
+        namespace: &str,
+        entity: &str,
+        resource: &str,
+        now: EpochMillis,
+    ) -> Result<Vec<LimitReport>, StoreError> {
+        self.available_now(namespace, entity, resource, now)
+    }
+
+    fn on_unavailable(&self, namespace: &str) -> Option<OnUnavailable> {
+        self.entities.on_unavailable(namespace)
+    }
 }
+
+#[cfg(test)]
+mod entity_tests;
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@
 
 use crate::bucket::{BucketLimit, Charge, ChargeOutcome, EpochMillis, Millitokens};
 use crate::keys::BucketKey;
+use crate::lease::{Lease, LeaseChange};
 use std::sync::Arc;
 
 /// One bucket and what a request charges it.
@@ -49,6 +50,10 @@ pub struct LimitReport {
     pub limit: BucketLimit,
     /// The shards the limit is spread over; the balance below is one shard's.
     pub shard_count: i64,
+    /// The shard the decision read (and debited when admitted).
+    pub shard: i64,
+    /// The bucket was bypassed (`disabled = "bypass"`): admitted without a `tk` debit.
+    pub bypass: bool,
     /// The shard's balance after the decision (after the debit when admitted), at `at`.
     pub tokens: Millitokens,
     pub at: EpochMillis,
@@ -69,6 +74,59 @@ pub enum EntityOutcome {
     Disabled { entity: String },
 }
 
+/// A stored limit given with the request instead of the stored ones (the library's
+/// `acquire(limits=...)`), in bucket units.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitOverride {
+    pub name: String,
+    pub limit: BucketLimit,
+}
+
+/// An acquire that opens a lease (the native API).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRequest {
+    pub acquire: EntityRequest,
+    /// When set, these limits replace the stored ones for the entity (and its parent).
+    pub overrides: Option<Vec<LimitOverride>>,
+    /// The lease's nonce (see [`Lease::nonce`]).
+    pub nonce: String,
+    /// The nonce is the caller's request id: a second acquire with it, before the first
+    /// lease expired, answers that lease and charges nothing.
+    pub idempotent: bool,
+    pub expires_at: EpochMillis,
+}
+
+/// What an acquire that opens a lease decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseOpened {
+    /// Admitted and charged; the lease names every bucket debited.
+    Admitted {
+        lease: Lease,
+        reports: Vec<LimitReport>,
+    },
+    /// An idempotent request seen before, within its lease: the original lease; nothing
+    /// charged now.
+    Replayed {
+        lease: Lease,
+    },
+    Rejected(Vec<LimitReport>),
+    Disabled {
+        entity: String,
+    },
+    NoLimits,
+}
+
+/// What a lease change did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseChanged {
+    /// Applied now.
+    Applied,
+    /// Applied before (a retried call): nothing written again.
+    AlreadyApplied,
+    /// Not applicable to the lease as stored (ended, or the id is stale); why.
+    Conflict(String),
+}
+
 /// Why a store could not answer. The server turns this into gRPC UNAVAILABLE, unless the
 /// failure policy is [`OnUnavailable::Allow`] and [`StoreError::may_fail_open`].
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +140,9 @@ pub enum StoreError {
     /// version mismatch, validation errors, an unknown namespace, denied access).
     #[error("store refused the request: {0}")]
     Refused(String),
+    /// What the request names does not exist (an unregistered namespace): refused too.
+    #[error("{0}")]
+    NotFound(String),
     /// Some buckets were charged and others were not: `outcomes[i]` is the answer for the
     /// `i`-th bucket request, `None` for one that failed (the first failure, or a refusal
     /// when there is one, in `error`). The charged buckets' writes have landed.
@@ -95,7 +156,7 @@ impl StoreError {
     pub fn may_fail_open(&self) -> bool {
         match self {
             StoreError::Unavailable(_) | StoreError::Timeout(_) => true,
-            StoreError::Refused(_) => false,
+            StoreError::Refused(_) | StoreError::NotFound(_) => false,
             StoreError::Partial { error, .. } => error.may_fail_open(),
         }
     }
@@ -163,6 +224,36 @@ pub trait BucketStore: Send + Sync + 'static {
     /// others). A store without stored limits answers [`EntityOutcome::NoLimits`].
     async fn acquire(&self, requests: &[EntityRequest], _now: EpochMillis) -> Vec<Result<EntityOutcome, StoreError>> {
         requests.iter().map(|_| Ok(EntityOutcome::NoLimits)).collect()
+    }
+
+    /// Acquires like [`BucketStore::acquire`] and opens a lease on what it charged,
+    /// recording it when the request is idempotent, in the same atomic write as the charge.
+    async fn open_lease(&self, _request: &LeaseRequest, _now: EpochMillis) -> Result<LeaseOpened, StoreError> {
+        Err(StoreError::Refused(format!("the {} store keeps no entities", self.name())))
+    }
+
+    /// Applies a change to a lease (already authenticated and unexpired), atomically with
+    /// its state: an adjust or rollback writes its buckets and the lease's new state together.
+    async fn change_lease(
+        &self,
+        _lease: &Lease,
+        _change: &LeaseChange,
+        _now: EpochMillis,
+    ) -> Result<LeaseChanged, StoreError> {
+        Err(StoreError::Refused(format!("the {} store keeps no entities", self.name())))
+    }
+
+    /// The current balance of every limit of `entity` on `resource` (its parent's too under
+    /// cascade), without writing: one report per limit with `requested` 0, summed over the
+    /// limit's shards (`shard_count` says how many). Empty when no limit applies.
+    async fn available(
+        &self,
+        _namespace: &str,
+        _entity: &str,
+        _resource: &str,
+        _now: EpochMillis,
+    ) -> Result<Vec<LimitReport>, StoreError> {
+        Err(StoreError::Refused(format!("the {} store keeps no entities", self.name())))
     }
 
     /// The failure policy the store's own data sets for `namespace` (for zae-limiter, the

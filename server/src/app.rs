@@ -3,6 +3,7 @@
 use crate::cli::{Cli, StoreKind};
 use crate::config_watch::{self, ConfigHolder};
 use crate::http::{HttpState, Readiness};
+use crate::limiter_api::LimiterApi;
 use crate::rls::{HeaderNames, RateLimiter, RlsService};
 use crate::{metrics as m, reflection, telemetry, tls};
 use anyhow::Context as _;
@@ -14,8 +15,11 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
+use zael_api::limiter_server::LimiterServer;
 use zael_core::bucket::EpochMillis;
 use zael_core::config::load_path;
+use zael_core::entities::Entities;
+use zael_core::lease::LeaseKey;
 use zael_core::memory::MemoryStore;
 use zael_core::store::BucketStore;
 
@@ -47,10 +51,30 @@ pub fn validate(config: Option<&Path>) -> ExitCode {
     }
 }
 
+/// The lease key: `--lease-key`, else a random one (leases then live on this instance only).
+fn lease_key(cli: &Cli) -> anyhow::Result<LeaseKey> {
+    match &cli.lease_key {
+        Some(key) if key.len() < 16 => anyhow::bail!("--lease-key must be at least 16 bytes long"),
+        Some(key) => Ok(LeaseKey::new(key.as_bytes())),
+        None => {
+            tracing::warn!(
+                "no --lease-key given: lease ids are signed with a random key, valid on this instance until it restarts"
+            );
+            Ok(LeaseKey::new(rand::random::<[u8; 32]>()))
+        }
+    }
+}
+
 async fn open_store(cli: &Cli) -> anyhow::Result<Arc<dyn BucketStore>> {
     Ok(match cli.store {
         StoreKind::Memory => {
-            let store = Arc::new(MemoryStore::new());
+            let store = Arc::new(match &cli.entities {
+                Some(path) => {
+                    let entities = Entities::load(path).map_err(|e| anyhow::anyhow!("invalid --entities file: {e}"))?;
+                    MemoryStore::with_entities(entities)
+                }
+                None => MemoryStore::new(),
+            });
             let evicting = store.clone();
             let every = cli.evict_interval;
             tokio::spawn(async move {
@@ -65,6 +89,11 @@ async fn open_store(cli: &Cli) -> anyhow::Result<Arc<dyn BucketStore>> {
             store
         }
         StoreKind::Dynamodb => {
+            if cli.entities.is_some() {
+                anyhow::bail!(
+                    "--entities is for the embedded store; on DynamoDB entities and limits live in the table"
+                );
+            }
             let table = cli.table.clone().context("--store dynamodb needs --table")?;
             let options = zael_table::DynamoStoreOptions {
                 region: cli.region.clone(),
@@ -85,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         StoreKind::Memory => "memory",
         StoreKind::Dynamodb => "dynamodb",
     })?;
+    let lease_key = lease_key(&cli)?;
     let store = open_store(&cli).await?;
     if cli.store == StoreKind::Dynamodb {
         zael_table::describe_metrics();
@@ -111,6 +141,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
 
+    let api = LimiterApi { store: store.clone(), key: lease_key, on_unavailable: cli.on_unavailable };
     let limiter = Arc::new(RateLimiter {
         config: config.clone(),
         store,
@@ -145,6 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(RateLimitServiceServer::new(RlsService(limiter.clone())))
+        .add_service(LimiterServer::new(api))
         .add_service(refl_v1)
         .add_service(refl_v1alpha);
     let grpc = match (&cli.tls_cert, &cli.tls_key) {

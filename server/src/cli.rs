@@ -134,6 +134,17 @@ pub struct Cli {
     /// (`on_unavailable`), else block.
     #[arg(long, env = "ZAEL_ON_UNAVAILABLE", value_parser = parse_on_unavailable)]
     pub on_unavailable: Option<OnUnavailable>,
+
+    /// Secret authenticating the lease ids of the native API (`zael.limiter.v1`), at least 16
+    /// bytes; give every instance behind one load balancer the same key. Without it a random
+    /// key is drawn at start: leases then work on this instance only, until it restarts.
+    #[arg(long, env = "ZAEL_LEASE_KEY", hide_env_values = true)]
+    pub lease_key: Option<String>,
+
+    /// Embedded store only: namespaces, entities and stored limits (YAML, see
+    /// `examples/native-api/entities.yaml`), for entity rules and the native API without a table.
+    #[arg(long, env = "ZAEL_ENTITIES")]
+    pub entities: Option<PathBuf>,
 }
 
 fn parse_on_unavailable(text: &str) -> Result<OnUnavailable, String> {
@@ -192,5 +203,13 @@ mod tests {
         let cli = Cli::try_parse_from(["zael-server", "--on-unavailable", "allow"]).unwrap();
         assert_eq!(cli.on_unavailable, Some(OnUnavailable::Allow));
         assert!(Cli::try_parse_from(["zael-server", "--on-unavailable", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn lease_and_entities_flags_parse() {
+        let cli =
+            Cli::try_parse_from(["zael-server", "--lease-key", "0123456789abcdef", "--entities", "e.yaml"]).unwrap();
+        assert_eq!(cli.lease_key.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(cli.entities, Some(PathBuf::from("e.yaml")));
     }
 }

@@ -1,11 +1,12 @@
 //! `zael-server`: the Envoy Rate Limit Service. Flags in `cli.rs`; wiring in `app.rs`; the
-//! request path in `rls.rs`.
+//! request path in `rls.rs`; the native API (`zael.limiter.v1`) in `limiter_api.rs`.
 
 mod app;
 mod cli;
 mod config_watch;
 mod fail_open;
 mod http;
+mod limiter_api;
 mod metrics;
 mod protojson;
 mod reflection;

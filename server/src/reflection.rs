@@ -32,10 +32,12 @@ const REFLECTION_V1ALPHA_SERVICE_NAME: &str = "grpc.reflection.v1alpha.ServerRef
 fn builder() -> Builder<'static> {
     Builder::configure()
         .register_encoded_file_descriptor_set(RLS_FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(zael_api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .with_service_name(RLS_SERVICE_NAME)
+        .with_service_name(zael_api::SERVICE_NAME)
         .with_service_name(HEALTH_SERVICE_NAME)
         .with_service_name(REFLECTION_V1_SERVICE_NAME)
         .with_service_name(REFLECTION_V1ALPHA_SERVICE_NAME)

@@ -14,7 +14,7 @@
 //! * `key.namespace` is a namespace **name**, resolved to its opaque id through the registry
 //!   record `_/SYSTEM#` `#NAMESPACE#{name}` and cached for `namespace_cache_ttl` (60 s by
 //!   default, failures included). A missing record, or a `status` other than `active`,
-//!   answers `StoreError::Refused` naming the namespace. zael never registers one.
+//!   answers `StoreError::NotFound` naming the namespace (refused whatever the failure policy). zael never registers one.
 //! * `key.entity` is the zae-limiter entity id, `key.resource` the resource, and the bucket
 //!   holds one limit named [`LIMIT_NAME`] (`hits`) with `cp`/`ra`/`rp` = the YAML limit
 //!   (millitokens and ms, undivided). These entities have no `#META`: every create carries

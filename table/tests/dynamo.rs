@@ -413,7 +413,7 @@ async fn namespaces_missing_and_deleted() {
     let store = store_with(DynamoStoreOptions { namespace_cache_ttl: Duration::ZERO, ..options(&table) }).await;
     let missing = request("nope", "e", "r", per_hour(5), &[strict(1)]);
     match try_charge(&store, &missing, now()).await {
-        Err(StoreError::Refused(m)) => assert!(m.contains("namespace 'nope' is not registered"), "{m}"),
+        Err(StoreError::NotFound(m)) => assert!(m.contains("namespace 'nope' is not registered"), "{m}"),
         other => panic!("{other:?}"),
     }
     let live = request("live", "e", "r", per_hour(5), &[strict(1)]);
@@ -431,7 +431,7 @@ async fn namespaces_missing_and_deleted() {
         .await
         .expect("stamp status");
     match try_charge(&store, &live, now()).await {
-        Err(StoreError::Refused(m)) => assert!(m.contains("namespace 'live' is not active"), "{m}"),
+        Err(StoreError::NotFound(m)) => assert!(m.contains("namespace 'live' is not active"), "{m}"),
         other => panic!("{other:?}"),
     }
     // Deleted like the library deletes it.
@@ -442,7 +442,7 @@ async fn namespaces_missing_and_deleted() {
     assert_eq!(admitted(&charge_one(&store, &gone, now()).await), [true]);
     zael_table::testing::delete_namespace(&c, &table, "gone").await.expect("delete");
     match try_charge(&store, &gone, now()).await {
-        Err(StoreError::Refused(m)) => assert!(m.contains("namespace 'gone' is not registered"), "{m}"),
+        Err(StoreError::NotFound(m)) => assert!(m.contains("namespace 'gone' is not registered"), "{m}"),
         other => panic!("{other:?}"),
     }
 }
@@ -936,7 +936,7 @@ async fn a_failed_bucket_keeps_the_answers_of_the_others() {
     }
     // Every bucket failed: the error itself.
     match store.charge(&[request("nope", "e", "r", per_hour(5), &[strict(1)])], now()).await {
-        Err(StoreError::Refused(m)) => assert!(m.contains("not registered"), "{m}"),
+        Err(StoreError::NotFound(m)) => assert!(m.contains("not registered"), "{m}"),
         other => panic!("{other:?}"),
     }
 }

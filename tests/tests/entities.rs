@@ -1,6 +1,7 @@
 //! Entity rules (`entity:` in the YAML): zael-server enforces the limits the Python library
 //! zae-limiter 0.17.0 stored for its entities and parents, over gRPC, on the DynamoDB store;
-//! the embedded store has no stored limits and answers OK without a limit.
+//! the embedded store takes them from an `--entities` file, and without one answers OK
+//! without a limit.
 
 use std::sync::OnceLock;
 use zael_tests::moto::Moto;
@@ -96,4 +97,32 @@ async fn the_embedded_store_has_no_stored_limits() {
     let s = Server::builder().file("llm.yaml", LLM).start().await;
     let r = s.should(req("llm", vec![key("key-1", "gpt-4").hits(30)])).await;
     assert_response(&r, Code::Ok, &[no_limit()]);
+}
+
+#[tokio::test]
+async fn the_embedded_store_enforces_an_entities_file() {
+    const ENTITIES: &str = r#"
+namespaces:
+  tenant:
+    entities:
+      proj-1: {resources: {gpt-4: {limits: ["rpm:8/day"]}}}
+      key-1:
+        parent: proj-1
+        cascade: true
+        resources: {gpt-4: {limits: ["rpm:5/day", "tpm:100/day"]}}
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("entities.yaml");
+    std::fs::write(&path, ENTITIES).expect("write");
+    let s = Server::builder().file("llm.yaml", LLM).arg("--entities").arg(&path).start().await;
+    // As on the table (the first test): rpm 5 and tpm 100 per day, 30 tpm per request.
+    let day = |rpu, name, left| ok(rpu, Unit::Day, name, left).reset(1..=86_400);
+    for rpm_left in [4, 3, 2] {
+        let r = s.should(req("llm", vec![key("key-1", "gpt-4").hits(30)])).await;
+        assert_response(&r, Code::Ok, &[day(5, "rpm", rpm_left)]);
+    }
+    let r = s.should(req("llm", vec![key("key-1", "gpt-4").hits(30)])).await;
+    assert_response(&r, Code::OverLimit, &[over(100, Unit::Day, "tpm").reset(1..=86_400)]);
+    let r = s.should(req("llm", vec![key("key-1", "gpt-4").hits(10)])).await;
+    assert_response(&r, Code::Ok, &[day(100, "tpm", 0)]);
 }

@@ -36,6 +36,8 @@ fn report(entity: &str, name: &str, per_minute: u64, tokens: i64, requested: i64
         name: name.into(),
         limit: BucketLimit::per_period(per_minute, per_minute, 60),
         shard_count: 1,
+        shard: 0,
+        bypass: false,
         tokens: Millitokens(tokens),
         at: EpochMillis(0),
         requested: Millitokens(requested),

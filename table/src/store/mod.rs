@@ -25,6 +25,7 @@ mod entity;
 mod expr;
 mod fast_path;
 mod learning;
+pub(crate) mod lease;
 mod reject;
 mod rejection_cache;
 mod request;
@@ -38,7 +39,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zael_core::bucket::{ChargeOutcome, EpochMillis};
-use zael_core::store::{BucketRequest, BucketStore, EntityOutcome, EntityRequest, OnUnavailable, StoreError};
+use zael_core::lease::{Lease, LeaseChange};
+use zael_core::store::{
+    BucketRequest, BucketStore, EntityOutcome, EntityRequest, LeaseChanged, LeaseOpened, LeaseRequest, LimitReport,
+    OnUnavailable, StoreError,
+};
 
 use crate::db::{CallCounts, Db};
 use crate::keys;
@@ -53,6 +58,8 @@ pub const LIMIT_NAME: &str = "hits";
 
 /// Default deadline of one [`BucketStore::charge`] call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(40);
+/// The shortest deadline of a native-API call (`zael.limiter.v1`).
+pub const LEASE_CALL_MIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default lifetime of a cached namespace id (and of the cached version verdict).
 pub const DEFAULT_NAMESPACE_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Default lifetime of a cached stored-config item (the library's `config_cache_ttl`).
@@ -305,6 +312,29 @@ impl BucketStore for DynamoStore {
         .await
     }
 
+    async fn open_lease(&self, request: &LeaseRequest, now: EpochMillis) -> Result<LeaseOpened, StoreError> {
+        self.inner.within(self.inner.lease_deadline(), self.inner.open_lease(request, now)).await
+    }
+
+    async fn change_lease(
+        &self,
+        lease: &Lease,
+        change: &LeaseChange,
+        now: EpochMillis,
+    ) -> Result<LeaseChanged, StoreError> {
+        self.inner.within(self.inner.lease_deadline(), self.inner.change_lease(lease, change, now)).await
+    }
+
+    async fn available(
+        &self,
+        namespace: &str,
+        entity: &str,
+        resource: &str,
+        now: EpochMillis,
+    ) -> Result<Vec<LimitReport>, StoreError> {
+        self.inner.within(self.inner.lease_deadline(), self.inner.available(namespace, entity, resource, now)).await
+    }
+
     /// The namespace's system config `on_unavailable` as last loaded (read when the namespace
     /// id is resolved, then refreshed in the background every `namespace_cache_ttl`); a
     /// config without it (or no config item) reads as `block`.
@@ -340,6 +370,27 @@ fn combine(results: Vec<Result<Vec<ChargeOutcome>, StoreError>>) -> Result<Vec<V
 }
 
 impl Inner {
+    /// The deadline of a native-API call: `call_timeout`, but at least [`LEASE_CALL_MIN_TIMEOUT`]
+    /// (an idempotent acquire or a lease change takes a read and a transaction).
+    fn lease_deadline(&self) -> Duration {
+        self.call_timeout.max(LEASE_CALL_MIN_TIMEOUT)
+    }
+
+    /// `call` under a deadline of `limit`.
+    async fn within<T>(
+        &self,
+        limit: Duration,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                metrics::counter!(m::TIMEOUTS).increment(1);
+                Err(StoreError::Timeout(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)))
+            }
+        }
+    }
+
     /// One bucket under the call's deadline.
     async fn charge_before(
         self: &Arc<Self>,

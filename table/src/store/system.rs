@@ -15,7 +15,7 @@ impl Inner {
         if let Some((at, known)) = self.namespaces.lock().expect("lock").get(name)
             && at.elapsed() < self.cache_ttl
         {
-            return known.clone().map_err(StoreError::Refused);
+            return known.clone().map_err(StoreError::NotFound);
         }
         let item = self.db.get(keys::SYSTEM_PK, &keys::sk_namespace(name), false).await.map_err(unavailable)?;
         let resolved = match item {
@@ -40,7 +40,7 @@ impl Inner {
                 self.load_policy(name, id).await;
             }
         }
-        resolved.map_err(StoreError::Refused)
+        resolved.map_err(StoreError::NotFound)
     }
 
     /// Reads `on_unavailable` from the namespace's system config (`{ns}/SYSTEM#` `#CONFIG`);

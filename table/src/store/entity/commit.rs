@@ -18,10 +18,17 @@ use crate::keys::{self, WCU};
 use crate::plan;
 
 impl Inner {
-    /// Commits the plans; `false` when a condition failed (re-plan).
-    pub(super) async fn commit(&self, plans: &[SidePlan<'_>], now: EpochMillis) -> Result<bool, StoreError> {
+    /// Commits the plans, with `extra` in the same transaction when given (an idempotent
+    /// lease's record); `false` when a condition failed (re-plan).
+    pub(super) async fn commit(
+        &self,
+        plans: &[SidePlan<'_>],
+        now: EpochMillis,
+        extra: Option<TransactWriteItem>,
+    ) -> Result<bool, StoreError> {
         if let [only] = plans
             && only.image.is_some()
+            && extra.is_none()
         {
             let req = self.normal_update(only, now);
             return match self.db.update(req).await {
@@ -61,6 +68,7 @@ impl Inner {
                 }
             }
         }
+        items.extend(extra);
         match self.db.transact(items).await {
             Ok(Transact::Done) => Ok(true),
             Ok(Transact::Canceled(codes)) => {
@@ -277,7 +285,11 @@ impl Inner {
 
     /// Shape (c): the requested debits alone on every side, in one write; `false` when a
     /// balance is short without the refill or an item is missing.
-    pub(super) async fn retry_consumption(&self, plans: &[SidePlan<'_>]) -> Result<bool, StoreError> {
+    pub(super) async fn retry_consumption(
+        &self,
+        plans: &[SidePlan<'_>],
+        extra: Option<TransactWriteItem>,
+    ) -> Result<bool, StoreError> {
         let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Unavailable(format!("building a retry: {e}"));
         let mut requests = Vec::new();
         for p in plans {
@@ -302,10 +314,10 @@ impl Inner {
             }
             requests.push(ex.req(p.side.id.pk(p.shard), format!("ADD {}", add.join(", ")), cond));
         }
-        if requests.is_empty() {
+        if requests.is_empty() && extra.is_none() {
             return Ok(true);
         }
-        if requests.len() == 1 {
+        if requests.len() == 1 && extra.is_none() {
             let req = requests.pop().expect("one");
             return match self.db.update(req).await {
                 Ok(Update::Done(_)) => Ok(true),
@@ -317,6 +329,7 @@ impl Inner {
         for req in requests {
             items.push(TransactWriteItem::builder().update(tx_update(&self.db.table, req).map_err(build)?).build());
         }
+        items.extend(extra);
         match self.db.transact(items).await {
             Ok(Transact::Done) => Ok(true),
             Ok(Transact::Canceled(_)) | Err(DbError::Conflict) => Ok(false),
@@ -326,7 +339,7 @@ impl Inner {
 }
 
 /// An UpdateItem request as a transaction item on `(pk, #STATE)`.
-fn tx_update(table: &str, req: UpdateReq) -> Result<TxUpdate, aws_sdk_dynamodb::error::BuildError> {
+pub(crate) fn tx_update(table: &str, req: UpdateReq) -> Result<TxUpdate, aws_sdk_dynamodb::error::BuildError> {
     TxUpdate::builder()
         .table_name(table)
         .set_key(Some(key(req.pk, keys::SK_STATE)))

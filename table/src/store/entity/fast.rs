@@ -227,7 +227,7 @@ impl Inner {
         if boundary || bypass_live {
             return Ok(Judged::Slow(shard));
         }
-        let Some(reports) = side.reports(&image, now, false) else { return Ok(Judged::Slow(shard)) };
+        let Some(reports) = side.reports(&image, shard, now, false) else { return Ok(Judged::Slow(shard)) };
         if reports.iter().any(|r| r.exceeded && !soft_live(&r.name)) {
             path("entity_fast_reject");
             self.remember_short(&side.id, shard, &image);
@@ -253,7 +253,7 @@ impl Inner {
         image: &BucketImage,
         now: EpochMillis,
     ) -> Vec<LimitReport> {
-        let mut reports = side.reports(image, now, true).unwrap_or_default();
+        let mut reports = side.reports(image, shard, now, true).unwrap_or_default();
         if image.bypass.as_ref().is_some_and(|b| b.live(now.0)) {
             self.refund_tokens(side, shard, image).await;
             for r in &mut reports {
@@ -274,10 +274,10 @@ impl Inner {
     /// exceeded (empty when no image of it is remembered).
     fn untouched(&self, child: &Side, now: EpochMillis) -> Vec<LimitReport> {
         let known = self.entity_images.lock().expect("lock");
-        let image = known.get(&child.id).and_then(|shards| shards.first()).map(|(_, _, image)| image.clone());
+        let image = known.get(&child.id).and_then(|shards| shards.first()).map(|(s, _, image)| (*s, image.clone()));
         drop(known);
         image
-            .and_then(|image| child.reports(&image, now, false))
+            .and_then(|(shard, image)| child.reports(&image, shard, now, false))
             .map(|mut reports| {
                 reports.iter_mut().for_each(|r| r.exceeded = false);
                 reports

@@ -36,10 +36,19 @@ impl Inner {
         shards.push((shard, Instant::now(), image.clone()));
     }
 
+    /// Forgets a shard's image: tokens this process gave back must not be hidden by it (the
+    /// library's `build_composite_adjust` forgets the shard the same way).
+    pub(in super::super) fn forget_short(&self, id: &BucketId, shard: i64) {
+        let mut known = self.entity_images.lock().expect("lock");
+        if let Some(shards) = known.get_mut(id) {
+            shards.retain(|(s, _, _)| *s != shard);
+        }
+    }
+
     /// The rejection `side` gets from memory: `Some` when every shard of its bucket is known
     /// short for the request at `now`.
     pub(super) fn entity_known_short(&self, side: &Side, now: EpochMillis) -> Option<Vec<LimitReport>> {
-        if !self.rejection_cache || side.declared.is_empty() {
+        if !self.rejection_cache || side.declared.is_empty() || side.overridden {
             return None;
         }
         let count = self.cached_count(&side.id);
@@ -57,7 +66,7 @@ impl Inner {
             if !trusted {
                 return None;
             }
-            let shard_reports = side.reports(image, now, false)?;
+            let shard_reports = side.reports(image, shard, now, false)?;
             let soft = |name: &str| image.limit(name).and_then(|l| l.soft.as_ref()).is_some();
             if !shard_reports.iter().any(|r| r.exceeded && !soft(&r.name)) {
                 return None;

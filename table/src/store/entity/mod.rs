@@ -27,7 +27,8 @@ use super::{BucketId, Inner};
 use crate::item::BucketImage;
 use crate::keys;
 use crate::plan;
-pub(crate) use config::Resolved;
+pub(crate) use commit::tx_update;
+pub(crate) use config::{Level, Resolved, StoredLimit};
 
 /// One side of an acquire (the entity, or its parent) and what it is charged.
 #[derive(Clone, Debug)]
@@ -36,18 +37,21 @@ pub(super) struct Side {
     pub limits: Arc<Resolved>,
     /// Requested limits this side has, with their amounts in millitokens.
     pub declared: Vec<(String, i64)>,
+    /// The limits are the request's override (the library's `limits=`), which the parent
+    /// side takes too.
+    pub overridden: bool,
 }
 
 impl Side {
-    fn new(id: BucketId, limits: Arc<Resolved>, consume: &[(Arc<str>, Millitokens)]) -> Side {
+    pub(super) fn new(id: BucketId, limits: Arc<Resolved>, consume: &[(Arc<str>, Millitokens)]) -> Side {
         let declared =
             consume.iter().filter(|(n, _)| limits.limit(n).is_some()).map(|(n, a)| (n.to_string(), a.0)).collect();
-        Side { id, limits, declared }
+        Side { id, limits, declared, overridden: false }
     }
 
     /// The report of each requested limit from an image, its balance projected to `now`;
     /// `debited` when the image already holds this request's debit.
-    fn reports(&self, image: &BucketImage, now: EpochMillis, debited: bool) -> Option<Vec<LimitReport>> {
+    fn reports(&self, image: &BucketImage, shard: i64, now: EpochMillis, debited: bool) -> Option<Vec<LimitReport>> {
         let sc = image.shard_count.max(1);
         self.declared
             .iter()
@@ -57,18 +61,27 @@ impl Side {
                 let before = if debited { l.tk.saturating_add(*a) } else { l.tk };
                 let available = plan::project(before, image.rf, &share, now).tokens.0;
                 let after = if debited { available.saturating_sub(*a) } else { available };
-                Some(report(&self.id.entity, name, (l.cp, l.ra, l.rp), sc, after, now, *a, !debited && available < *a))
+                let at = Placement { shard_count: sc, shard, bypass: false };
+                Some(report(&self.id.entity, name, (l.cp, l.ra, l.rp), at, after, now, *a, !debited && available < *a))
             })
             .collect()
     }
 }
 
+/// Where a report's balance was read.
+#[derive(Copy, Clone, Debug)]
+pub(super) struct Placement {
+    pub shard_count: i64,
+    pub shard: i64,
+    pub bypass: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
-fn report(
+pub(super) fn report(
     entity: &str,
     name: &str,
     (cp, ra, rp): (i64, i64, i64),
-    shard_count: i64,
+    at_shard: Placement,
     tokens: i64,
     at: EpochMillis,
     requested: i64,
@@ -78,7 +91,9 @@ fn report(
         entity: entity.to_owned(),
         name: name.to_owned(),
         limit: BucketLimit { capacity: Millitokens(cp), refill_amount: Millitokens(ra), refill_period_ms: rp },
-        shard_count,
+        shard_count: at_shard.shard_count,
+        shard: at_shard.shard,
+        bypass: at_shard.bypass,
         tokens: Millitokens(tokens),
         at,
         requested: Millitokens(requested),
@@ -128,6 +143,11 @@ impl Inner {
         consume: &[(Arc<str>, Millitokens)],
     ) -> Result<Side, StoreError> {
         let id = BucketId { ns: child.id.ns.clone(), entity: parent.to_owned(), resource: child.id.resource.clone() };
+        if child.overridden {
+            let mut side = Side::new(id, child.limits.clone(), consume);
+            side.overridden = true;
+            return Ok(side);
+        }
         let limits = self.resolve_limits(&id).await?;
         if let Some(what) = &limits.unsupported {
             return Err(self.unsupported_entity(&id, what));
@@ -137,7 +157,7 @@ impl Inner {
 
     /// A stored feature zael does not implement: logged once per entity and resource, then
     /// decided by `on_unavailable`.
-    fn unsupported_entity(&self, id: &BucketId, what: &str) -> StoreError {
+    pub(super) fn unsupported_entity(&self, id: &BucketId, what: &str) -> StoreError {
         let key = format!("{}/ENTITY#{}#{}", id.ns, id.entity, id.resource);
         let mut warned = self.warned.lock().expect("lock");
         if warned.len() >= super::CACHE_LIMIT {

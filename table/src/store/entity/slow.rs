@@ -10,7 +10,7 @@ use zael_core::store::{EntityOutcome, LimitReport, StoreError};
 use super::super::request::{parse, path, unavailable};
 use super::super::{BucketId, Inner};
 use super::config::{Access, walk};
-use super::{Side, report};
+use super::{Placement, Side, report};
 use crate::item::{BucketImage, Item};
 use crate::keys::{self, WCU};
 use crate::plan;
@@ -20,9 +20,9 @@ const ATTEMPTS: usize = 4;
 
 /// The owner's META as read (§7), for the bucket's owner stamp and the create's check.
 #[derive(Clone, Debug, Default)]
-pub(super) struct Meta {
-    pub(super) parent: Option<String>,
-    pub(super) cascade: bool,
+pub(in super::super) struct Meta {
+    pub(in super::super) parent: Option<String>,
+    pub(in super::super) cascade: bool,
     pub(super) pgen: Option<i64>,
     pub(super) pinc: Option<String>,
     pub(super) created_at: Option<String>,
@@ -46,11 +46,11 @@ fn parse_meta(item: &Item) -> Meta {
 }
 
 /// One side's reads.
-struct Read {
-    access: Access,
-    cascade_flag: Option<bool>,
-    meta: Option<Meta>,
-    bucket: Option<BucketImage>,
+pub(in super::super) struct Read {
+    pub(in super::super) access: Access,
+    pub(in super::super) cascade_flag: Option<bool>,
+    pub(in super::super) meta: Option<Meta>,
+    pub(in super::super) bucket: Option<BucketImage>,
 }
 
 /// One limit of the write: its parameters, the balance read, the refilled balance and the debit.
@@ -96,12 +96,33 @@ impl Inner {
         shard: i64,
         now: EpochMillis,
     ) -> Result<EntityOutcome, StoreError> {
+        self.slow_entity_recorded(child, consume, shard, now, None)
+            .await?
+            .ok_or_else(|| StoreError::Unavailable("an acquire without a record found one".into()))
+    }
+
+    /// The slow path, committing `record` (an idempotent lease's operation record) in the
+    /// same transaction as the debits; `None` when the record turns out to exist already (a
+    /// replay: nothing charged).
+    pub(in super::super) async fn slow_entity_recorded(
+        self: &Arc<Self>,
+        child: &Side,
+        consume: &[(Arc<str>, Millitokens)],
+        shard: i64,
+        now: EpochMillis,
+        record: Option<&crate::store::lease::RecordWrite>,
+    ) -> Result<Option<EntityOutcome>, StoreError> {
         let mut shard = shard;
         for _ in 0..ATTEMPTS {
+            if let Some(record) = record
+                && self.live_record(record, now).await?.is_some()
+            {
+                return Ok(None);
+            }
             let read = self.read_side(&child.id, shard).await?;
             if read.access == Access::Disabled {
                 path("entity_disabled");
-                return Ok(EntityOutcome::Disabled { entity: child.id.entity.clone() });
+                return Ok(Some(EntityOutcome::Disabled { entity: child.id.entity.clone() }));
             }
             let meta_cascade = read.meta.as_ref().is_some_and(|m| m.cascade);
             let parent_id = read.meta.as_ref().and_then(|m| m.parent.clone());
@@ -118,7 +139,7 @@ impl Inner {
                     let read = self.read_side(&side.id, pshard).await?;
                     if read.access == Access::Disabled {
                         path("entity_disabled");
-                        return Ok(EntityOutcome::Disabled { entity: side.id.entity.clone() });
+                        return Ok(Some(EntityOutcome::Disabled { entity: side.id.entity.clone() }));
                     }
                     parent_side = Some((side, pshard, read));
                 }
@@ -143,16 +164,17 @@ impl Inner {
                     }
                 }
                 path("entity_slow_reject");
-                return Ok(EntityOutcome::Rejected(reports));
+                return Ok(Some(EntityOutcome::Rejected(reports)));
             }
             let hook = self.before_commit.lock().expect("lock").clone();
             if let Some(hook) = hook {
                 hook(child.id.pk(shard)).await;
             }
-            let committed = match self.commit(&plans, now).await? {
+            let extra = record.map(|r| r.item(&reports)).transpose()?;
+            let committed = match self.commit(&plans, now, extra.clone()).await? {
                 true => true,
                 // Lost a race (the rf lock, a concurrent create): consumption only (§11.6 c).
-                false => self.retry_consumption(&plans).await?,
+                false => self.retry_consumption(&plans, extra).await?,
             };
             if committed {
                 path(if plans.len() > 1 { "entity_slow_cascade" } else { "entity_slow" });
@@ -160,7 +182,7 @@ impl Inner {
                     self.learn_count(&p.side.id, p.count);
                 }
                 self.remember_parent(&child.id, parent_id.filter(|_| cascade));
-                return Ok(EntityOutcome::Admitted(reports));
+                return Ok(Some(EntityOutcome::Admitted(reports)));
             }
             // Short without the refill, or the owner moved: decide again on fresh reads.
             path("entity_replan");
@@ -175,7 +197,7 @@ impl Inner {
     }
 
     /// The walk levels, META and bucket shard of one side, in one consistent BatchGetItem.
-    async fn read_side(&self, id: &BucketId, shard: i64) -> Result<Read, StoreError> {
+    pub(in super::super) async fn read_side(&self, id: &BucketId, shard: i64) -> Result<Read, StoreError> {
         let levels = keys::config_levels(&id.ns, &id.entity, &id.resource);
         let meta_key = (keys::pk_entity(&id.ns, &id.entity), keys::SK_META.to_owned());
         let bucket_key = (id.pk(shard), keys::SK_STATE.to_owned());
@@ -254,7 +276,8 @@ impl Inner {
             l.consumed = if bypass { 0 } else { *amount };
             l.usage = *amount;
             let after = if exceeded || bypass { l.start } else { l.start.saturating_sub(*amount) };
-            reports.push(report(&side.id.entity, name, (l.cp, l.ra, l.rp), count, after, now, *amount, exceeded));
+            let at = Placement { shard_count: count, shard, bypass };
+            reports.push(report(&side.id.entity, name, (l.cp, l.ra, l.rp), at, after, now, *amount, exceeded));
         }
         Ok(SidePlan {
             side,
