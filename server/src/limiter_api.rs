@@ -7,6 +7,7 @@
 //! and the store serves any lease.
 
 use crate::fail_open;
+use crate::metrics as m;
 use prost::Message as _;
 use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
@@ -188,6 +189,28 @@ fn exceeded(request: &EntityRequest, reports: &[LimitReport]) -> Status {
     Status::with_details(Code::ResourceExhausted, message, status.encode_to_vec().into())
 }
 
+/// The gRPC code as a metric label: `ok`, `resource_exhausted`, ...
+fn code_label(code: Code) -> String {
+    let mut label = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            label.push('_');
+        }
+        label.push(c.to_ascii_lowercase());
+    }
+    label
+}
+
+/// Counts and times one call.
+async fn observed<T>(method: &'static str, call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let code = result.as_ref().map_or_else(|e| e.code(), |_| Code::Ok);
+    metrics::counter!(m::API_CALLS, "method" => method, "code" => code_label(code)).increment(1);
+    metrics::histogram!(m::API_DURATION, "method" => method).record(started.elapsed().as_secs_f64());
+    result
+}
+
 /// A store failure as a gRPC status.
 fn store_status(error: StoreError) -> Status {
     match error {
@@ -262,18 +285,15 @@ impl LimiterApi {
             expires_at: EpochMillis(now.0 + i64::from(ttl) * 1000),
         })
     }
-}
 
-#[tonic::async_trait]
-impl Limiter for LimiterApi {
-    async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
+    async fn acquire_now(&self, request: AcquireRequest) -> Result<AcquireResponse, Status> {
         let now = EpochMillis::now();
-        let request = self.request(request.into_inner(), now)?;
+        let request = self.request(request, now)?;
         let acquire = &request.acquire;
         let opened = match self.store.open_lease(&request, now).await {
             Ok(opened) => opened,
             Err(e) => match fail_open::admit_entity(self.on_unavailable, &*self.store, acquire, e) {
-                Ok(_) => return Ok(Response::new(AcquireResponse { degraded: true, ..Default::default() })),
+                Ok(_) => return Ok(AcquireResponse { degraded: true, ..Default::default() }),
                 Err(e) => return Err(store_status(e)),
             },
         };
@@ -304,35 +324,48 @@ impl Limiter for LimiterApi {
                 )));
             }
         };
-        Ok(Response::new(response))
+        Ok(response)
+    }
+}
+
+#[tonic::async_trait]
+impl Limiter for LimiterApi {
+    async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
+        observed("acquire", self.acquire_now(request.into_inner())).await.map(Response::new)
     }
 
     async fn adjust(&self, request: Request<AdjustRequest>) -> Result<Response<AdjustResponse>, Status> {
         let r = request.into_inner();
-        let deltas = amounts("deltas", &r.deltas, -MAX_TOKENS..=MAX_TOKENS)?;
-        let (lease, already_applied) = self.change(&r.lease_id, LeaseChange::Adjust(deltas)).await?;
-        Ok(Response::new(AdjustResponse { lease_id: self.key.encode(&lease), already_applied }))
+        let call = async {
+            let deltas = amounts("deltas", &r.deltas, -MAX_TOKENS..=MAX_TOKENS)?;
+            let (lease, already_applied) = self.change(&r.lease_id, LeaseChange::Adjust(deltas)).await?;
+            Ok(AdjustResponse { lease_id: self.key.encode(&lease), already_applied })
+        };
+        observed("adjust", call).await.map(Response::new)
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
-        let (_, already_applied) = self.change(&request.into_inner().lease_id, LeaseChange::Release).await?;
+        let call = self.change(&request.get_ref().lease_id, LeaseChange::Release);
+        let (_, already_applied) = observed("release", call).await?;
         Ok(Response::new(ReleaseResponse { already_applied }))
     }
 
     async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<RollbackResponse>, Status> {
-        let (_, already_applied) = self.change(&request.into_inner().lease_id, LeaseChange::Rollback).await?;
+        let call = self.change(&request.get_ref().lease_id, LeaseChange::Rollback);
+        let (_, already_applied) = observed("rollback", call).await?;
         Ok(Response::new(RollbackResponse { already_applied }))
     }
 
     async fn available(&self, request: Request<AvailableRequest>) -> Result<Response<AvailableResponse>, Status> {
         let r = request.into_inner();
-        check_target(&r.namespace, &r.entity_id, &r.resource)?;
-        let reports = self
-            .store
-            .available(&r.namespace, &r.entity_id, &r.resource, EpochMillis::now())
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(AvailableResponse { limits: reports.iter().map(|x| limit_status(x, &r.resource)).collect() }))
+        let call = async {
+            check_target(&r.namespace, &r.entity_id, &r.resource)?;
+            let now = EpochMillis::now();
+            let reports = self.store.available(&r.namespace, &r.entity_id, &r.resource, now).await;
+            let reports = reports.map_err(store_status)?;
+            Ok(AvailableResponse { limits: reports.iter().map(|x| limit_status(x, &r.resource)).collect() })
+        };
+        observed("available", call).await.map(Response::new)
     }
 }
 

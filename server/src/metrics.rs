@@ -28,6 +28,12 @@ pub const REQUEST_ERRORS: &str = "zael_request_errors_total";
 /// Charges admitted without the store, which failed, under `on_unavailable = allow`, by `store`.
 pub const FAIL_OPEN: &str = "zael_store_fail_open_total";
 
+/// Native API calls (`zael.limiter.v1`), by `method` and gRPC `code` (`ok`,
+/// `resource_exhausted`, ...).
+pub const API_CALLS: &str = "zael_api_calls_total";
+/// Time to answer a native API call, in seconds, by `method`.
+pub const API_DURATION: &str = "zael_api_call_duration_seconds";
+
 /// Domain label for requests naming a domain the config does not have, so clients cannot
 /// create unbounded label values.
 pub const UNKNOWN_DOMAIN: &str = "_unknown";
@@ -39,6 +45,7 @@ const LATENCY_BUCKETS: &[f64] =
 pub fn install(store: &'static str) -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(DECISION_DURATION.to_owned()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(API_DURATION.to_owned()), LATENCY_BUCKETS)?
         // The DynamoDB store's histograms (names in zael_table::metrics).
         .set_buckets_for_metric(Matcher::Prefix("zael_dynamodb_".to_owned()), zael_table::metrics::DURATION_BUCKETS)?
         .install_recorder()?;
@@ -52,6 +59,8 @@ pub fn install(store: &'static str) -> anyhow::Result<PrometheusHandle> {
     describe_counter!(STORE_ERRORS, "Failed store calls.");
     describe_counter!(REQUEST_ERRORS, "Requests refused as invalid, by reason.");
     describe_counter!(FAIL_OPEN, "Charges admitted without the store (it failed) under on_unavailable = allow.");
+    describe_counter!(API_CALLS, "Native API calls (zael.limiter.v1), by method and gRPC code.");
+    describe_histogram!(API_DURATION, metrics::Unit::Seconds, "Time to answer a native API call, by method.");
     // Present from the start, so dashboards and alerts see zeros rather than gaps.
     metrics::counter!(CONFIG_LOADS, "result" => "error").absolute(0);
     metrics::counter!(STORE_ERRORS, "store" => store).absolute(0);

@@ -205,7 +205,7 @@ impl Inner {
         let outcome = if request.idempotent {
             let record = self.record_write(&child.id, request, now);
             let (shard, _) = self.select_shard(&child.id, &[]);
-            match self.slow_entity_recorded(&child, &acquire.consume, shard, now, Some(&record)).await? {
+            match Box::pin(self.slow_entity_recorded(&child, &acquire.consume, shard, now, Some(&record))).await? {
                 Some(outcome) => outcome,
                 None => {
                     let lease = self.live_record(&record, now).await?.ok_or_else(|| {

@@ -96,7 +96,8 @@ impl Inner {
         shard: i64,
         now: EpochMillis,
     ) -> Result<EntityOutcome, StoreError> {
-        self.slow_entity_recorded(child, consume, shard, now, None)
+        // Boxed: the slow path's state is large, and a test hook nests a whole acquire in it.
+        Box::pin(self.slow_entity_recorded(child, consume, shard, now, None))
             .await?
             .ok_or_else(|| StoreError::Unavailable("an acquire without a record found one".into()))
     }
