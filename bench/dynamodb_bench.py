@@ -16,7 +16,11 @@ on a warm bucket: the fast path), `rejected` (an exhausted bucket), on YAML rule
 stored limits (zael's `entity:` rules, the library's plain `acquire`): `entity-warm` (an entity
 without META on resource defaults), `entity-rejected` (one exhausted, 1 per hour),
 `cascade-first` (children of one parent, each acquiring for the first time: calls only), `cascade-warm` (warm children charging their parent too),
-`cascade-rejected` (a child whose parent is exhausted).
+`cascade-rejected` (a child whose parent is exhausted). Leases (zael's native API
+`zael.limiter.v1`, the library's `async with acquire(...) as lease`), each decision a whole
+lease on a warm entity: `lease` (acquire rpm 1 + tpm 100, adjust tpm -50, release),
+`lease-rollback` (acquire, then roll back), `lease-idempotent` (as `lease`, the acquire with a
+request id: zael only guards against a retried acquire; the library runs plain `lease`).
 """
 
 import asyncio
@@ -28,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 import warnings
 from pathlib import Path
 
@@ -60,7 +65,9 @@ CALLS_N = int(os.environ.get("BENCH_CALLS", "200"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
 WORKLOADS = os.environ.get(
-    "BENCH_WORKLOADS", "first warm rejected entity-warm entity-rejected cascade-first cascade-warm cascade-rejected"
+    "BENCH_WORKLOADS",
+    "first warm rejected entity-warm entity-rejected cascade-first cascade-warm cascade-rejected "
+    "lease lease-rollback lease-idempotent",
 ).split()
 # Workloads measured for calls only: their buckets run out of fresh entities.
 CALLS_ONLY = {"cascade-first"}
@@ -88,6 +95,8 @@ descriptors:
 
 def stored(workload):
     """The rule key and resource of a workload on stored limits, else None."""
+    if workload.startswith("lease"):
+        return "lease"
     if workload == "entity-rejected":
         return "entity-rej"
     if workload.startswith("entity"):
@@ -103,6 +112,25 @@ PY_LIMITS = {
     "warm": [Limit(name="hits", capacity=HUGE, refill_amount=HUGE, refill_period_seconds=1)],
     "rejected": [Limit(name="hits", capacity=1, refill_amount=1, refill_period_seconds=3600)],
 }
+
+
+class Rollback(Exception):
+    """Fails a library lease on purpose (`lease-rollback`)."""
+
+
+def native_stubs(tmp):
+    """The native API's Python stubs, generated from proto/ with grpc_tools (test venv)."""
+    out = Path(tmp) / "stubs"
+    out.mkdir(exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "proto"), f"--python_out={out}",
+         f"--grpc_python_out={out}", str(REPO / "proto/zael/limiter/v1/limiter.proto")],
+        check=True,
+    )
+    sys.path.insert(0, str(out))
+    from zael.limiter.v1 import limiter_pb2, limiter_pb2_grpc
+
+    return limiter_pb2, limiter_pb2_grpc
 
 
 def log(msg):
@@ -137,6 +165,7 @@ class Zael:
                 "--endpoint-url", moto.endpoint,
                 "--region", REGION,
                 "--store-timeout", STORE_TIMEOUT,
+                "--lease-key", "dynamodb-bench-lease-key",
             ],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -159,8 +188,30 @@ class Zael:
     async def open(self):
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}")
         self.stub = rls_pb2_grpc.RateLimitServiceStub(self.channel)
+        if NATIVE:
+            self.limiter = NATIVE[1].LimiterStub(self.channel)
+
+    async def lease(self, workload, value):
+        pb = NATIVE[0]
+        request = pb.AcquireRequest(namespace=NAMESPACE, entity_id=value, resource="lease", consume={"rpm": 1, "tpm": 100})
+        if workload == "lease-idempotent":
+            request.request_id = uuid.uuid4().hex
+        try:
+            acquired = await self.limiter.Acquire(request, timeout=60)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return False
+            raise
+        if workload == "lease-rollback":
+            await self.limiter.Rollback(pb.RollbackRequest(lease_id=acquired.lease_id), timeout=60)
+        else:
+            adjusted = await self.limiter.Adjust(pb.AdjustRequest(lease_id=acquired.lease_id, deltas={"tpm": -50}), timeout=60)
+            await self.limiter.Release(pb.ReleaseRequest(lease_id=adjusted.lease_id), timeout=60)
+        return True
 
     async def decide(self, workload, value):
+        if workload.startswith("lease"):
+            return await self.lease(workload, value)
         descriptor = ratelimit_pb2.RateLimitDescriptor(
             entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=stored(workload) or workload, value=value)]
         )
@@ -195,6 +246,17 @@ class Python:
         self.limiter = RateLimiter(repository=repo)
 
     async def decide(self, workload, value):
+        if workload.startswith("lease"):
+            try:
+                async with self.limiter.acquire(value, "lease", {"rpm": 1, "tpm": 100}) as lease:
+                    if workload == "lease-rollback":
+                        raise Rollback()
+                    await lease.adjust(tpm=-50)
+            except Rollback:
+                pass
+            except RateLimitExceeded:
+                return False
+            return True
         try:
             resource = stored(workload)
             if resource:
@@ -225,6 +287,9 @@ async def create_table(moto):
     huge = [Limit(name="rpm", capacity=HUGE, refill_amount=HUGE, refill_period_seconds=1)]
     await limiter.set_resource_defaults("entity", huge)
     await limiter.set_resource_defaults("cascade", huge)
+    await limiter.set_resource_defaults(
+        "lease", huge + [Limit(name="tpm", capacity=HUGE, refill_amount=HUGE, refill_period_seconds=1)]
+    )
     await limiter.set_resource_defaults(
         "entity-rej", [Limit(name="rpm", capacity=1, refill_amount=1, refill_period_seconds=3600)]
     )
@@ -263,6 +328,8 @@ class Values:
         self.prefix, self.n = prefix, 0
 
     def next(self, workload, worker=0):
+        if workload.startswith("lease"):
+            return f"{self.prefix}-lease-{worker}"
         if workload.endswith("first"):
             self.n += 1
             return f"{self.prefix}-new-{self.n}"
@@ -273,7 +340,7 @@ class Values:
 
 async def prepare(client, values, workload, workers):
     """Warm buckets / exhaust the rejected one, outside the measurement."""
-    if workload.endswith("warm"):
+    if workload.endswith("warm") or workload.startswith("lease"):
         for w in range(workers):
             await client.decide(workload, values.next(workload, w))
     elif workload.endswith("rejected"):
@@ -404,9 +471,15 @@ def report(results):
     return "\n".join(lines) + "\n"
 
 
+NATIVE = None
+
+
 async def main():
+    global NATIVE
     tmp = tempfile.mkdtemp(prefix="dynamodb-bench.")
     log(f"logs in {tmp}")
+    if any(w.startswith("lease") for w in WORKLOADS):
+        NATIVE = native_stubs(tmp)
     binary = zael_binary() if "zael" in CLIENTS else None
     moto = Moto(tmp)
     try:

@@ -39,6 +39,16 @@ pub struct LeaseEntry {
     /// The bucket was bypassed (`disabled = "bypass"`): changes count usage (`tc`) only.
     #[serde(rename = "b", default, skip_serializing_if = "std::ops::Not::not")]
     pub bypass: bool,
+    /// The limit's capacity (millitokens, undivided) and the bucket's shard count when the
+    /// lease was opened: a credit's ceiling without a read (0: unknown).
+    #[serde(rename = "p", default, skip_serializing_if = "is_zero")]
+    pub capacity: i64,
+    #[serde(rename = "k", default, skip_serializing_if = "is_zero")]
+    pub shard_count: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// What an admitted acquire handed out.
@@ -279,13 +289,18 @@ impl Lease {
             if delta == 0 {
                 continue;
             }
+            let pin = (entry.capacity, entry.shard_count);
             match out.iter_mut().find(|b| b.entity == entry.entity && b.shard == entry.shard) {
-                Some(b) => b.deltas.push((entry.limit.clone(), delta)),
+                Some(b) => {
+                    b.deltas.push((entry.limit.clone(), delta));
+                    b.pins.push(pin);
+                }
                 None => out.push(BucketDeltas {
                     entity: entry.entity.clone(),
                     shard: entry.shard,
                     bypass: entry.bypass,
                     deltas: vec![(entry.limit.clone(), delta)],
+                    pins: vec![pin],
                 }),
             }
         }
@@ -301,6 +316,8 @@ pub struct BucketDeltas {
     pub shard: i64,
     pub bypass: bool,
     pub deltas: Vec<(String, i64)>,
+    /// Per delta, the limit's `(capacity, shard_count)` as the lease recorded them.
+    pub pins: Vec<(i64, i64)>,
 }
 
 #[cfg(test)]
@@ -316,9 +333,33 @@ mod tests {
             seq: 0,
             expires_at: 60_000,
             entries: vec![
-                LeaseEntry { entity: "key-1".into(), shard: 0, limit: "rpm".into(), amount: 1000, bypass: false },
-                LeaseEntry { entity: "key-1".into(), shard: 0, limit: "tpm".into(), amount: 500_000, bypass: false },
-                LeaseEntry { entity: "team-a".into(), shard: 1, limit: "tpm".into(), amount: 500_000, bypass: false },
+                LeaseEntry {
+                    entity: "key-1".into(),
+                    shard: 0,
+                    limit: "rpm".into(),
+                    amount: 1000,
+                    bypass: false,
+                    capacity: 5000,
+                    shard_count: 1,
+                },
+                LeaseEntry {
+                    entity: "key-1".into(),
+                    shard: 0,
+                    limit: "tpm".into(),
+                    amount: 500_000,
+                    bypass: false,
+                    capacity: 900_000,
+                    shard_count: 1,
+                },
+                LeaseEntry {
+                    entity: "team-a".into(),
+                    shard: 1,
+                    limit: "tpm".into(),
+                    amount: 500_000,
+                    bypass: false,
+                    capacity: 900_000,
+                    shard_count: 1,
+                },
             ],
         }
     }
@@ -349,13 +390,15 @@ mod tests {
                     entity: "key-1".into(),
                     shard: 0,
                     bypass: false,
-                    deltas: vec![("tpm".into(), -200_000)]
+                    deltas: vec![("tpm".into(), -200_000)],
+                    pins: vec![(900_000, 1)],
                 },
                 BucketDeltas {
                     entity: "team-a".into(),
                     shard: 1,
                     bypass: false,
-                    deltas: vec![("tpm".into(), -200_000)]
+                    deltas: vec![("tpm".into(), -200_000)],
+                    pins: vec![(900_000, 1)],
                 },
             ]
         );
@@ -369,12 +412,14 @@ mod tests {
                     shard: 0,
                     bypass: false,
                     deltas: vec![("rpm".into(), -1000), ("tpm".into(), -300_000)],
+                    pins: vec![(5000, 1), (900_000, 1)],
                 },
                 BucketDeltas {
                     entity: "team-a".into(),
                     shard: 1,
                     bypass: false,
-                    deltas: vec![("tpm".into(), -300_000)]
+                    deltas: vec![("tpm".into(), -300_000)],
+                    pins: vec![(900_000, 1)],
                 },
             ]
         );

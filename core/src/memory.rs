@@ -384,6 +384,8 @@ impl MemoryStore {
                     limit: r.name.clone(),
                     amount: r.requested.0,
                     bypass: r.bypass,
+                    capacity: r.limit.capacity.0,
+                    shard_count: r.shard_count,
                 })
                 .collect(),
         };

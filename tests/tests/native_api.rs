@@ -381,6 +381,8 @@ async fn errors_are_typed(store: Store) {
             limit: "tpm".into(),
             amount: 100_000,
             bypass: false,
+            capacity: 100_000,
+            shard_count: 1,
         }],
     };
     let e = f.rollback(&other.encode(&lease)).await.expect_err("forged");

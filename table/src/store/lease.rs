@@ -53,6 +53,17 @@ impl RecordWrite {
     }
 }
 
+/// What a state write is conditioned on.
+#[derive(Copy, Clone)]
+enum Expected<'a> {
+    /// Read: no record.
+    Absent,
+    /// Read: this record.
+    Stored(&'a Record),
+    /// Not read: the state the lease id implies (open, at its `seq`).
+    AsTheLeaseSays,
+}
+
 /// A lease record as read.
 struct Record {
     state: LeaseState,
@@ -101,6 +112,8 @@ fn lease_of(request: &LeaseRequest, reports: &[LimitReport]) -> Lease {
                 limit: r.name.clone(),
                 amount: r.requested.0,
                 bypass: r.bypass,
+                capacity: r.limit.capacity.0,
+                shard_count: r.shard_count,
             })
             .collect(),
     }
@@ -242,6 +255,27 @@ impl Inner {
             .collect();
         let mut wanted = vec![key.clone()];
         wanted.extend(bucket_keys.iter().cloned());
+        // Shard images remembered short must not hide what this change gives back.
+        let forget = || {
+            for w in &writes {
+                let id = BucketId { ns: ns.clone(), entity: w.entity.clone(), resource: lease.resource.clone() };
+                self.forget_short(&id, w.shard);
+            }
+        };
+        // The usual case in one request: the bucket writes and the state the lease id implies,
+        // unread; any failed condition (a retry, a stale id, a ceiling, a gone bucket) is
+        // decided on a read below.
+        if let Some(items) = self.unread_change(&ns, &key, lease, change, &writes)? {
+            forget();
+            match self.db.transact(items).await {
+                Ok(Transact::Done) => {
+                    forget();
+                    return Ok(LeaseChanged::Applied);
+                }
+                Ok(Transact::Canceled(_)) | Err(DbError::Conflict) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
         let mut trim = vec![false; writes.len()];
         for _ in 0..ATTEMPTS {
             let found = self.db.batch_get(&wanted, true).await.map_err(unavailable)?;
@@ -258,19 +292,14 @@ impl Inner {
                 // A bucket that is gone (TTL, a delete) has nothing to adjust.
                 let Some(item) = found.get(bucket) else { continue };
                 let image = parse(item)?;
-                let Some(req) = adjust_write(bucket.0.clone(), w, &image, trim[i]) else { continue };
+                let pin = |_: usize, name: &str| image.limit(name).map(|l| (l.cp, image.shard_count));
+                let Some(req) = adjust_write(bucket.0.clone(), w, trim[i], pin) else { continue };
                 let update = tx_update(&self.db.table, req).map_err(build_error)?;
                 items.push(TransactWriteItem::builder().update(update).build());
                 positions.push(i);
             }
-            items.push(self.state_write(&key, &ns, lease, change, stored.as_ref())?);
-            // Shard images remembered short must not hide what this change gives back.
-            let forget = || {
-                for w in &writes {
-                    let id = BucketId { ns: ns.clone(), entity: w.entity.clone(), resource: lease.resource.clone() };
-                    self.forget_short(&id, w.shard);
-                }
-            };
+            let expected = stored.as_ref().map_or(Expected::Absent, Expected::Stored);
+            items.push(self.state_write(&key, &ns, lease, change, expected)?);
             forget();
             match self.db.transact(items).await {
                 Ok(Transact::Done) => {
@@ -292,6 +321,32 @@ impl Inner {
         Err(StoreError::Unavailable(format!("lease of '{}' on '{}' stayed contended", lease.entity, lease.resource)))
     }
 
+    /// The transaction of a change without a read, or `None` when a credit's ceiling is not
+    /// in the lease id (a lease from before the id carried it).
+    fn unread_change(
+        &self,
+        ns: &str,
+        key: &(String, String),
+        lease: &Lease,
+        change: &LeaseChange,
+        writes: &[BucketDeltas],
+    ) -> Result<Option<Vec<TransactWriteItem>>, StoreError> {
+        let mut items = Vec::with_capacity(writes.len() + 1);
+        for w in writes {
+            let credits_unpinned =
+                w.deltas.iter().zip(&w.pins).any(|((_, d), (cp, sc))| *d < 0 && !w.bypass && (*cp <= 0 || *sc <= 0));
+            if credits_unpinned {
+                return Ok(None);
+            }
+            let pk = keys::pk_bucket(ns, &w.entity, &lease.resource, w.shard);
+            let Some(req) = adjust_write(pk, w, false, |i, _| Some(w.pins[i])) else { continue };
+            let update = tx_update(&self.db.table, req).map_err(build_error)?;
+            items.push(TransactWriteItem::builder().update(update).build());
+        }
+        items.push(self.state_write(key, ns, lease, change, Expected::AsTheLeaseSays)?);
+        Ok(Some(items))
+    }
+
     /// The record's new state, conditioned on the state read.
     fn state_write(
         &self,
@@ -299,7 +354,7 @@ impl Inner {
         ns: &str,
         lease: &Lease,
         change: &LeaseChange,
-        stored: Option<&Record>,
+        expected: Expected<'_>,
     ) -> Result<TransactWriteItem, StoreError> {
         let next = LeaseState::after(lease, change);
         let mut ex = Ex::default();
@@ -312,21 +367,27 @@ impl Inner {
         ex.num(":seq", i64::from(next.seq)).val(":lc", s(next.last_change.clone().unwrap_or_default()));
         set.push("#seq = :seq".into());
         set.push("#lc = :lc".into());
-        let ends = next.ended.is_some() || stored.is_some();
-        if ends {
+        if next.ended.is_some() || !matches!(expected, Expected::Absent) {
             ex.name("#end", "ended");
         }
         if let Some(end) = next.ended {
             ex.val(":end", s(end.as_str()));
             set.push("#end = :end".into());
         }
-        let condition = match stored {
-            None => vec!["attribute_not_exists(PK)".to_owned()],
-            Some(r) => {
-                ex.num(":seqr", i64::from(r.state.seq));
-                vec!["#seq = :seqr".to_owned(), "attribute_not_exists(#end)".to_owned()]
-            }
+        let open_at = |ex: &mut Ex, seq: u32| {
+            ex.num(":seqr", i64::from(seq));
+            "(#seq = :seqr AND attribute_not_exists(#end))".to_owned()
         };
+        let condition = match expected {
+            Expected::Absent => "attribute_not_exists(PK)".to_owned(),
+            Expected::Stored(r) => open_at(&mut ex, r.state.seq),
+            // Not read: the state the lease id implies (a lease at `seq` 0 may have no record).
+            Expected::AsTheLeaseSays if lease.seq == 0 => {
+                format!("(attribute_not_exists(PK) OR {})", open_at(&mut ex, 0))
+            }
+            Expected::AsTheLeaseSays => open_at(&mut ex, lease.seq),
+        };
+        let condition = vec![condition];
         let req = ex.req(pk.clone(), format!("SET {}", set.join(", ")), condition);
         let update = TxUpdate::builder()
             .table_name(&self.db.table)
@@ -409,16 +470,22 @@ impl Inner {
     }
 }
 
-/// One bucket's adjust write (`build_composite_adjust`), or `None` when the item has none
-/// of the limits. `trim`: the credit's ceiling condition failed once; send it with
-/// `SET vu = 0` instead.
-fn adjust_write(pk: String, w: &BucketDeltas, image: &BucketImage, trim: bool) -> Option<crate::db::UpdateReq> {
+/// One bucket's adjust write (`build_composite_adjust`), or `None` when it has nothing to
+/// write. `pin(i, name)`: the limit's stored `cp` and the bucket's `shard_count`, the ceiling
+/// of a credit (`None`: the item has no such limit, skip it). `trim`: the credit's ceiling
+/// condition failed once; send it with `SET vu = 0` instead.
+fn adjust_write(
+    pk: String,
+    w: &BucketDeltas,
+    trim: bool,
+    pin: impl Fn(usize, &str) -> Option<(i64, i64)>,
+) -> Option<crate::db::UpdateReq> {
     let mut ex = Ex::default();
     let mut add = Vec::new();
     let mut cond = vec!["attribute_exists(PK)".to_owned()];
-    let mut pinned = false;
+    let mut pinned_count = None;
     for (i, (name, delta)) in w.deltas.iter().enumerate() {
-        let Some(limit) = image.limit(name) else { continue };
+        let Some((cp, shard_count)) = pin(i, name) else { continue };
         if !w.bypass {
             ex.name(&format!("#t{i}"), &keys::battr(name, "tk")).num(&format!(":d{i}"), -delta);
             add.push(format!("#t{i} :d{i}"));
@@ -426,21 +493,22 @@ fn adjust_write(pk: String, w: &BucketDeltas, image: &BucketImage, trim: bool) -
         ex.name(&format!("#c{i}"), &keys::battr(name, "tc")).num(&format!(":u{i}"), *delta);
         add.push(format!("#c{i} :u{i}"));
         if *delta < 0 && !w.bypass && !trim {
-            let ceiling = plan::share(limit.cp, limit.ra, limit.rp, image.shard_count).capacity.0;
-            ex.num(&format!(":m{i}"), ceiling.saturating_add(*delta)).num(&format!(":p{i}"), limit.cp);
+            // The shard's ceiling: its share of the capacity (`cp // shard_count`).
+            let ceiling = cp.div_euclid(shard_count.max(1));
+            ex.num(&format!(":m{i}"), ceiling.saturating_add(*delta)).num(&format!(":p{i}"), cp);
             ex.name(&format!("#p{i}"), &keys::battr(name, "cp"));
             cond.push(format!("#t{i} <= :m{i}"));
             cond.push(format!("#p{i} = :p{i}"));
-            pinned = true;
+            pinned_count = Some(shard_count);
         }
     }
     if add.is_empty() {
         return None;
     }
     let mut update = format!("ADD {}", add.join(", "));
-    if pinned {
-        ex.name("#sc", "shard_count").num(":sc", image.shard_count);
-        cond.push(if image.shard_count == 1 {
+    if let Some(shard_count) = pinned_count {
+        ex.name("#sc", "shard_count").num(":sc", shard_count);
+        cond.push(if shard_count == 1 {
             "(attribute_not_exists(#sc) OR #sc = :sc)".to_owned()
         } else {
             "#sc = :sc".to_owned()
