@@ -17,7 +17,7 @@
 use crate::bucket::{BucketLimit, BucketState, ChargeOutcome, EpochMillis, Millitokens};
 use crate::entities::{Entities, Namespace, StoredLimit};
 use crate::keys::{BucketKey, is_valid_entity_id, is_valid_resource};
-use crate::lease::{Lease, LeaseChange, LeaseEntry, LeaseState, Verdict};
+use crate::lease::{Lease, LeaseChange, LeaseState, Verdict};
 use crate::store::{
     BucketRequest, BucketStore, EntityOutcome, EntityRequest, LeaseChanged, LeaseOpened, LeaseRequest, LimitOverride,
     LimitReport, OnUnavailable, StoreError,
@@ -369,26 +369,7 @@ impl MemoryStore {
             EntityOutcome::Disabled { entity } => return Ok(LeaseOpened::Disabled { entity }),
             EntityOutcome::NoLimits => return Ok(LeaseOpened::NoLimits),
         };
-        let lease = Lease {
-            namespace: acquire.namespace.to_string(),
-            entity: acquire.entity.clone(),
-            resource: acquire.resource.clone(),
-            nonce: request.nonce.clone(),
-            seq: 0,
-            expires_at: request.expires_at.0,
-            entries: reports
-                .iter()
-                .map(|r| LeaseEntry {
-                    entity: r.entity.clone(),
-                    shard: r.shard,
-                    limit: r.name.clone(),
-                    amount: r.requested.0,
-                    bypass: r.bypass,
-                    capacity: r.limit.capacity.0,
-                    shard_count: r.shard_count,
-                })
-                .collect(),
-        };
+        let lease = request.lease(&reports);
         let record = LeaseRecord { lease: lease.clone(), state: LeaseState::default(), idempotent: request.idempotent };
         held.insert_lease(key, record, now);
         Ok(LeaseOpened::Admitted { lease, reports })

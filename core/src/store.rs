@@ -16,7 +16,7 @@
 
 use crate::bucket::{BucketLimit, Charge, ChargeOutcome, EpochMillis, Millitokens};
 use crate::keys::BucketKey;
-use crate::lease::{Lease, LeaseChange};
+use crate::lease::{Lease, LeaseChange, LeaseEntry};
 use std::sync::Arc;
 
 /// One bucket and what a request charges it.
@@ -61,6 +61,28 @@ pub struct LimitReport {
     pub exceeded: bool,
 }
 
+impl LimitReport {
+    /// The shard's share of the limit (`cp // shard_count`, `ra // shard_count`).
+    pub fn share(&self) -> BucketLimit {
+        let sc = self.shard_count.max(1);
+        BucketLimit {
+            capacity: Millitokens(self.limit.capacity.0.div_euclid(sc)),
+            refill_amount: Millitokens(self.limit.refill_amount.0.div_euclid(sc)),
+            refill_period_ms: self.limit.refill_period_ms,
+        }
+    }
+
+    /// Milliseconds until the shard holds the request again (§10.5); `i64::MAX` when the
+    /// request is larger than the shard can ever hold.
+    pub fn retry_after_ms(&self) -> i64 {
+        let share = self.share();
+        if self.requested > share.capacity {
+            return i64::MAX;
+        }
+        share.retry_after_ms(self.requested - self.tokens)
+    }
+}
+
 /// What an entity acquire decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntityOutcome {
@@ -94,6 +116,32 @@ pub struct LeaseRequest {
     /// lease expired, answers that lease and charges nothing.
     pub idempotent: bool,
     pub expires_at: EpochMillis,
+}
+
+impl LeaseRequest {
+    /// The lease an admitted acquire hands out: one entry per requested limit of each side.
+    pub fn lease(&self, reports: &[LimitReport]) -> Lease {
+        Lease {
+            namespace: self.acquire.namespace.to_string(),
+            entity: self.acquire.entity.clone(),
+            resource: self.acquire.resource.clone(),
+            nonce: self.nonce.clone(),
+            seq: 0,
+            expires_at: self.expires_at.0,
+            entries: reports
+                .iter()
+                .map(|r| LeaseEntry {
+                    entity: r.entity.clone(),
+                    shard: r.shard,
+                    limit: r.name.clone(),
+                    amount: r.requested.0,
+                    bypass: r.bypass,
+                    capacity: r.limit.capacity.0,
+                    shard_count: r.shard_count,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What an acquire that opens a lease decided.

@@ -128,17 +128,7 @@ fn whole(m: Millitokens) -> u64 {
 
 /// A report as the API shows it; `resource` is the request's.
 pub fn limit_status(report: &LimitReport, resource: &str) -> LimitStatus {
-    let retry_after_ms = if report.exceeded {
-        let sc = report.shard_count.max(1);
-        let share = BucketLimit {
-            capacity: Millitokens(report.limit.capacity.0 / sc),
-            refill_amount: Millitokens((report.limit.refill_amount.0 / sc).max(1)),
-            refill_period_ms: report.limit.refill_period_ms,
-        };
-        share.retry_after_ms(report.requested - report.tokens)
-    } else {
-        0
-    };
+    let retry_after_ms = if report.exceeded { report.retry_after_ms() } else { 0 };
     LimitStatus {
         entity_id: report.entity.clone(),
         resource: resource.to_owned(),

@@ -71,27 +71,9 @@ pub fn reported_rate(limit: &BucketLimit) -> (u32, Unit) {
     (u32::try_from(per_unit.max(0)).unwrap_or(u32::MAX), unit)
 }
 
-fn share(report: &LimitReport) -> BucketLimit {
-    let sc = report.shard_count.max(1);
-    BucketLimit {
-        capacity: Millitokens(report.limit.capacity.0.div_euclid(sc)),
-        refill_amount: Millitokens(report.limit.refill_amount.0.div_euclid(sc)),
-        refill_period_ms: report.limit.refill_period_ms,
-    }
-}
-
 /// Whole tokens left of the whole limit (one shard's balance times the shard count).
 fn remaining(report: &LimitReport) -> i64 {
     Millitokens(report.tokens.0.saturating_mul(report.shard_count.max(1))).floor_tokens()
-}
-
-/// Milliseconds until `report`'s shard holds its request again.
-fn retry_after_ms(report: &LimitReport) -> i64 {
-    let share = share(report);
-    if report.requested > share.capacity {
-        return i64::MAX;
-    }
-    share.retry_after_ms(report.requested - report.tokens)
 }
 
 impl EntityReporting {
@@ -109,7 +91,8 @@ impl EntityReporting {
         let near_limit = code == Code::Ok
             && kind == StatusKind::Ok
             && report.is_some_and(|r| {
-                r.tokens.0.saturating_mul(100) < share(r).capacity.0.saturating_mul(super::NEAR_LIMIT_REMAINING_PERCENT)
+                r.tokens.0.saturating_mul(100)
+                    < r.share().capacity.0.saturating_mul(super::NEAR_LIMIT_REMAINING_PERCENT)
             });
         Status {
             code,
@@ -132,7 +115,7 @@ impl EntityReporting {
             EntityOutcome::Disabled { .. } => self.status(Code::OverLimit, None, 0, None),
             EntityOutcome::Admitted(reports) => {
                 let report = reports.iter().min_by_key(|r| remaining(r)).expect("not empty");
-                let share = share(report);
+                let share = report.share();
                 let state = BucketState { tokens: report.tokens, refilled_at: report.at };
                 let reset =
                     whole_seconds(state.millis_until(&share, share.capacity, report.at), max_reset_secs(report));
@@ -141,9 +124,9 @@ impl EntityReporting {
             }
             EntityOutcome::Rejected(reports) => {
                 let report =
-                    reports.iter().filter(|r| r.exceeded).max_by_key(|r| retry_after_ms(r)).unwrap_or(&reports[0]);
+                    reports.iter().filter(|r| r.exceeded).max_by_key(|r| r.retry_after_ms()).unwrap_or(&reports[0]);
                 let max = max_reset_secs(report);
-                let wait = retry_after_ms(report);
+                let wait = report.retry_after_ms();
                 let reset = if wait == i64::MAX { max } else { whole_seconds(wait, max) };
                 self.status(Code::OverLimit, Some(report), 0, Some(reset))
             }
@@ -153,7 +136,7 @@ impl EntityReporting {
 
 /// The longest reset worth reporting: a full refill of the shard from empty, at least the unit.
 fn max_reset_secs(report: &LimitReport) -> u64 {
-    let share = share(report);
+    let share = report.share();
     let full = u64::try_from(share.millis_to_accrue(share.capacity)).unwrap_or(u64::MAX).div_ceil(1000);
     reported_rate(&report.limit).1.seconds().max(full)
 }

@@ -21,7 +21,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update as 
 use std::collections::HashMap;
 use std::sync::Arc;
 use zael_core::bucket::EpochMillis;
-use zael_core::lease::{BucketDeltas, Lease, LeaseChange, LeaseEnd, LeaseEntry, LeaseState, Verdict};
+use zael_core::lease::{BucketDeltas, Lease, LeaseChange, LeaseEnd, LeaseState, Verdict};
 use zael_core::store::{EntityOutcome, LeaseChanged, LeaseOpened, LeaseRequest, LimitReport, StoreError};
 
 use super::entity::{Level, Placement, Resolved, Side, StoredLimit, report, tx_update};
@@ -95,30 +95,6 @@ fn parse_record(item: &Item) -> Record {
     }
 }
 
-/// The lease an admitted acquire hands out: one entry per requested limit of each side.
-fn lease_of(request: &LeaseRequest, reports: &[LimitReport]) -> Lease {
-    Lease {
-        namespace: request.acquire.namespace.to_string(),
-        entity: request.acquire.entity.clone(),
-        resource: request.acquire.resource.clone(),
-        nonce: request.nonce.clone(),
-        seq: 0,
-        expires_at: request.expires_at.0,
-        entries: reports
-            .iter()
-            .map(|r| LeaseEntry {
-                entity: r.entity.clone(),
-                shard: r.shard,
-                limit: r.name.clone(),
-                amount: r.requested.0,
-                bypass: r.bypass,
-                capacity: r.limit.capacity.0,
-                shard_count: r.shard_count,
-            })
-            .collect(),
-    }
-}
-
 /// The attributes every lease record carries.
 fn record_attrs(ns: &str, lease: &Lease, sk: &str) -> Vec<(&'static str, AttributeValue)> {
     vec![
@@ -154,7 +130,7 @@ impl Inner {
         let key = record_key(&id.ns, &id.entity, &id.resource, &request.nonce);
         let (table, ns, request, (pk, sk)) = (self.db.table.clone(), id.ns.clone(), request.clone(), key.clone());
         let build = move |reports: &[LimitReport]| {
-            let lease = lease_of(&request, reports);
+            let lease = request.lease(reports);
             let mut item = Item::from([
                 ("PK".to_owned(), s(&pk)),
                 ("SK".to_owned(), s(&sk)),
@@ -231,7 +207,7 @@ impl Inner {
             self.fast_entity(child, &acquire.consume, now).await?
         };
         Ok(match outcome {
-            EntityOutcome::Admitted(reports) => LeaseOpened::Admitted { lease: lease_of(request, &reports), reports },
+            EntityOutcome::Admitted(reports) => LeaseOpened::Admitted { lease: request.lease(&reports), reports },
             EntityOutcome::Rejected(reports) => LeaseOpened::Rejected(reports),
             EntityOutcome::Disabled { entity } => LeaseOpened::Disabled { entity },
             EntityOutcome::NoLimits => LeaseOpened::NoLimits,
