@@ -144,17 +144,6 @@ pub fn limit_status(report: &LimitReport, resource: &str) -> LimitStatus {
     }
 }
 
-/// `google.rpc.Status`, the payload of the `grpc-status-details-bin` trailer.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<prost_types::Any>,
-}
-
 /// RESOURCE_EXHAUSTED with a [`RateLimitExceeded`] detail listing every requested limit.
 fn exceeded(request: &EntityRequest, reports: &[LimitReport]) -> Status {
     let limits: Vec<LimitStatus> = reports.iter().map(|r| limit_status(r, &request.resource)).collect();
@@ -168,7 +157,8 @@ fn exceeded(request: &EntityRequest, reports: &[LimitReport]) -> Status {
         names.join(", ")
     );
     let detail = RateLimitExceeded { message: message.clone(), retry_after_ms, limits };
-    let status = RpcStatus {
+    // `google.rpc.Status`, the payload of the `grpc-status-details-bin` trailer.
+    let status = tonic_types::Status {
         code: Code::ResourceExhausted as i32,
         message: message.clone(),
         details: vec![prost_types::Any {

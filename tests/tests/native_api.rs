@@ -143,17 +143,8 @@ fn map(pairs: &[(&str, i64)]) -> HashMap<String, i64> {
 /// The RateLimitExceeded detail of a RESOURCE_EXHAUSTED status.
 fn exceeded_detail(status: &tonic::Status) -> RateLimitExceeded {
     use prost::Message as _;
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct RpcStatus {
-        #[prost(int32, tag = "1")]
-        code: i32,
-        #[prost(string, tag = "2")]
-        message: String,
-        #[prost(message, repeated, tag = "3")]
-        details: Vec<prost_types::Any>,
-    }
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    let rpc = RpcStatus::decode(status.details()).expect("google.rpc.Status in the details");
+    let rpc = tonic_types::Status::decode(status.details()).expect("google.rpc.Status in the details");
     assert_eq!(rpc.code, Code::ResourceExhausted as i32);
     assert_eq!(rpc.details.len(), 1);
     assert_eq!(rpc.details[0].type_url, RATE_LIMIT_EXCEEDED_TYPE_URL);

@@ -24,7 +24,7 @@ use zael_core::bucket::EpochMillis;
 use zael_core::lease::{BucketDeltas, Lease, LeaseChange, LeaseEnd, LeaseState, Verdict};
 use zael_core::store::{EntityOutcome, LeaseChanged, LeaseOpened, LeaseRequest, LimitReport, StoreError};
 
-use super::entity::{Level, Placement, Resolved, Side, StoredLimit, report, tx_update};
+use super::entity::{Level, Placement, Resolved, Side, Slow, StoredLimit, report, tx_update};
 use super::expr::Ex;
 use super::request::{parse, unavailable};
 use super::{BucketId, Inner};
@@ -195,13 +195,8 @@ impl Inner {
             let record = self.record_write(&child.id, request, now);
             let (shard, _) = self.select_shard(&child.id, &[]);
             match Box::pin(self.slow_entity_recorded(&child, &acquire.consume, shard, now, Some(&record))).await? {
-                Some(outcome) => outcome,
-                None => {
-                    let lease = self.live_record(&record, now).await?.ok_or_else(|| {
-                        StoreError::Unavailable("the request's lease record expired while it was read".into())
-                    })?;
-                    return Ok(LeaseOpened::Replayed { lease });
-                }
+                Slow::Decided(outcome) => outcome,
+                Slow::Replay(lease) => return Ok(LeaseOpened::Replayed { lease }),
             }
         } else {
             self.fast_entity(child, &acquire.consume, now).await?

@@ -29,6 +29,7 @@ use crate::keys;
 use crate::plan;
 pub(crate) use commit::tx_update;
 pub(crate) use config::{Level, Resolved, StoredLimit};
+pub(super) use slow::Slow;
 
 /// One side of an acquire (the entity, or its parent) and what it is charged.
 #[derive(Clone, Debug)]

@@ -45,6 +45,13 @@ fn parse_meta(item: &Item) -> Meta {
     }
 }
 
+/// What the slow path ends with.
+pub(in super::super) enum Slow {
+    Decided(EntityOutcome),
+    /// An idempotent acquire's record exists and is live: its lease; nothing charged.
+    Replay(zael_core::lease::Lease),
+}
+
 /// One side's reads.
 pub(in super::super) struct Read {
     pub(in super::super) access: Access,
@@ -97,14 +104,14 @@ impl Inner {
         now: EpochMillis,
     ) -> Result<EntityOutcome, StoreError> {
         // Boxed: the slow path's state is large, and a test hook nests a whole acquire in it.
-        Box::pin(self.slow_entity_recorded(child, consume, shard, now, None))
-            .await?
-            .ok_or_else(|| StoreError::Unavailable("an acquire without a record found one".into()))
+        match Box::pin(self.slow_entity_recorded(child, consume, shard, now, None)).await? {
+            Slow::Decided(outcome) => Ok(outcome),
+            Slow::Replay(_) => Err(StoreError::Unavailable("an acquire without a record found one".into())),
+        }
     }
 
     /// The slow path, committing `record` (an idempotent lease's operation record) in the
-    /// same transaction as the debits; `None` when the record turns out to exist already (a
-    /// replay: nothing charged).
+    /// same transaction as the debits; [`Slow::Replay`] when the record exists already.
     pub(in super::super) async fn slow_entity_recorded(
         self: &Arc<Self>,
         child: &Side,
@@ -112,18 +119,18 @@ impl Inner {
         shard: i64,
         now: EpochMillis,
         record: Option<&crate::store::lease::RecordWrite>,
-    ) -> Result<Option<EntityOutcome>, StoreError> {
+    ) -> Result<Slow, StoreError> {
         let mut shard = shard;
         for _ in 0..ATTEMPTS {
             if let Some(record) = record
-                && self.live_record(record, now).await?.is_some()
+                && let Some(lease) = self.live_record(record, now).await?
             {
-                return Ok(None);
+                return Ok(Slow::Replay(lease));
             }
             let read = self.read_side(&child.id, shard).await?;
             if read.access == Access::Disabled {
                 path("entity_disabled");
-                return Ok(Some(EntityOutcome::Disabled { entity: child.id.entity.clone() }));
+                return Ok(Slow::Decided(EntityOutcome::Disabled { entity: child.id.entity.clone() }));
             }
             let meta_cascade = read.meta.as_ref().is_some_and(|m| m.cascade);
             let parent_id = read.meta.as_ref().and_then(|m| m.parent.clone());
@@ -140,7 +147,7 @@ impl Inner {
                     let read = self.read_side(&side.id, pshard).await?;
                     if read.access == Access::Disabled {
                         path("entity_disabled");
-                        return Ok(Some(EntityOutcome::Disabled { entity: side.id.entity.clone() }));
+                        return Ok(Slow::Decided(EntityOutcome::Disabled { entity: side.id.entity.clone() }));
                     }
                     parent_side = Some((side, pshard, read));
                 }
@@ -165,7 +172,7 @@ impl Inner {
                     }
                 }
                 path("entity_slow_reject");
-                return Ok(Some(EntityOutcome::Rejected(reports)));
+                return Ok(Slow::Decided(EntityOutcome::Rejected(reports)));
             }
             let hook = self.before_commit.lock().expect("lock").clone();
             if let Some(hook) = hook {
@@ -183,7 +190,7 @@ impl Inner {
                     self.learn_count(&p.side.id, p.count);
                 }
                 self.remember_parent(&child.id, parent_id.filter(|_| cascade));
-                return Ok(Some(EntityOutcome::Admitted(reports)));
+                return Ok(Slow::Decided(EntityOutcome::Admitted(reports)));
             }
             // Short without the refill, or the owner moved: decide again on fresh reads.
             path("entity_replan");
