@@ -1,8 +1,6 @@
 //! The `zael.limiter.v1` API of zael-server (`proto/zael/limiter/v1/limiter.proto`):
 //! messages, the tonic client ([`limiter_client::LimiterClient`]) and server trait.
 
-#![allow(clippy::doc_overindented_list_items, clippy::doc_lazy_continuation)]
-
 tonic::include_proto!("zael.limiter.v1");
 
 /// The encoded `FileDescriptorSet` of the API, for gRPC reflection.
