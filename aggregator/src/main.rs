@@ -7,6 +7,8 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 use zael_aggregator::handler::round2;
 use zael_aggregator::poll::{self, PollOptions};
 use zael_aggregator::record::StreamRecord;
@@ -102,7 +104,9 @@ async fn run_poll(cli: Cli) -> Result<(), String> {
         max_attempts: cli.max_attempts,
         checkpoint: cli.checkpoint,
     };
-    let summary = poll::run(&aggregator, &streams, &options).await?;
+    let stop = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(stop.clone()));
+    let summary = poll::run(&aggregator, &streams, &options, &stop).await?;
     tracing::info!(
         batches = summary.batches,
         records = summary.records,
@@ -110,6 +114,21 @@ async fn run_poll(cli: Cli) -> Result<(), String> {
         "Polling finished"
     );
     Ok(())
+}
+
+/// Cancels `stop` on the first SIGTERM or SIGINT (`docker compose stop`, Ctrl-C), so the
+/// poller finishes its batch and exits 0; a second signal exits at once with 128 + signal.
+async fn cancel_on_signal(stop: CancellationToken) {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot install SIGTERM/SIGINT handlers; a signal will kill the poller");
+        return;
+    };
+    let first = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
+    tracing::info!(signal = first, "Shutdown requested - finishing the batch in hand");
+    stop.cancel();
+    let code = tokio::select! { _ = term.recv() => 128 + libc::SIGTERM, _ = int.recv() => 128 + libc::SIGINT };
+    tracing::warn!("Second signal - exiting without waiting for the batch");
+    std::process::exit(code);
 }
 
 async fn run_lambda() -> Result<(), String> {

@@ -19,6 +19,7 @@ use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug)]
 pub struct PollOptions {
@@ -45,10 +46,22 @@ fn sdk<E: std::error::Error + 'static>(context: &str) -> impl FnOnce(E) -> Strin
     move |e| format!("{context}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e))
 }
 
+/// `fut`, unless `stop` is cancelled first (then `None`: the caller returns, having written
+/// nothing for that call).
+async fn unless_stopped<T>(stop: &CancellationToken, fut: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => None,
+        out = fut => Some(out),
+    }
+}
+
+/// Polls until idle (`until_idle`), `max_batches`, an error, or `stop` is cancelled.
 pub async fn run(
     aggregator: &Aggregator,
     streams: &aws_sdk_dynamodbstreams::Client,
     options: &PollOptions,
+    stop: &CancellationToken,
 ) -> Result<PollSummary, String> {
     let table = &aggregator.settings.table;
     let described =
@@ -64,14 +77,24 @@ pub async fn run(
     // Where each shard's next read starts, when the last batch was applied whole.
     let mut next: BTreeMap<String, String> = BTreeMap::new();
     tracing::info!(table_name = table, stream_arn, "Polling the table's stream");
+    let stopped = |summary: PollSummary| {
+        tracing::info!(batches = summary.batches, "Shutdown requested - stopped between batches");
+        Ok(summary)
+    };
     loop {
-        let stream = streams.describe_stream().stream_arn(&stream_arn).send().await.map_err(sdk("DescribeStream"))?;
+        let Some(stream) = unless_stopped(stop, streams.describe_stream().stream_arn(&stream_arn).send()).await else {
+            return stopped(summary);
+        };
+        let stream = stream.map_err(sdk("DescribeStream"))?;
         let shards: Vec<String> = stream
             .stream_description()
             .map(|d| d.shards().iter().filter_map(|s| s.shard_id().map(str::to_owned)).collect())
             .unwrap_or_default();
         let mut got_any = false;
         for shard in shards {
+            if stop.is_cancelled() {
+                return stopped(summary);
+            }
             let iterator = match next.remove(&shard) {
                 Some(iterator) => iterator,
                 None => {
@@ -82,18 +105,19 @@ pub async fn run(
                         }
                         None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
                     };
-                    let iterator = request.send().await.map_err(sdk("GetShardIterator"))?.shard_iterator;
+                    let Some(iterator) = unless_stopped(stop, request.send()).await else {
+                        return stopped(summary);
+                    };
+                    let iterator = iterator.map_err(sdk("GetShardIterator"))?.shard_iterator;
                     let Some(iterator) = iterator else { continue };
                     iterator
                 }
             };
-            let page = streams
-                .get_records()
-                .shard_iterator(iterator)
-                .limit(options.batch_size)
-                .send()
-                .await
-                .map_err(sdk("GetRecords"))?;
+            let request = streams.get_records().shard_iterator(iterator).limit(options.batch_size);
+            let Some(page) = unless_stopped(stop, request.send()).await else {
+                return stopped(summary);
+            };
+            let page = page.map_err(sdk("GetRecords"))?;
             let following = page.next_shard_iterator.clone();
             let records: Vec<StreamRecord> =
                 page.records.unwrap_or_default().into_iter().map(StreamRecord::from_stream).collect();
@@ -107,6 +131,7 @@ pub async fn run(
             summary.batches += 1;
             summary.records += records.len() as u64;
             let request_id = format!("local-{}", records[0].sequence_number);
+            // Not cut short by `stop`: the batch in hand is applied whole and checkpointed.
             let outcome = aggregator.process(&records, &request_id, chrono::Utc::now()).await;
             let applied_to = match outcome.failures.first() {
                 None => {
@@ -136,7 +161,9 @@ pub async fn run(
                 save_checkpoints(options.checkpoint.as_ref(), &checkpoints)?;
             }
             if applied_to < records.len() {
-                tokio::time::sleep(options.interval).await;
+                if unless_stopped(stop, tokio::time::sleep(options.interval)).await.is_none() {
+                    return stopped(summary);
+                }
             } else if let Some(iterator) = following {
                 next.insert(shard.clone(), iterator);
             }
@@ -148,7 +175,9 @@ pub async fn run(
             if options.until_idle {
                 return Ok(summary);
             }
-            tokio::time::sleep(options.interval).await;
+            if unless_stopped(stop, tokio::time::sleep(options.interval)).await.is_none() {
+                return stopped(summary);
+            }
         }
     }
 }
@@ -167,7 +196,12 @@ fn save_checkpoints(path: Option<&PathBuf>, checkpoints: &BTreeMap<String, Strin
     let Some(path) = path else { return Ok(()) };
     let text = serde_json::to_string(checkpoints).map_err(|e| e.to_string())?;
     let partial = path.with_extension("partial");
-    std::fs::write(&partial, text)
-        .and_then(|()| std::fs::rename(&partial, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    let write = || -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&partial, path)
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -93,6 +93,111 @@ fn with(mut item: Image, attrs: &[(&str, AttributeValue)]) -> Image {
     item
 }
 
+/// `zael-aggregator --poll` on `table` of `moto`, logging at info to stdout.
+fn poller(moto: &Moto, table: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_zael-aggregator"));
+    command
+        .args(["--poll", "--table", table, "--endpoint-url", &moto.endpoint(), "--region", REGION])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// The `#USAGE#` snapshots of `table` without their `ttl` (`now + 90 days` at the first write).
+async fn snapshots(moto: &Moto, table: &str) -> BTreeMap<(String, String), Image> {
+    let mut usage = items(moto, table, "#USAGE#").await;
+    for item in usage.values_mut() {
+        item.remove("ttl").expect("a snapshot has a ttl");
+    }
+    usage
+}
+
+/// The JSON log lines of a poller's stdout.
+fn log_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON log line")).collect()
+}
+
+#[tokio::test]
+async fn sigterm_mid_run_exits_0_and_a_restart_counts_nothing_twice_and_loses_nothing() {
+    use tokio::io::AsyncBufReadExt;
+    let moto = Moto::start();
+    let (whole, interrupted) = (table(&moto).await, table(&moto).await);
+    moto.run_script(REFERENCE, &["traffic", &whole]).await;
+    moto.run_script(REFERENCE, &["traffic", &interrupted]).await;
+    // One record per batch, so a signal lands between or inside batches, never after the last.
+    let one_by_one = ["--batch-size", "1", "--interval-ms", "50"];
+
+    let uninterrupted = tokio::time::timeout(
+        Duration::from_secs(120),
+        poller(&moto, &whole).args(one_by_one).arg("--until-idle").output(),
+    )
+    .await
+    .expect("an uninterrupted run stops once idle")
+    .expect("run zael-aggregator");
+    assert!(uninterrupted.status.success(), "{}", String::from_utf8_lossy(&uninterrupted.stderr));
+    let batches =
+        |lines: &[serde_json::Value]| lines.iter().filter(|l| l["message"] == "Batch processing started").count();
+    let total = batches(&log_lines(&uninterrupted.stdout));
+    // The scenario's 14 records, then the records of the aggregator's own snapshot writes.
+    assert!(total > 14, "{total} batches");
+
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("checkpoint.json");
+    let mut child = poller(&moto, &interrupted)
+        .args(one_by_one)
+        .arg("--checkpoint")
+        .arg(&checkpoint)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start zael-aggregator");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // SIGTERM while the third batch is being applied.
+    while batches(&seen) < 3 {
+        let line = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+            .await
+            .expect("the poller logs its batches")
+            .expect("read stdout")
+            .expect("the poller is still running");
+        seen.push(serde_json::from_str(&line).expect("a JSON log line"));
+    }
+    let pid = child.id().expect("running") as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits within 10 s of SIGTERM")
+        .expect("wait");
+    while let Ok(Some(line)) = stdout.next_line().await {
+        seen.push(serde_json::from_str(&line).expect("a JSON log line"));
+    }
+    assert_eq!(status.code(), Some(0), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l["message"] == "Shutdown requested - finishing the batch in hand" && l["signal"] == "SIGTERM")
+    );
+    let first_run = batches(&seen);
+    assert!((3..total).contains(&first_run), "stopped mid-run after {first_run} of {total} batches");
+    let saved: BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).expect("a whole checkpoint");
+    assert_eq!(saved.len(), 1, "{saved:?}");
+
+    let restarted = tokio::time::timeout(
+        Duration::from_secs(120),
+        poller(&moto, &interrupted).args(one_by_one).arg("--until-idle").arg("--checkpoint").arg(&checkpoint).output(),
+    )
+    .await
+    .expect("the restart stops once idle")
+    .expect("run zael-aggregator");
+    assert!(restarted.status.success(), "{}", String::from_utf8_lossy(&restarted.stderr));
+    assert_eq!(first_run + batches(&log_lines(&restarted.stdout)), total, "every record applied exactly once");
+    let expected = snapshots(&moto, &whole).await;
+    assert_eq!(expected.len(), 7, "hourly and daily snapshots: {:?}", expected.keys());
+    assert_eq!(snapshots(&moto, &interrupted).await, expected);
+}
+
 #[tokio::test]
 async fn snapshots_match_the_reference_aggregator_except_the_documented_fixes() {
     let moto = Moto::start();
@@ -101,21 +206,9 @@ async fn snapshots_match_the_reference_aggregator_except_the_documented_fixes() 
 
     let poll = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_zael-aggregator"))
-            .args(["--poll", "--until-idle", "--max-batches", "20", "--interval-ms", "50", "--table", &ours])
-            .args([
-                "--endpoint-url",
-                &moto.endpoint(),
-                "--region",
-                REGION,
-                "--snapshot-windows",
-                "hourly, daily,monthly",
-            ])
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
+        poller(&moto, &ours)
+            .args(["--until-idle", "--max-batches", "20", "--interval-ms", "50", "--snapshot-windows"])
+            .arg("hourly, daily,monthly")
             .output(),
     )
     .await
