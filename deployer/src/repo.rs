@@ -43,6 +43,14 @@ pub struct RequiredTarget {
     pub endpoint_url: Option<String>,
 }
 
+impl Target {
+    /// The region as the reference's summaries print it: `--region`, else `default` (the
+    /// SDK's chain decides).
+    pub fn region_or_default(&self) -> &str {
+        self.region.as_deref().unwrap_or("default")
+    }
+}
+
 impl From<RequiredTarget> for Target {
     fn from(t: RequiredTarget) -> Target {
         Target { name: t.name, region: t.region, endpoint_url: t.endpoint_url }

@@ -19,6 +19,13 @@ async fn cli(args: &[&str]) -> CliOutput {
     run_cli(&all, "").await
 }
 
+/// `deploy --enable-provisioner`'s refusal, as the deployer states it.
+fn zael_deployer_refusal() -> &'static str {
+    "--enable-provisioner: this zae-limiter has no limits provisioner yet (the function would be a placeholder \
+     that fails every call); deploy without it and set limits with 'entity set-limits', 'resource set-defaults' \
+     and 'system set-defaults'"
+}
+
 fn ok(out: &CliOutput) -> &str {
     assert_eq!(out.code, 0, "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
     &out.stdout
@@ -230,6 +237,14 @@ async fn bad_input_is_an_error_with_exit_1_and_usage_errors_exit_2() {
     );
     let out = cli(&["deploy", "--no-iam", "--create-iam-roles"]).await;
     assert_eq!((out.code, out.stderr.trim()), (1, "Error: --create-iam-roles cannot be used with --no-iam"));
+    // No provisioner code yet: refused before any AWS call, so nothing is deployed.
+    let out = cli(&["deploy", "-n", "wants-provisioner", "--enable-provisioner"]).await;
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (1, "", &*format!("Error: {}\n", zael_deployer_refusal()))
+    );
+    let out = cli(&["status", "-n", "wants-provisioner"]).await;
+    assert!(out.stdout.contains("  Stack:         Not found\n"), "{out:?}");
     let out = cli(&["deploy", "--tag", "novalue"]).await;
     assert_eq!((out.code, out.stderr.trim()), (1, "Error: Invalid tag format 'novalue'. Use KEY=VALUE."));
     let out = cli(&["deploy", "--lambda-timeout", "901"]).await;
@@ -253,7 +268,12 @@ async fn deploy_creates_the_stack_through_cloudformation_and_delete_removes_it()
     let out = cli(&["deploy", "-n", &stack, "--no-aggregator", "--create-iam-roles", "--tag", "team=payments"]).await;
     let text = ok(&out);
     assert!(text.starts_with(&format!("Deploying stack: {stack}\n  Table name: {stack}\n")), "{text}");
-    assert!(text.contains("  Aggregator: disabled\n  Provisioner: enabled\n"), "{text}");
+    assert!(
+        text.contains(
+            "  Aggregator: disabled\n  Provisioner: disabled (not deployed: no provisioner code in this client)\n"
+        ),
+        "{text}"
+    );
     assert!(text.contains("  Tags: 1 user-defined\n    team=payments\n"), "{text}");
     assert!(text.contains("CREATE_COMPLETE AWS::CloudFormation::Stack"), "stack events as they happen: {text}");
     assert!(text.ends_with("✓ Version record initialized (schema 0.10.0)\n✓ Default namespace registered\n"), "{text}");
@@ -270,18 +290,13 @@ async fn deploy_creates_the_stack_through_cloudformation_and_delete_removes_it()
         .iter()
         .filter_map(|r| r.logical_resource_id().map(str::to_owned))
         .collect();
-    for id in [
-        "RateLimitsTable",
-        "AcquireOnlyPolicy",
-        "NamespaceAcquirePolicy",
-        "AppRole",
-        "AdminRole",
-        "ReadOnlyRole",
-        "ProvisionerFunction",
-    ] {
+    for id in ["RateLimitsTable", "AcquireOnlyPolicy", "NamespaceAcquirePolicy", "AppRole", "AdminRole", "ReadOnlyRole"]
+    {
         assert!(resources.contains(id), "{id} in {resources:?}");
     }
-    assert!(!resources.contains("AggregatorFunction"));
+    for absent in ["AggregatorFunction", "ProvisionerFunction", "ProvisionerRole"] {
+        assert!(!resources.contains(absent), "{absent} not in {resources:?}");
+    }
     let tags = cfn.describe_stacks().stack_name(&stack).send().await.unwrap().stacks()[0].tags().to_vec();
     let tag = |k: &str| tags.iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(str::to_owned);
     assert_eq!((tag("team"), tag("ManagedBy")), (Some("payments".into()), Some("zae-limiter".into())));
@@ -337,7 +352,7 @@ async fn deploy_creates_the_stack_through_cloudformation_and_delete_removes_it()
         "  Available:     ✓ Yes\n",
         "  Stack:         UPDATE_COMPLETE\n",
         "  Table:         ACTIVE\n",
-        "  Aggregator:    Disabled\n  Provisioner:   Enabled\n",
+        "  Aggregator:    Disabled\n  Provisioner:   Disabled\n",
         "  Schema:        0.10.0\n",
         "IAM Roles\n  App:           arn:aws:iam::",
     ] {

@@ -21,7 +21,7 @@ fn onoff(on: bool) -> &'static str {
 }
 
 /// The parameters and tags of a deploy; prints the reference's notes and summary.
-fn plan(args: &DeployArgs, tags: &[(String, String)], region: &str) -> Vec<(&'static str, String)> {
+fn plan(args: &DeployArgs, tags: &[(String, String)]) -> Vec<(&'static str, String)> {
     let parameters = params::for_deploy(args);
     let get = |k: &str| parameters.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap_or_default();
     if args.no_iam && !args.no_aggregator && args.aggregator_role_arn.is_none() {
@@ -29,18 +29,16 @@ fn plan(args: &DeployArgs, tags: &[(String, String)], region: &str) -> Vec<(&'st
             "Note: --no-iam disables aggregator (no IAM role). Use --aggregator-role-arn to provide an external role."
         );
     }
-    if args.no_iam && !args.no_provisioner {
-        println!("Note: --no-iam disables the limits provisioner (no IAM role).");
-    }
     let aggregator = get("EnableAggregator") == "true";
     println!("Deploying stack: {}", args.target.name);
     println!("  Table name: {}", args.target.name);
-    println!("  Region: {region}");
+    println!("  Region: {}", args.target.region_or_default());
     println!("  Snapshot windows: {}", args.snapshot_windows);
     println!("  Usage retention days: {}", args.usage_retention_days);
     println!("  Audit retention days: {}", args.audit_retention_days);
     println!("  Aggregator: {}", onoff(aggregator));
-    println!("  Provisioner: {}", onoff(get("EnableProvisioner") == "true"));
+    // Never deployed (`PROVISIONER_REFUSED`); the line keeps the reference's `Provisioner: …`.
+    println!("  Provisioner: disabled (not deployed: no provisioner code in this client)");
     if aggregator {
         println!("  Lambda timeout: {}s", args.lambda_timeout);
         println!("  Lambda memory: {}MB", args.lambda_memory);
@@ -314,7 +312,7 @@ pub(crate) fn human(status: &StackStatus) -> String {
 pub async fn deploy(args: DeployArgs, tags: Vec<(String, String)>) -> Result<()> {
     let fail = |e: String| crate::Failure::Plain(format!("✗ Deployment failed: {e}"));
     let repo = Repo::connect(&args.target, None).await?;
-    let mut parameters = plan(&args, &tags, repo.region_label());
+    let mut parameters = plan(&args, &tags);
     let aggregator = parameters.iter().any(|(k, v)| *k == "EnableAggregator" && v == "true");
     // The aggregator's code: packaged before anything changes, staged for the template.
     let package = if aggregator {

@@ -70,7 +70,7 @@ pub async fn status(args: RequiredTarget) -> Result<()> {
     println!("Connectivity");
     line("Available:", if table.is_some() { "✓ Yes" } else { "✗ No" });
     line("Latency:", &if table.is_some() { format!("{latency}ms") } else { "N/A".into() });
-    line("Region:", repo.region_label());
+    line("Region:", target.region_or_default());
     println!();
     println!("Infrastructure");
     line("Stack:", stack_status.as_deref().unwrap_or("Not found"));
@@ -175,8 +175,10 @@ pub async fn list(args: ListArgs) -> Result<()> {
         })
         .collect();
     if rows.is_empty() {
+        println!();
         println!("No rate limiter instances found in region.");
         println!("  Region: {region}");
+        println!();
         println!("Deploy a new instance with:");
         println!("  zae-limiter deploy --name my-app");
         return Ok(());

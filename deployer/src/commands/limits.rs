@@ -289,7 +289,7 @@ pub fn parse_limits(specs: &[String], soft: &[String]) -> Result<Vec<LimitSpec>>
 
 /// A cancel prompt, then the deletion.
 pub async fn delete_confirmed(repo: &Repo, ns: &str, level: &Level, yes: bool, question: &str) -> Result<bool> {
-    if !confirm_or_cancel(yes, question) {
+    if !confirm_or_cancel(yes, question)? {
         println!("Cancelled");
         return Ok(false);
     }

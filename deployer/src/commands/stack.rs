@@ -33,8 +33,10 @@ pub struct DeployArgs {
     /// The zael-aggregator binary to deploy (default: the one next to zae-limiter).
     #[arg(long = "aggregator-binary", env = crate::lambda_package::BINARY_ENV)]
     pub binary: Option<std::path::PathBuf>,
+    /// Refused: there is no provisioner code yet (see [`PROVISIONER_REFUSED`]).
     #[arg(long = "enable-provisioner", overrides_with = "no_provisioner")]
     pub enable_provisioner: bool,
+    /// Accepted for the reference's scripts; the provisioner is never deployed.
     #[arg(long = "no-provisioner")]
     pub no_provisioner: bool,
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=35))]
@@ -92,8 +94,19 @@ pub struct DeployArgs {
     pub tags: Vec<String>,
 }
 
+/// Why `--enable-provisioner` is refused. The reference deploys its limits provisioner (the
+/// custom resource behind `limits apply`) by default; this CLI has no provisioner code yet, and
+/// the template's function is a placeholder that raises, so `deploy` never deploys it (the
+/// summary says `Provisioner: disabled`) rather than present a function that cannot work.
+pub const PROVISIONER_REFUSED: &str = "--enable-provisioner: this zae-limiter has no limits provisioner yet \
+     (the function would be a placeholder that fails every call); deploy without it and set limits with \
+     'entity set-limits', 'resource set-defaults' and 'system set-defaults'";
+
 /// The checks made before any AWS call (§3.2), in the reference's order.
 pub fn validate(args: &DeployArgs) -> Result<Vec<(String, String)>> {
+    if args.enable_provisioner {
+        return Err(PROVISIONER_REFUSED.into());
+    }
     if args.no_iam && args.create_iam_roles {
         return Err("--create-iam-roles cannot be used with --no-iam".into());
     }
@@ -155,8 +168,9 @@ pub fn cfn_template(output: Option<std::path::PathBuf>) -> Result<()> {
     match output {
         None => println!("{text}"),
         Some(path) => {
-            std::fs::write(&path, format!("{text}\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            println!("Template written to {}", path.display());
+            std::fs::write(&path, format!("{text}\n"))
+                .map_err(|e| crate::Failure::Plain(format!("✗ Failed to export template: {e}")))?;
+            println!("✓ Template exported to: {}", path.display());
         }
     }
     Ok(())
@@ -247,6 +261,15 @@ async fn record(target: &Target) -> Result<Option<crate::config_item::Item>> {
     }
 }
 
+/// An incompatible verdict as the reference prints it: `verdict` on stderr, then a blank line
+/// and the indented `message` on stdout; exit 1.
+fn incompatible(verdict: &str, message: &str) -> Result<()> {
+    eprintln!("{verdict}");
+    println!();
+    println!("  {message}");
+    Err(crate::Failure::Silent)
+}
+
 pub async fn version(target: Target) -> Result<()> {
     let record =
         record(&target).await.map_err(|e| crate::Failure::Plain(format!("✗ Failed to get version info: {e}")))?;
@@ -275,12 +298,12 @@ pub async fn version(target: Target) -> Result<()> {
             println!("Status: COMPATIBLE (Lambda update available)");
             println!();
             println!("  {m}");
+            println!();
             println!("Run 'zae-limiter upgrade' to update Lambda.");
         }
-        Verdict::SchemaMigration(m) => {
-            return Err(crate::Failure::Plain(format!("Status: INCOMPATIBLE (Schema migration required)\n\n  {m}")));
-        }
-        Verdict::ClientUpgrade(m) => return Err(crate::Failure::Plain(format!("Status: INCOMPATIBLE\n\n  {m}"))),
+        // As the reference: the verdict on stderr, the explanation on stdout.
+        Verdict::SchemaMigration(m) => return incompatible("Status: INCOMPATIBLE (Schema migration required)", &m),
+        Verdict::ClientUpgrade(m) => return incompatible("Status: INCOMPATIBLE", &m),
     }
     Ok(())
 }
@@ -293,28 +316,37 @@ pub async fn check(target: Target) -> Result<()> {
     println!();
     let Some(record) = record else {
         println!("Result: NOT INITIALIZED");
+        println!();
         println!("Infrastructure has not been deployed yet.");
         println!("Run 'zae-limiter deploy' to initialize.");
         return Err(crate::Failure::Silent);
     };
     let (schema, min, lambda) =
         (text(&record, "schema_version"), text(&record, "client_min_version"), text(&record, "lambda_version"));
-    println!("Client:  {}", zael_table::version::IMPLEMENTED_VERSION);
-    println!("Schema:  {}", schema.clone().unwrap_or_default());
-    println!("Lambda:  {}", lambda.clone().unwrap_or_else(|| "unknown".into()));
+    println!("Client:      {}", zael_table::version::IMPLEMENTED_VERSION);
+    println!("Schema:      {}", schema.clone().unwrap_or_default());
+    println!("Lambda:      {}", lambda.clone().unwrap_or_else(|| "unknown".into()));
     println!();
     match compat::evaluate(schema.as_deref(), min.as_deref(), lambda.as_deref()) {
         Verdict::Compatible => {
             println!("Result: COMPATIBLE");
+            println!();
             println!("Client and infrastructure are fully compatible.");
         }
         Verdict::LambdaUpdate(m) => {
             println!("Result: COMPATIBLE (update available)");
             println!();
             println!("{m}");
+            println!();
             println!("Run 'zae-limiter upgrade' to update.");
         }
-        other => return Err(crate::Failure::Plain(format!("Result: INCOMPATIBLE\n\n{}", other.message()))),
+        // As the reference: the verdict on stderr, the explanation on stdout (not indented).
+        other => {
+            eprintln!("Result: INCOMPATIBLE");
+            println!();
+            println!("{}", other.message());
+            return Err(crate::Failure::Silent);
+        }
     }
     Ok(())
 }
@@ -345,13 +377,13 @@ pub fn lambda_export(args: LambdaExportArgs) -> Result<()> {
         println!("Lambda Package Information");
         println!("{}", "=".repeat(26));
         println!();
-        println!("{:<20}{}", "Package path:", args.output.display());
-        println!("{:<20}{}", "Binary:", binary.display());
-        println!("{:<20}{}", "Uncompressed size:", crate::lambda_package::kb(bytes.len()));
-        println!("{:<20}bootstrap", "Handler:");
-        println!("{:<20}provided.al2023 (x86_64)", "Runtime:");
+        println!("{:<19}{}", "Package path:", args.output.display());
+        println!("{:<19}{}", "Binary:", binary.display());
+        println!("{:<19}{}", "Uncompressed size:", crate::lambda_package::kb(bytes.len()));
+        println!("{:<19}bootstrap", "Handler:");
+        println!("{:<19}provided.al2023 (x86_64)", "Runtime:");
         if let Some((major, minor)) = glibc {
-            println!("{:<20}{major}.{minor}", "Needs glibc:");
+            println!("{:<19}{major}.{minor}", "Needs glibc:");
         }
         println!();
         return Ok(());

@@ -89,7 +89,10 @@ fn parameters() -> BTreeMap<&'static str, Parameter> {
     p.insert("EnableAlarms", Parameter::flag(true, "Deploy CloudWatch alarms"));
     p.insert("EnableAuditArchival", Parameter::flag(true, "Archive expired audit events to S3"));
     p.insert("EnableIAM", Parameter::flag(true, "Create IAM policies and roles"));
-    p.insert("EnableProvisioner", Parameter::flag(true, "Deploy the limits provisioner Lambda"));
+    p.insert(
+        "EnableProvisioner",
+        Parameter::flag(false, "Deploy the limits provisioner Lambda (a placeholder in this template: leave false)"),
+    );
     p.insert("EnableIAMRoles", Parameter::flag(true, "Create the App, Admin and ReadOnly roles"));
     p.insert("EnableTracing", Parameter::flag(false, "AWS X-Ray tracing for the aggregator"));
     p.insert("EnableDeletionProtection", Parameter::flag(false, "DynamoDB deletion protection on the table"));

@@ -22,7 +22,8 @@ pub fn for_deploy(args: &DeployArgs) -> Vec<(&'static str, String)> {
             duration_threshold_ms(args.lambda_timeout, args.lambda_duration_threshold_pct).to_string(),
         ),
         ("EnableAggregator", flag(aggregator)),
-        ("EnableProvisioner", flag(!no_iam && !args.no_provisioner)),
+        // Never deployed: the template's function is a placeholder (see `PROVISIONER_REFUSED`).
+        ("EnableProvisioner", flag(false)),
         ("EnableAlarms", flag(!args.no_alarms)),
         ("EnableAuditArchival", flag(!args.no_audit_archival)),
         ("AuditArchiveGlacierTransitionDays", args.audit_archive_glacier_days.to_string()),
@@ -126,7 +127,7 @@ mod tests {
             ("LogRetentionDays", "30"),
             ("LambdaDurationThreshold", "48000"),
             ("EnableAggregator", "true"),
-            ("EnableProvisioner", "true"),
+            ("EnableProvisioner", "false"),
             ("EnableAlarms", "true"),
             ("EnableAuditArchival", "true"),
             ("EnableTracing", "false"),
@@ -151,7 +152,7 @@ mod tests {
         assert_eq!(
             (p["EnableIAM"].as_str(), p["EnableAggregator"].as_str(), p["EnableProvisioner"].as_str()),
             ("false", "false", "false"),
-            "--no-iam without a role turns the aggregator and the provisioner off"
+            "--no-iam without a role turns the aggregator off (the provisioner is never deployed)"
         );
         let arn = "arn:aws:iam::123456789012:role/MyLambdaRole";
         let p = params(&["--no-iam", "--aggregator-role-arn", arn]);
