@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{audit::AuditCommand, defaults, entity::EntityCommand, namespace::NamespaceCommand, stack};
+use crate::commands::{audit::AuditCommand, defaults, entity::EntityCommand, namespace::NamespaceCommand};
 use crate::repo::Target;
 
 #[derive(Debug, Parser)]
@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Deploy the stack (`--table-only`: the table alone, for emulators).
-    Deploy(Box<stack::DeployArgs>),
+    Deploy(Box<crate::commands::deploy_args::DeployArgs>),
     /// Show the stack's and table's status.
     Status(crate::repo::RequiredTarget),
     /// List the rate limiter stacks of a region.

@@ -9,13 +9,14 @@ mod cli;
 mod commands;
 mod compat;
 mod config_item;
-mod flags;
 mod lambda_package;
+mod level;
 mod limit_spec;
 mod param_sync;
 mod prompt;
 mod repo;
 mod stack_name;
+mod stamps;
 mod template;
 
 use clap::Parser;

@@ -9,9 +9,9 @@ use crate::limit_spec::LimitSpec;
 use crate::repo::{Repo, Result, describe, now_ms};
 
 pub async fn sync(repo: &Repo, ns: &str, entity: &str, resource: &str, limits: &[LimitSpec]) -> Result<()> {
-    let default = resource == crate::commands::limits::DEFAULT_RESOURCE;
-    let scope = crate::flags::Scope::Entity { entity, resource };
-    for (pk, _, bucket_resource) in crate::flags::buckets(repo, ns, &scope).await? {
+    let default = resource == crate::level::DEFAULT_RESOURCE;
+    let scope = crate::stamps::Scope::Entity { entity, resource };
+    for (pk, _, bucket_resource) in crate::stamps::buckets(repo, ns, &scope).await? {
         if default {
             // A resource with the entity's own config keeps it.
             let own = format!("{}{bucket_resource}", keys::SK_CONFIG_PREFIX);

@@ -162,6 +162,28 @@ impl Repo {
         }
     }
 
+    /// `--audit-retention-days`, applied (the reference ignores it, D7): stored as
+    /// `audit_retention_days` on the namespace's system config, where every writer of audit events
+    /// reads it (an upsert that keeps the item's limits).
+    pub async fn set_audit_retention(&self, namespace_id: &str, days: u32) -> Result<()> {
+        let pk = keys::pk_system(namespace_id);
+        self.db
+            .update_item()
+            .table_name(&self.table)
+            .key("PK", crate::config_item::s(&pk))
+            .key("SK", crate::config_item::s(keys::SK_CONFIG))
+            .update_expression(
+                "SET audit_retention_days = :d, GSI4PK = if_not_exists(GSI4PK, :ns), GSI4SK = if_not_exists(GSI4SK, :pk)",
+            )
+            .expression_attribute_values(":d", crate::config_item::n(days))
+            .expression_attribute_values(":ns", crate::config_item::s(namespace_id))
+            .expression_attribute_values(":pk", crate::config_item::s(&pk))
+            .send()
+            .await
+            .map_err(|e| format!("Failed to store the audit retention: {}", describe(&e)))?;
+        Ok(())
+    }
+
     pub fn missing_stack(&self) -> String {
         format!(
             "Stack '{}' not found in {}. Deploy it with 'zae-limiter deploy -n {}'.",

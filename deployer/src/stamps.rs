@@ -7,8 +7,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 use zael_table::keys;
 
-use crate::level::{DEFAULT_RESOURCE, Level};
 use crate::config_item::{Item, n, s};
+use crate::level::{DEFAULT_RESOURCE, Level};
 use crate::repo::{Repo, Result, describe, now_ms};
 
 /// A flag change.

@@ -1,5 +1,5 @@
 //! The flag commands of entities and resources (`disable|enable|bypass|clear-disabled`,
-//! `set-cascade|clear-cascade`): the change and its fan-out (`crate::flags`), the audit
+//! `set-cascade|clear-cascade`): the change and its fan-out (`crate::stamps`), the audit
 //! event, and the reference's line.
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use super::DataTarget;
 use crate::config_item::n;
-use crate::flags::{self, Access, Scope};
 use crate::repo::Result;
+use crate::stamps::{self, Access, Scope};
 
 /// A flag change.
 #[derive(Copy, Clone, Debug)]
@@ -21,8 +21,8 @@ pub enum Change {
 pub async fn change(data: &DataTarget, scope: Scope<'_>, change: Change) -> Result<()> {
     let (repo, ns) = data.open(true).await?;
     let written = match change {
-        Change::Access(access) => flags::apply(&repo, &ns, &scope, access).await?,
-        Change::Cascade(value) => flags::apply_cascade(&repo, &ns, &scope, value).await?,
+        Change::Access(access) => stamps::apply(&repo, &ns, &scope, access).await?,
+        Change::Cascade(value) => stamps::apply_cascade(&repo, &ns, &scope, value).await?,
     };
     let (audit_entity, resource, what) = match &scope {
         Scope::Entity { entity, resource } => ((*entity).to_owned(), *resource, format!("entity '{entity}'")),

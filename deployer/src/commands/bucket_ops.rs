@@ -363,8 +363,8 @@ impl<'a> Call<'a> {
     /// that this CLI does not plan. GSI3 is eventually consistent, so shard 0 and every slot
     /// below the highest stored `shard_count` are read by key too.
     async fn read_shards(&self) -> std::result::Result<Vec<(ShardRead, Option<String>)>, String> {
-        let scope = crate::flags::Scope::Entity { entity: self.entity, resource: self.resource };
-        let found = crate::flags::buckets(self.repo, self.ns, &scope).await.map_err(text)?;
+        let scope = crate::stamps::Scope::Entity { entity: self.entity, resource: self.resource };
+        let found = crate::stamps::buckets(self.repo, self.ns, &scope).await.map_err(text)?;
         let mut pending: BTreeSet<i64> = found.iter().filter_map(|(pk, _, _)| bucket_items::shard_of(pk)).collect();
         pending.insert(0);
         let mut raw: BTreeMap<i64, Item> = BTreeMap::new();

@@ -7,7 +7,7 @@ use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus, Tag};
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::stack::DeployArgs;
+use super::deploy_args::DeployArgs;
 use crate::compat::SCHEMA_VERSION;
 use crate::repo::{Repo, RequiredTarget, Result, Target};
 use crate::template::{self, params};
@@ -22,7 +22,7 @@ fn onoff(on: bool) -> &'static str {
 
 /// The parameters and tags of a deploy; prints the reference's notes and summary.
 fn plan(args: &DeployArgs, tags: &[(String, String)]) -> Vec<(&'static str, String)> {
-    let parameters = params::for_deploy(args);
+    let parameters = params::for_deploy(&args.stack_parameters());
     let get = |k: &str| parameters.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap_or_default();
     if args.no_iam && !args.no_aggregator && args.aggregator_role_arn.is_none() {
         println!(
@@ -425,7 +425,7 @@ pub async fn deploy(args: DeployArgs, tags: Vec<(String, String)>) -> Result<()>
     }
     println!("✓ Version record initialized (schema {SCHEMA_VERSION})");
     let default = zael_table::admin::register_namespace(&repo.db, &repo.table, "default").await.map_err(fail)?;
-    super::stack::apply_audit_retention(&repo, &default, args.audit_retention_days).await?;
+    repo.set_audit_retention(&default, args.audit_retention_days).await?;
     println!("✓ Default namespace registered");
     Ok(())
 }

@@ -5,9 +5,10 @@ use zael_table::keys;
 
 use super::DataTarget;
 use super::access::Change;
-use super::limits::{self, Level};
-use crate::flags::Access;
+use super::limits;
+use crate::level::Level;
 use crate::repo::Result;
+use crate::stamps::Access;
 
 // The variant names are the reference's command names (`set-defaults`, ...).
 #[allow(clippy::enum_variant_names)]
@@ -194,12 +195,16 @@ pub async fn run_resource(command: ResourceCommand) -> Result<()> {
         ResourceCommand::ClearDisabled { resource, data } => resource_flag(&resource, &data, Access::Clear).await?,
         ResourceCommand::SetCascade { resource, value, data } => {
             Level::Resource(resource.clone()).validate()?;
-            super::access::change(&data, crate::flags::Scope::Resource(&resource), Change::Cascade(Some(value == "on")))
-                .await?
+            super::access::change(
+                &data,
+                crate::stamps::Scope::Resource(&resource),
+                Change::Cascade(Some(value == "on")),
+            )
+            .await?
         }
         ResourceCommand::ClearCascade { resource, data } => {
             Level::Resource(resource.clone()).validate()?;
-            super::access::change(&data, crate::flags::Scope::Resource(&resource), Change::Cascade(None)).await?
+            super::access::change(&data, crate::stamps::Scope::Resource(&resource), Change::Cascade(None)).await?
         }
         ResourceCommand::List { data } => {
             let (repo, ns) = data.open(false).await?;
@@ -222,5 +227,5 @@ pub async fn run_resource(command: ResourceCommand) -> Result<()> {
 
 async fn resource_flag(resource: &str, data: &DataTarget, access: Access) -> Result<()> {
     Level::Resource(resource.to_owned()).validate()?;
-    super::access::change(data, crate::flags::Scope::Resource(resource), Change::Access(access)).await
+    super::access::change(data, crate::stamps::Scope::Resource(resource), Change::Access(access)).await
 }

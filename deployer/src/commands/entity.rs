@@ -7,8 +7,9 @@ use zael_table::keys;
 
 use super::DataTarget;
 use super::access::Change;
-use super::limits::{self, DEFAULT_RESOURCE, Level};
+use super::limits;
 use crate::config_item::{Item, n, s};
+use crate::level::{DEFAULT_RESOURCE, Level};
 use crate::repo::{Repo, Result, describe};
 
 #[derive(Debug, clap::Subcommand)]
@@ -221,10 +222,10 @@ pub async fn run(command: EntityCommand) -> Result<()> {
                 &format!("No limits configured for entity '{entity_id}' on resource '{resource}'"),
             );
         }
-        EntityCommand::Disable(a) => entity_flag(a, crate::flags::Access::Disable).await?,
-        EntityCommand::Enable(a) => entity_flag(a, crate::flags::Access::Enable).await?,
-        EntityCommand::Bypass(a) => entity_flag(a, crate::flags::Access::Bypass).await?,
-        EntityCommand::ClearDisabled(a) => entity_flag(a, crate::flags::Access::Clear).await?,
+        EntityCommand::Disable(a) => entity_flag(a, crate::stamps::Access::Disable).await?,
+        EntityCommand::Enable(a) => entity_flag(a, crate::stamps::Access::Enable).await?,
+        EntityCommand::Bypass(a) => entity_flag(a, crate::stamps::Access::Bypass).await?,
+        EntityCommand::ClearDisabled(a) => entity_flag(a, crate::stamps::Access::Clear).await?,
         EntityCommand::SetCascade { entity_id, value, resource, data } => {
             entity_cascade(&entity_id, resource, &data, Some(value == "on")).await?
         }
@@ -326,8 +327,8 @@ async fn set_parent(repo: &Repo, ns: &str, entity: &str, parent: Option<&str>) -
     };
     request.send().await.map_err(|e| format!("Failed to move entity '{entity}': {}", describe(&e)))?;
     let cascade_meta = matches!(meta.get("cascade"), Some(AttributeValue::Bool(true)));
-    let owner = crate::flags::Owner { parent, meta_cascade: cascade_meta, pgen: Some(pgen) };
-    let written = crate::flags::restamp_owner(repo, ns, entity, &owner).await?;
+    let owner = crate::stamps::Owner { parent, meta_cascade: cascade_meta, pgen: Some(pgen) };
+    let written = crate::stamps::restamp_owner(repo, ns, entity, &owner).await?;
     let details = HashMap::from([
         ("old_parent_id".to_owned(), old.as_deref().map_or(AttributeValue::Null(true), s)),
         ("parent_id".to_owned(), parent.map_or(AttributeValue::Null(true), s)),
@@ -360,17 +361,17 @@ async fn with_custom_limits(repo: &Repo, ns: &str, resource: &str, page: Option<
 async fn entity_cascade(entity: &str, resource: Option<String>, data: &DataTarget, value: Option<bool>) -> Result<()> {
     let resource = resource.unwrap_or_else(|| DEFAULT_RESOURCE.to_owned());
     Level::Entity { entity: entity.to_owned(), resource: resource.clone() }.validate()?;
-    super::access::change(data, crate::flags::Scope::Entity { entity, resource: &resource }, Change::Cascade(value))
+    super::access::change(data, crate::stamps::Scope::Entity { entity, resource: &resource }, Change::Cascade(value))
         .await
 }
 
-async fn entity_flag(args: FlagArgs, access: crate::flags::Access) -> Result<()> {
+async fn entity_flag(args: FlagArgs, access: crate::stamps::Access) -> Result<()> {
     let resource = args.resource.unwrap_or_else(|| DEFAULT_RESOURCE.to_owned());
     let level = Level::Entity { entity: args.entity_id.clone(), resource: resource.clone() };
     level.validate()?;
     super::access::change(
         &args.data,
-        crate::flags::Scope::Entity { entity: &args.entity_id, resource: &resource },
+        crate::stamps::Scope::Entity { entity: &args.entity_id, resource: &resource },
         Change::Access(access),
     )
     .await

@@ -5,73 +5,13 @@
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use std::collections::HashMap;
-use zael_core::keys::{is_valid_entity_id, is_valid_resource};
 use zael_table::keys;
 
 use crate::config_item::{self, Item, n, s};
+use crate::level::Level;
 use crate::limit_spec::{self, LimitSpec};
 use crate::prompt::confirm_or_cancel;
 use crate::repo::{Repo, Result, describe};
-
-pub const DEFAULT_RESOURCE: &str = "_default_";
-
-/// Which config level a command writes.
-#[derive(Clone, Debug)]
-pub enum Level {
-    System,
-    Resource(String),
-    Entity { entity: String, resource: String },
-}
-
-impl Level {
-    pub fn key(&self, ns: &str) -> (String, String) {
-        match self {
-            Level::System => (keys::pk_system(ns), keys::SK_CONFIG.to_owned()),
-            Level::Resource(r) => (keys::pk_resource(ns, r), keys::SK_CONFIG.to_owned()),
-            Level::Entity { entity, resource } => {
-                (keys::pk_entity(ns, entity), format!("{}{resource}", keys::SK_CONFIG_PREFIX))
-            }
-        }
-    }
-
-    /// The audit entity of the level (ADR-106).
-    fn audit_entity(&self) -> String {
-        match self {
-            Level::System => "$SYSTEM".into(),
-            Level::Resource(r) => format!("$RESOURCE:{r}"),
-            Level::Entity { entity, .. } => entity.clone(),
-        }
-    }
-
-    fn audit_resource(&self) -> Option<&str> {
-        match self {
-            Level::System => None,
-            Level::Resource(r) | Level::Entity { resource: r, .. } => Some(r),
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        let resource_ok = |r: &str| is_valid_resource(r);
-        match self {
-            Level::System => Ok(()),
-            Level::Resource(r) if !resource_ok(r) => Err(invalid_resource(r).into()),
-            Level::Resource(_) => Ok(()),
-            Level::Entity { entity, .. } if !is_valid_entity_id(entity) => Err(crate::Failure::from(format!(
-                "Invalid entity_id: must start with alphanumeric and contain only alphanumeric, underscore, hyphen, dot, colon, or @ characters ('{entity}')"
-            ))),
-            Level::Entity { resource, .. } if resource != DEFAULT_RESOURCE && !resource_ok(resource) => {
-                Err(invalid_resource(resource).into())
-            }
-            Level::Entity { .. } => Ok(()),
-        }
-    }
-}
-
-fn invalid_resource(r: &str) -> String {
-    format!(
-        "Invalid resource: must start with a letter and contain only alphanumeric, underscore, hyphen, dot, slash, or colon characters ('{r}')"
-    )
-}
 
 /// Writes the level's limits (full replace, keeping its `disabled`/`cascade` flags), the
 /// registries, the entity-level param sync and the audit event.

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod bucket_ops;
 pub mod cfn_stack;
 pub mod defaults;
+pub mod deploy_args;
 pub mod entity;
 pub mod inventory;
 pub mod lambda_code;

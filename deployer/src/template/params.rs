@@ -1,59 +1,85 @@
 //! The stack parameters `deploy` sends for its flags (§3.1): booleans as `true`/`false`,
 //! numbers as decimal strings, optional values only when given.
 
-use crate::commands::stack::DeployArgs;
+/// What a stack is deployed with, as plain values (`deploy`'s flags decide them:
+/// `DeployArgs::stack_parameters`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackParameters {
+    pub stack_name: String,
+    pub snapshot_windows: String,
+    pub usage_retention_days: u32,
+    pub lambda_memory_mb: u32,
+    pub lambda_timeout_secs: u32,
+    /// One of CloudWatch Logs' retention values, as text.
+    pub log_retention_days: String,
+    /// The aggregator's duration alarm, in percent of its timeout.
+    pub lambda_duration_threshold_pct: u32,
+    pub aggregator: bool,
+    pub alarms: bool,
+    pub audit_archival: bool,
+    pub audit_archive_glacier_days: u32,
+    pub tracing: bool,
+    /// The App, Admin and ReadOnly roles.
+    pub iam_roles: bool,
+    /// Any IAM resource at all.
+    pub iam: bool,
+    pub deletion_protection: bool,
+    pub pitr_recovery_days: Option<u32>,
+    pub alarm_sns_topic: Option<String>,
+    pub permission_boundary: Option<String>,
+    pub aggregator_role_arn: Option<String>,
+    /// A name format with one `{}` (the `{stack}-{component}` name goes there).
+    pub role_name_format: Option<String>,
+    pub policy_name_format: Option<String>,
+}
 
 /// The (key, value) parameters of a deploy, in the template's parameter names.
-pub fn for_deploy(args: &DeployArgs) -> Vec<(&'static str, String)> {
+pub fn for_deploy(stack: &StackParameters) -> Vec<(&'static str, String)> {
     let flag = |on: bool| if on { "true".to_owned() } else { "false".to_owned() };
-    let no_iam = args.no_iam;
-    // `--no-iam` without an external role leaves the aggregator no role: it is turned off.
-    let aggregator_without_role = no_iam && args.aggregator_role_arn.is_none();
-    let aggregator = !(args.no_aggregator || aggregator_without_role);
     let mut p = vec![
         ("SchemaVersion", crate::compat::SCHEMA_VERSION.to_owned()),
-        ("SnapshotWindows", args.snapshot_windows.clone()),
-        ("SnapshotRetentionDays", args.usage_retention_days.to_string()),
-        ("LambdaMemorySize", args.lambda_memory.to_string()),
-        ("LambdaTimeout", args.lambda_timeout.to_string()),
-        ("LogRetentionDays", args.log_retention_days.clone()),
+        ("SnapshotWindows", stack.snapshot_windows.clone()),
+        ("SnapshotRetentionDays", stack.usage_retention_days.to_string()),
+        ("LambdaMemorySize", stack.lambda_memory_mb.to_string()),
+        ("LambdaTimeout", stack.lambda_timeout_secs.to_string()),
+        ("LogRetentionDays", stack.log_retention_days.clone()),
         (
             "LambdaDurationThreshold",
-            duration_threshold_ms(args.lambda_timeout, args.lambda_duration_threshold_pct).to_string(),
+            duration_threshold_ms(stack.lambda_timeout_secs, stack.lambda_duration_threshold_pct).to_string(),
         ),
-        ("EnableAggregator", flag(aggregator)),
+        ("EnableAggregator", flag(stack.aggregator)),
         // Never deployed: the template's function is a placeholder (see `PROVISIONER_REFUSED`).
         ("EnableProvisioner", flag(false)),
-        ("EnableAlarms", flag(!args.no_alarms)),
-        ("EnableAuditArchival", flag(!args.no_audit_archival)),
-        ("AuditArchiveGlacierTransitionDays", args.audit_archive_glacier_days.to_string()),
-        ("EnableTracing", flag(args.enable_tracing)),
-        ("EnableIAMRoles", flag(args.create_iam_roles)),
-        ("EnableIAM", flag(!no_iam)),
-        ("EnableDeletionProtection", flag(args.enable_deletion_protection)),
+        ("EnableAlarms", flag(stack.alarms)),
+        ("EnableAuditArchival", flag(stack.audit_archival)),
+        ("AuditArchiveGlacierTransitionDays", stack.audit_archive_glacier_days.to_string()),
+        ("EnableTracing", flag(stack.tracing)),
+        ("EnableIAMRoles", flag(stack.iam_roles)),
+        ("EnableIAM", flag(stack.iam)),
+        ("EnableDeletionProtection", flag(stack.deletion_protection)),
     ];
-    if let Some(days) = args.pitr_recovery_days {
+    if let Some(days) = stack.pitr_recovery_days {
         p.push(("PITRRecoveryPeriodDays", days.to_string()));
     }
-    if let Some(topic) = &args.alarm_sns_topic {
+    if let Some(topic) = &stack.alarm_sns_topic {
         p.push(("AlarmSNSTopicArn", topic.clone()));
     }
-    if let Some(boundary) = &args.permission_boundary {
+    if let Some(boundary) = &stack.permission_boundary {
         p.push(("PermissionBoundary", boundary.clone()));
     }
-    if let Some(arn) = &args.aggregator_role_arn {
+    if let Some(arn) = &stack.aggregator_role_arn {
         p.push(("AggregatorRoleArn", arn.clone()));
     }
-    let stack = &args.target.name;
-    if let Some(format) = &args.role_name_format {
+    let name = &stack.stack_name;
+    if let Some(format) = &stack.role_name_format {
         p.push(("RoleNameFormat", format.clone()));
         for (parameter, component) in ROLE_NAMES {
-            p.push((parameter, format.replacen("{}", &format!("{stack}-{component}"), 1)));
+            p.push((parameter, format.replacen("{}", &format!("{name}-{component}"), 1)));
         }
     }
-    if let Some(format) = &args.policy_name_format {
+    if let Some(format) = &stack.policy_name_format {
         for (parameter, component) in POLICY_NAMES {
-            p.push((parameter, format.replacen("{}", &format!("{stack}-{component}"), 1)));
+            p.push((parameter, format.replacen("{}", &format!("{name}-{component}"), 1)));
         }
     }
     p
@@ -112,7 +138,7 @@ mod tests {
         argv.extend(flags);
         let cli = crate::cli::Cli::try_parse_from(argv).expect("flags parse");
         let crate::cli::Command::Deploy(args) = cli.command else { panic!("deploy") };
-        for_deploy(&args).into_iter().collect()
+        for_deploy(&args.stack_parameters()).into_iter().collect()
     }
 
     #[test]

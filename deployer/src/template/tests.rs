@@ -116,7 +116,7 @@ fn deploy_params(flags: &[&str]) -> Vec<(&'static str, String)> {
     argv.extend(flags);
     let cli = crate::cli::Cli::try_parse_from(argv).expect("flags parse");
     let crate::cli::Command::Deploy(args) = cli.command else { panic!("deploy") };
-    let mut p = params::for_deploy(&args);
+    let mut p = params::for_deploy(&args.stack_parameters());
     p.push(("AggregatorCodeS3Bucket", "zae-limiter-artifacts".into()));
     p.push(("AggregatorCodeS3Key", "aggregator/bootstrap.zip".into()));
     p
