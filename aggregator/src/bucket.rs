@@ -3,23 +3,25 @@
 //! parameters (`table-format.md` §9, `deployer-and-aggregator.md` §11.2).
 
 use crate::record::{EventName, Image, StreamRecord, int, string};
+use zael_core::bucket::BucketLimit;
 use zael_table::keys::{SK_STATE, WCU, battr, parse_battr, parse_pk_bucket};
 
-/// One limit `b_{name}_*` of a bucket image.
+/// One limit `b_{name}_*` of a bucket record: how its consumption moved between the
+/// record's two images, and its balance and parameters in the new one. (A bucket item as
+/// zael-server reads it is `zael_table::item::BucketImage`; this is the stream's view.)
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LimitImage {
+pub struct LimitDelta {
     pub name: String,
     /// `tc` new minus old, millitokens (an INSERT's old `tc` is 0).
     pub tc_delta: i64,
     pub tk: i64,
-    pub cp: i64,
-    pub ra: i64,
-    pub rp: i64,
+    /// `cp`, `ra`, `rp` of the new image: the whole limit, of which a shard holds its share.
+    pub limit: BucketLimit,
     /// `b_{name}_soft` is present (whatever its deadline).
     pub soft: bool,
 }
 
-impl LimitImage {
+impl LimitDelta {
     /// Whether this limit's delta is usage for the snapshots: consumption moved, and it is not
     /// the reserved per-partition `wcu`.
     pub fn counts_as_usage(&self) -> bool {
@@ -38,7 +40,7 @@ pub struct BucketRecord {
     /// `shard_count` of the new image (absent reads as 1).
     pub shard_count: i64,
     pub vu: Option<i64>,
-    pub limits: Vec<LimitImage>,
+    pub limits: Vec<LimitDelta>,
     /// The first attribute of a feature zael-aggregator does not evaluate (schedules,
     /// quotas, duration windows, top-ups), if the item carries one.
     pub unsupported: Option<String>,
@@ -117,13 +119,15 @@ pub fn parse(record: &StreamRecord) -> Result<Option<BucketRecord>, String> {
             );
             continue;
         };
-        limits.push(LimitImage {
+        limits.push(LimitDelta {
             name: name.to_owned(),
             tc_delta: new_tc - old_tc,
             tk: int(new, &field("tk"))?.unwrap_or_default(),
-            cp: int(new, &field("cp"))?.unwrap_or_default(),
-            ra: int(new, &field("ra"))?.unwrap_or_default(),
-            rp: int(new, &field("rp"))?.unwrap_or_default(),
+            limit: BucketLimit::from_table(
+                int(new, &field("cp"))?.unwrap_or_default(),
+                int(new, &field("ra"))?.unwrap_or_default(),
+                int(new, &field("rp"))?.unwrap_or_default(),
+            ),
             soft: new.contains_key(&field("soft")),
         });
     }
@@ -186,13 +190,11 @@ mod tests {
                 rf: 1_700_000_000_000,
                 shard_count: 1,
                 vu: None,
-                limits: vec![LimitImage {
+                limits: vec![LimitDelta {
                     name: "rpm".into(),
                     tc_delta: 3000,
                     tk: 5000,
-                    cp: 10_000,
-                    ra: 10_000,
-                    rp: 60_000,
+                    limit: BucketLimit::from_table(10_000, 10_000, 60_000),
                     soft: false
                 }],
                 unsupported: None,

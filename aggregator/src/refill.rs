@@ -2,7 +2,7 @@
 //! not cover the batch's consumption gets its refill written ahead of the next request, under
 //! the `rf = :expected` lock, with ADD so concurrent client debits commute.
 
-use crate::bucket::{BucketRecord, LimitImage};
+use crate::bucket::{BucketRecord, LimitDelta};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::{BTreeMap, HashMap};
@@ -52,12 +52,12 @@ pub fn plan(state: &ShardState, now: i64) -> Option<RefillWrite> {
     let mut deltas = Vec::new();
     let mut deferred_wcu = None;
     for limit in &bucket.limits {
-        if limit.rp <= 0 || limit.ra <= 0 {
+        if limit.limit.refill_period_ms <= 0 || limit.limit.refill_amount.0 <= 0 {
             continue;
         }
-        let (ceiling, rate) =
-            if limit.name == WCU { (limit.cp, limit.ra) } else { (limit.cp / shards, limit.ra / shards) };
-        let refilled = refilled_balance(limit, ceiling, rate, bucket.rf, now);
+        // `wcu` is per partition: every shard holds all of it.
+        let share = limit.limit.shard_share(if limit.name == WCU { 1 } else { shards });
+        let refilled = refilled_balance(limit, &share, bucket.rf, now);
         let delta = refilled - limit.tk;
         if delta == 0 {
             continue;
@@ -83,12 +83,10 @@ pub fn plan(state: &ShardState, now: i64) -> Option<RefillWrite> {
     Some(RefillWrite { expected_rf: bucket.rf, new_rf: now.max(bucket.rf), expected_vu: bucket.vu, deltas })
 }
 
-/// `limit`'s balance refilled from `rf` to `now` with `ceiling` and `rate` (its shard's share).
-pub(crate) fn refilled_balance(limit: &LimitImage, ceiling: i64, rate: i64, rf: i64, now: i64) -> i64 {
-    let params =
-        BucketLimit { capacity: Millitokens(ceiling), refill_amount: Millitokens(rate), refill_period_ms: limit.rp };
+/// `limit`'s balance refilled from `rf` to `now` under `share` (its shard's share).
+pub(crate) fn refilled_balance(limit: &LimitDelta, share: &BucketLimit, rf: i64, now: i64) -> i64 {
     let state = BucketState { tokens: Millitokens(limit.tk), refilled_at: EpochMillis(rf) };
-    state.refilled(&params, EpochMillis(now)).tokens.0
+    state.refilled(share, EpochMillis(now)).tokens.0
 }
 
 /// Writes a refill. `Ok(false)`: the lock was lost (a client or another invocation wrote `rf`
@@ -141,11 +139,11 @@ pub async fn write(client: &Client, table: &str, bucket: &BucketRecord, refill: 
 mod tests {
     use super::*;
 
-    fn limit(name: &str, tk: i64, cp: i64, ra: i64, rp: i64, tc_delta: i64) -> LimitImage {
-        LimitImage { name: name.into(), tc_delta, tk, cp, ra, rp, soft: false }
+    fn limit(name: &str, tk: i64, cp: i64, ra: i64, rp: i64, tc_delta: i64) -> LimitDelta {
+        LimitDelta { name: name.into(), tc_delta, tk, limit: BucketLimit::from_table(cp, ra, rp), soft: false }
     }
 
-    fn record(rf: i64, shard_count: i64, limits: Vec<LimitImage>) -> BucketRecord {
+    fn record(rf: i64, shard_count: i64, limits: Vec<LimitDelta>) -> BucketRecord {
         BucketRecord {
             namespace: "ns".into(),
             entity: "e".into(),

@@ -20,7 +20,8 @@ const WCU_LOW_WATER: f64 = 0.2;
 pub fn doubling(state: &ShardState, now: i64) -> Option<i64> {
     let bucket = &state.last;
     let wcu = bucket.limits.iter().find(|l| l.name == WCU)?;
-    if bucket.shard != 0 || wcu.cp <= 0 {
+    let capacity = wcu.limit.capacity.0;
+    if bucket.shard != 0 || capacity <= 0 {
         return None;
     }
     if bucket.shard_count >= MAX_SHARD_COUNT {
@@ -34,10 +35,10 @@ pub fn doubling(state: &ShardState, now: i64) -> Option<i64> {
         return None;
     }
     let mut tokens = wcu.tk;
-    if wcu.ra > 0 && wcu.rp > 0 {
-        tokens = crate::refill::refilled_balance(wcu, wcu.cp, wcu.ra, bucket.rf, now);
+    if wcu.limit.refill_amount.0 > 0 && wcu.limit.refill_period_ms > 0 {
+        tokens = crate::refill::refilled_balance(wcu, &wcu.limit, bucket.rf, now);
     }
-    let ratio = tokens as f64 / wcu.cp as f64;
+    let ratio = tokens as f64 / capacity as f64;
     (ratio < WCU_LOW_WATER).then(|| (bucket.shard_count * 2).min(MAX_SHARD_COUNT))
 }
 
@@ -269,14 +270,21 @@ pub async fn propagate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bucket::LimitImage;
+    use crate::bucket::LimitDelta;
     use crate::refill::aggregate;
+    use zael_core::bucket::BucketLimit;
 
-    fn wcu(tk: i64) -> LimitImage {
-        LimitImage { name: "wcu".into(), tc_delta: 0, tk, cp: 1_000_000, ra: 1_000_000, rp: 1000, soft: false }
+    fn wcu(tk: i64) -> LimitDelta {
+        LimitDelta {
+            name: "wcu".into(),
+            tc_delta: 0,
+            tk,
+            limit: BucketLimit::from_table(1_000_000, 1_000_000, 1000),
+            soft: false,
+        }
     }
 
-    fn bucket(shard: i64, shard_count: i64, rf: i64, limits: Vec<LimitImage>) -> BucketRecord {
+    fn bucket(shard: i64, shard_count: i64, rf: i64, limits: Vec<LimitDelta>) -> BucketRecord {
         BucketRecord {
             namespace: "ns".into(),
             entity: "e".into(),

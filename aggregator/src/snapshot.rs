@@ -172,13 +172,14 @@ pub async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bucket::LimitImage;
+    use crate::bucket::LimitDelta;
+    use zael_core::bucket::BucketLimit;
 
-    fn limit(name: &str, tc_delta: i64, tk: i64, soft: bool) -> LimitImage {
-        LimitImage { name: name.into(), tc_delta, tk, cp: 10_000, ra: 10_000, rp: 60_000, soft }
+    fn limit(name: &str, tc_delta: i64, tk: i64, soft: bool) -> LimitDelta {
+        LimitDelta { name: name.into(), tc_delta, tk, limit: BucketLimit::from_table(10_000, 10_000, 60_000), soft }
     }
 
-    fn bucket(entity: &str, rf: i64, limits: Vec<LimitImage>) -> BucketRecord {
+    fn bucket(entity: &str, rf: i64, limits: Vec<LimitDelta>) -> BucketRecord {
         BucketRecord {
             namespace: "ns".into(),
             entity: entity.into(),

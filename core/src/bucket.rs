@@ -72,6 +72,23 @@ impl BucketLimit {
         }
     }
 
+    /// The parameters in the table's terms: `b_{name}_cp`, `b_{name}_ra`, `b_{name}_rp`.
+    pub fn from_table(cp: i64, ra: i64, rp: i64) -> Self {
+        BucketLimit { capacity: Millitokens(cp), refill_amount: Millitokens(ra), refill_period_ms: rp }
+    }
+
+    /// One shard's share of the limit when it is spread over `shard_count` shards (§10.4):
+    /// `cp // shard_count` and `ra // shard_count` (floored), the same `rp`. A count below
+    /// 1 counts as 1. The one place the share is computed, for every store and report.
+    pub fn shard_share(&self, shard_count: i64) -> BucketLimit {
+        let sc = shard_count.max(1);
+        BucketLimit {
+            capacity: Millitokens(self.capacity.0.div_euclid(sc)),
+            refill_amount: Millitokens(self.refill_amount.0.div_euclid(sc)),
+            refill_period_ms: self.refill_period_ms,
+        }
+    }
+
     /// Milliseconds needed to accrue `amount` millitokens, rounded up; 0 for no amount.
     pub fn millis_to_accrue(&self, amount: Millitokens) -> i64 {
         if amount.0 <= 0 {
@@ -298,6 +315,15 @@ mod tests {
         let admitted: Vec<bool> = out.iter().map(|o| o.admitted).collect();
         assert_eq!(admitted, [true, false, true]);
         assert_eq!(s.tokens, Millitokens(0));
+    }
+
+    #[test]
+    fn a_shard_holds_the_floored_share_of_capacity_and_rate() {
+        let limit = BucketLimit::from_table(10_000, 6_001, 60_000);
+        assert_eq!(limit.shard_share(3), BucketLimit::from_table(3333, 2000, 60_000));
+        assert_eq!(limit.shard_share(1), limit);
+        assert_eq!(limit.shard_share(0), limit, "a count below 1 counts as 1");
+        assert_eq!(BucketLimit::from_table(-1, 1, 1).shard_share(2).capacity, Millitokens(-1), "floored");
     }
 
     #[test]

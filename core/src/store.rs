@@ -64,12 +64,7 @@ pub struct LimitReport {
 impl LimitReport {
     /// The shard's share of the limit (`cp // shard_count`, `ra // shard_count`).
     pub fn share(&self) -> BucketLimit {
-        let sc = self.shard_count.max(1);
-        BucketLimit {
-            capacity: Millitokens(self.limit.capacity.0.div_euclid(sc)),
-            refill_amount: Millitokens(self.limit.refill_amount.0.div_euclid(sc)),
-            refill_period_ms: self.limit.refill_period_ms,
-        }
+        self.limit.shard_share(self.shard_count)
     }
 
     /// Milliseconds until the shard holds the request again (§10.5); `i64::MAX` when the

@@ -106,7 +106,13 @@ pub fn shard_read(shard_id: i64, item: &Item) -> Result<(ShardRead, Option<Strin
         limits: image
             .limits
             .iter()
-            .map(|l| StoredLimit { name: l.name.clone(), tk: l.tk, cp: l.cp, ra: l.ra, rp: l.rp })
+            .map(|l| StoredLimit {
+                name: l.name.clone(),
+                tk: l.tk,
+                cp: l.limit.capacity.0,
+                ra: l.limit.refill_amount.0,
+                rp: l.limit.refill_period_ms,
+            })
             .collect(),
     };
     Ok((read, image.unsupported))

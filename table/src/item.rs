@@ -4,6 +4,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 
 use crate::keys::{self, WCU, WCU_CAPACITY, WCU_PERIOD_MS};
+use zael_core::bucket::BucketLimit;
 
 /// A DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
@@ -27,9 +28,8 @@ impl StampRead {
 pub struct LimitImage {
     pub name: String,
     pub tk: i64,
-    pub cp: i64,
-    pub ra: i64,
-    pub rp: i64,
+    /// `cp`, `ra`, `rp`: the whole limit (a shard holds [`BucketLimit::shard_share`] of it).
+    pub limit: BucketLimit,
     pub tc: Option<i64>,
     pub soft: Option<StampRead>,
 }
@@ -117,16 +117,18 @@ impl BucketImage {
             let limit = LimitImage {
                 name: name.to_owned(),
                 tk: get("tk")?.unwrap_or(0),
-                cp: get("cp")?.unwrap_or(0),
-                ra: get("ra")?.unwrap_or(0),
-                rp: get("rp")?.unwrap_or(0),
+                limit: BucketLimit::from_table(
+                    get("cp")?.unwrap_or(0),
+                    get("ra")?.unwrap_or(0),
+                    get("rp")?.unwrap_or(0),
+                ),
                 tc: get("tc")?,
                 soft: if name == WCU { None } else { stamp(item, &keys::battr(name, "soft")) },
             };
-            if limit.rp <= 0 {
-                return Err(format!("limit {name} has refill period {}", limit.rp));
+            if limit.limit.refill_period_ms <= 0 {
+                return Err(format!("limit {name} has refill period {}", limit.limit.refill_period_ms));
             }
-            if limit.ra == 0 && name != WCU {
+            if limit.limit.refill_amount.0 == 0 && name != WCU {
                 note(format!("a quota (`b_{name}_ra = 0`)"));
             }
             limits.push(limit);
@@ -162,8 +164,7 @@ impl BucketImage {
     /// `wcu` refilled to `now` admits one more write (§11.4 step 3).
     pub fn wcu_would_refill(&self, now: i64) -> bool {
         self.limit(WCU).is_some_and(|w| {
-            let limit = crate::plan::share(w.cp, w.ra, w.rp, 1);
-            crate::plan::project(w.tk, self.rf, &limit, zael_core::bucket::EpochMillis(now)).tokens.0
+            crate::plan::project(w.tk, self.rf, &w.limit, zael_core::bucket::EpochMillis(now)).tokens.0
                 >= keys::WCU_PER_WRITE
         })
     }
@@ -183,9 +184,7 @@ pub(crate) fn n(v: i64) -> AttributeValue {
 pub(crate) struct NewLimit<'a> {
     pub name: &'a str,
     pub tk: i64,
-    pub cp: i64,
-    pub ra: i64,
-    pub rp: i64,
+    pub limit: BucketLimit,
     pub tc: i64,
 }
 
@@ -227,7 +226,8 @@ pub(crate) fn new_bucket_item(b: &NewBucket<'_>, limits: &[NewLimit<'_>]) -> Ite
         item.insert(keys::battr(WCU, field), n(value));
     }
     for l in limits {
-        for (field, value) in [("tk", l.tk), ("cp", l.cp), ("ra", l.ra), ("rp", l.rp), ("tc", l.tc)] {
+        let (cp, ra, rp) = (l.limit.capacity.0, l.limit.refill_amount.0, l.limit.refill_period_ms);
+        for (field, value) in [("tk", l.tk), ("cp", cp), ("ra", ra), ("rp", rp), ("tc", l.tc)] {
             item.insert(keys::battr(l.name, field), n(value));
         }
     }
@@ -249,8 +249,10 @@ mod tests {
             rf: 1_795_775_405_074,
             ttl: None,
         };
-        let mut item =
-            new_bucket_item(&bucket, &[NewLimit { name: "rpm", tk: 2000, cp: 5000, ra: 5000, rp: 60_000, tc: 3000 }]);
+        let mut item = new_bucket_item(
+            &bucket,
+            &[NewLimit { name: "rpm", tk: 2000, limit: BucketLimit::from_table(5000, 5000, 60_000), tc: 3000 }],
+        );
         item.insert("b_wcu_tk".into(), n(997_000));
         item
     }
@@ -263,7 +265,7 @@ mod tests {
         assert_eq!(image.unsupported, None);
         assert_eq!(image.limits.len(), 2);
         let rpm = image.limit("rpm").unwrap();
-        assert_eq!((rpm.tk, rpm.cp, rpm.ra, rpm.rp, rpm.tc), (2000, 5000, 5000, 60_000, Some(3000)));
+        assert_eq!((rpm.tk, rpm.limit, rpm.tc), (2000, BucketLimit::from_table(5000, 5000, 60_000), Some(3000)));
         assert_eq!(image.limit("wcu").unwrap().tk, 997_000);
     }
 

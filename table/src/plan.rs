@@ -138,16 +138,6 @@ pub(crate) fn decide(
     Plan { outcomes, admitted: sat(admitted), debt: sat(debt), guard: guard.map(sat), all_admitted: all, debits }
 }
 
-/// A shard's share of a limit: `cp // shard_count`, `ra // shard_count`, the same `rp`.
-pub(crate) fn share(cp: i64, ra: i64, rp: i64, shard_count: i64) -> BucketLimit {
-    let sc = shard_count.max(1);
-    BucketLimit {
-        capacity: Millitokens(cp.div_euclid(sc)),
-        refill_amount: Millitokens(ra.div_euclid(sc)),
-        refill_period_ms: rp,
-    }
-}
-
 /// The balance `tk` stored at `rf`, refilled to `now` under `limit` (§10.3; always clamped).
 pub(crate) fn project(tk: i64, rf: i64, limit: &BucketLimit, now: EpochMillis) -> BucketState {
     BucketState { tokens: Millitokens(tk), refilled_at: EpochMillis(rf) }.refilled(limit, now)
@@ -155,10 +145,10 @@ pub(crate) fn project(tk: i64, rf: i64, limit: &BucketLimit, now: EpochMillis) -
 
 /// Seconds a limit needs to refill from empty, as the library computes it for the bucket TTL
 /// (`_recovery_seconds` over a `Limit` in whole tokens and seconds), in f64 in the same order.
-pub fn recovery_secs(cp: i64, ra: i64, rp: i64) -> f64 {
-    let cap = (cp / 1000).max(1);
-    let rate = (ra / 1000).max(1);
-    let period = (rp / 1000).max(1);
+pub fn recovery_secs(limit: &BucketLimit) -> f64 {
+    let cap = (limit.capacity.0 / 1000).max(1);
+    let rate = (limit.refill_amount.0 / 1000).max(1);
+    let period = (limit.refill_period_ms / 1000).max(1);
     ((cap * 1000) as f64 / (rate * 1000) as f64) * ((period * 1000) as f64 / 1000.0)
 }
 
@@ -255,13 +245,19 @@ mod tests {
 
     #[test]
     fn shares_and_ttl() {
-        let s = share(5000, 5000, 60_000, 2);
+        let s = BucketLimit::from_table(5000, 5000, 60_000).shard_share(2);
         assert_eq!((s.capacity.0, s.refill_amount.0, s.refill_period_ms), (2500, 2500, 60_000));
         // rpm 100/60 s gives now + 420 (§16); wcu's 1 s horizon never wins against it.
         let now = EpochMillis(1_795_775_405_074);
-        assert_eq!(ttl_epoch(now, &[recovery_secs(100_000, 100_000, 60_000), 1.0]), 1_795_775_405 + 420);
-        assert_eq!(recovery_secs(1_000_000, 1_000_000, 1000), 1.0);
+        assert_eq!(
+            ttl_epoch(now, &[recovery_secs(&BucketLimit::from_table(100_000, 100_000, 60_000)), 1.0]),
+            1_795_775_405 + 420
+        );
+        assert_eq!(recovery_secs(&BucketLimit::from_table(1_000_000, 1_000_000, 1000)), 1.0);
         // burst 8000, 5000/min: 8000/5000*60 = 96 s, * 7 = 672.
-        assert_eq!(ttl_epoch(EpochMillis(0), &[recovery_secs(8_000_000, 5_000_000, 60_000)]), 672);
+        assert_eq!(
+            ttl_epoch(EpochMillis(0), &[recovery_secs(&BucketLimit::from_table(8_000_000, 5_000_000, 60_000))]),
+            672
+        );
     }
 }

@@ -17,6 +17,7 @@ use dashmap::DashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use zael_core::bucket::BucketLimit;
 
 /// How long an image is trusted to reject (the library's `DEFAULT_REJECTION_CACHE_TTL`).
 pub(crate) const TRUST: Duration = Duration::from_secs(1);
@@ -28,9 +29,8 @@ pub(crate) const MAX_BUCKETS: usize = 10_000;
 pub(crate) struct Short {
     pub tk: i64,
     pub rf: i64,
-    pub cp: i64,
-    pub ra: i64,
-    pub rp: i64,
+    /// The whole limit (the shard holds its share of `shard_count`).
+    pub limit: BucketLimit,
     pub shard_count: i64,
     /// Epoch ms from which the image says nothing: its `ttl` (an expired item takes the slow
     /// path, which refreshes it), `i64::MAX` without one.
@@ -139,7 +139,7 @@ mod tests {
     use super::*;
 
     fn short(tk: i64, until_ms: i64) -> Short {
-        Short { tk, rf: 0, cp: 1000, ra: 1000, rp: 1000, shard_count: 1, until_ms }
+        Short { tk, rf: 0, limit: BucketLimit::from_table(1000, 1000, 1000), shard_count: 1, until_ms }
     }
 
     #[test]

@@ -176,7 +176,11 @@ impl Config {
             .iter()
             .map(|(l, _)| {
                 let milli = |v: u64| i64::try_from(v).unwrap_or(i64::MAX).saturating_mul(1000);
-                zael_table::recovery_secs(milli(l.capacity), milli(l.refill_amount), milli(l.refill_period_seconds))
+                zael_table::recovery_secs(&zael_core::bucket::BucketLimit::from_table(
+                    milli(l.capacity),
+                    milli(l.refill_amount),
+                    milli(l.refill_period_seconds),
+                ))
             })
             .collect();
         BucketTtl::Set(zael_table::ttl_epoch(zael_core::bucket::EpochMillis(now), &horizons))

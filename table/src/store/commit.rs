@@ -20,14 +20,14 @@ impl Inner {
     /// Shape (a): the complete item under `attribute_not_exists(PK)` with the ConditionCheck
     /// on the (absent) META, in one TransactWriteItems.
     pub(super) async fn create(&self, cx: &Ctx<'_>, shard: i64, count: i64) -> Result<Step, StoreError> {
-        let share = plan::share(cx.cp, cx.ra, cx.rp, count);
+        let share = cx.limit.shard_share(count);
         let cap = share.capacity.0;
         let plan = plan::decide(cap, cx.now, cap, cx.charges, Admission::Enforced);
         if !plan.writes() {
             path("slow_reject");
             return Ok(Step::Done(Decided::new(plan.outcomes, count)));
         }
-        let ttl = plan::ttl_epoch(cx.now, &[plan::recovery_secs(cx.cp, cx.ra, cx.rp)]);
+        let ttl = plan::ttl_epoch(cx.now, &[plan::recovery_secs(&cx.limit)]);
         let bucket = NewBucket {
             ns: &cx.id.ns,
             entity: &cx.id.entity,
@@ -42,9 +42,7 @@ impl Inner {
             &[NewLimit {
                 name: LIMIT_NAME,
                 tk: cap.saturating_sub(plan.consumed()),
-                cp: cx.cp,
-                ra: cx.ra,
-                rp: cx.rp,
+                limit: cx.limit,
                 tc: plan.consumed(),
             }],
         );
@@ -76,9 +74,7 @@ impl Inner {
                 let created = Short {
                     tk: cap.saturating_sub(plan.consumed()),
                     rf: cx.now.0,
-                    cp: cx.cp,
-                    ra: cx.ra,
-                    rp: cx.rp,
+                    limit: cx.limit,
                     shard_count: count,
                     until_ms: ttl.saturating_mul(1000),
                 };
@@ -133,12 +129,12 @@ impl Inner {
         let seed_count = sc.max(count);
         let (share, balance, refilled_at, refill) = match hits {
             Some(h) => {
-                let share = plan::share(cx.cp, cx.ra, cx.rp, sc);
+                let share = cx.limit.shard_share(sc);
                 let p = plan::project(h.tk, image.rf, &share, cx.now);
                 (share, p.tokens.0, p.refilled_at, p.tokens.0 - h.tk)
             }
             None => {
-                let share = plan::share(cx.cp, cx.ra, cx.rp, seed_count);
+                let share = cx.limit.shard_share(seed_count);
                 (share, share.capacity.0, cx.now, 0)
             }
         };
@@ -164,7 +160,7 @@ impl Inner {
         let mut add: Vec<String> = Vec::new();
         let mut remove = vec!["#vu".to_owned()];
         let mut cond = vec!["#rf = :expected_rf".to_owned()];
-        let mut horizons = vec![plan::recovery_secs(cx.cp, cx.ra, cx.rp)];
+        let mut horizons = vec![plan::recovery_secs(&cx.limit)];
         let mut i = 0usize;
         if let Some(h) = hits {
             ex.name("#bt0", &hits_attr("tk")).name("#bc0", &hits_attr("tc"));
@@ -182,7 +178,9 @@ impl Inner {
             if !cx.params_match(h) {
                 // Param sync (§9.7) folded into this rf-locked write: the YAML limit wins.
                 ex.name("#sp0", &hits_attr("cp")).name("#sa0", &hits_attr("ra")).name("#sr0", &hits_attr("rp"));
-                ex.num(":sp0", cx.cp).num(":sa0", cx.ra).num(":sr0", cx.rp);
+                ex.num(":sp0", cx.limit.capacity.0)
+                    .num(":sa0", cx.limit.refill_amount.0)
+                    .num(":sr0", cx.limit.refill_period_ms);
                 set.extend(["#sp0 = :sp0".into(), "#sa0 = :sa0".into(), "#sr0 = :sr0".into()]);
                 path("param_sync");
             }
@@ -192,7 +190,9 @@ impl Inner {
             ex.name("#st0", &hits_attr("tk")).name("#sc0", &hits_attr("tc"));
             ex.name("#sp0", &hits_attr("cp")).name("#sa0", &hits_attr("ra")).name("#sr0", &hits_attr("rp"));
             ex.num(":st0", balance.saturating_sub(debit)).num(":sc0", plan.consumed());
-            ex.num(":sp0", cx.cp).num(":sa0", cx.ra).num(":sr0", cx.rp);
+            ex.num(":sp0", cx.limit.capacity.0)
+                .num(":sa0", cx.limit.refill_amount.0)
+                .num(":sr0", cx.limit.refill_period_ms);
             set.extend([
                 "#st0 = :st0".into(),
                 "#sc0 = :sc0".into(),
@@ -208,7 +208,7 @@ impl Inner {
         others.sort_by_key(|l| l.name != WCU);
         for l in others {
             let divisor = if l.name == WCU { 1 } else { sc };
-            let share = plan::share(l.cp, l.ra, l.rp, divisor);
+            let share = l.limit.shard_share(divisor);
             let r = plan::project(l.tk, image.rf, &share, cx.now).tokens.0 - l.tk;
             ex.name(&format!("#bt{i}"), &keys::battr(&l.name, "tk"))
                 .name(&format!("#bc{i}"), &keys::battr(&l.name, "tc"));
@@ -219,7 +219,7 @@ impl Inner {
                 ex.num(&format!(":bk{i}"), l.tk);
                 cond.push(format!("#bt{i} <= :bk{i}"));
             }
-            horizons.push(plan::recovery_secs(l.cp, l.ra, l.rp));
+            horizons.push(plan::recovery_secs(&l.limit));
             i += 1;
         }
         ex.num(":ttl_val", plan::ttl_epoch(cx.now, &horizons));
@@ -302,7 +302,9 @@ impl Inner {
                 ex.name("#st0", &hits_attr("tk")).name("#sc0", &hits_attr("tc"));
                 ex.name("#sp0", &hits_attr("cp")).name("#sa0", &hits_attr("ra")).name("#sr0", &hits_attr("rp"));
                 ex.num(":st0", start).num(":sq0", debit).num(":sc0", plan.consumed());
-                ex.num(":sp0", cx.cp).num(":sa0", cx.ra).num(":sr0", cx.rp);
+                ex.num(":sp0", cx.limit.capacity.0)
+                    .num(":sa0", cx.limit.refill_amount.0)
+                    .num(":sr0", cx.limit.refill_period_ms);
                 if let Some(guard) = plan.guard {
                     ex.num(":sf0", guard);
                     cond.push("(attribute_not_exists(#st0) OR #st0 >= :sf0)".to_owned());
@@ -333,7 +335,7 @@ impl Inner {
                 // Rejected: every strict charge fails; debt charges are still recorded.
                 path("slow_retry_reject");
                 self.remember(cx, shard, &image);
-                let share = plan::share(hits.cp, hits.ra, hits.rp, image.shard_count);
+                let share = hits.limit.shard_share(image.shard_count);
                 let p = plan::project(hits.tk, image.rf, &share, cx.now);
                 let rejected = reject_all(p.tokens.0, p.refilled_at, share.capacity.0, cx.charges);
                 let mut outcomes = rejected.outcomes.clone();

@@ -150,7 +150,9 @@ impl Inner {
             ex.name("#vu", "vu");
             cond.push("(#byp > :vu_now OR attribute_not_exists(#vu) OR #vu > :vu_now)".into());
             ex.name("#pa0", &hits_attr("ra")).name("#pr0", &hits_attr("rp"));
-            ex.num(":pc0", cx.cp).num(":pa0", cx.ra).num(":pr0", cx.rp);
+            ex.num(":pc0", cx.limit.capacity.0)
+                .num(":pa0", cx.limit.refill_amount.0)
+                .num(":pr0", cx.limit.refill_period_ms);
             cond.push("#oc0 = :pc0 AND #pa0 = :pa0 AND #pr0 = :pr0".into());
         }
         let req = ex.req(cx.pk(shard), format!("ADD {}", add.join(", ")), cond);
@@ -187,7 +189,7 @@ impl Inner {
             let plan = plan::decide(0, cx.now, 0, cx.charges, Admission::Bypass);
             return Ok(Decided::new(plan.outcomes, image.shard_count));
         };
-        let share = plan::share(hits.cp, hits.ra, hits.rp, image.shard_count);
+        let share = hits.limit.shard_share(image.shard_count);
         let before = plan::project(hits.tk.saturating_add(debited), image.rf, &share, cx.now);
         let admission = if bypass_shape || bypass_live { Admission::Bypass } else { Admission::Soft };
         let plan = plan::decide(before.tokens.0, before.refilled_at, share.capacity.0, cx.charges, admission);
@@ -199,10 +201,10 @@ impl Inner {
     async fn refund(&self, cx: &Ctx<'_>, shard: i64, image: &BucketImage) {
         let Some(hits) = image.limit(LIMIT_NAME) else { return };
         let sc = image.shard_count;
-        let ceiling = hits.cp.div_euclid(sc);
+        let ceiling = hits.limit.capacity.0.div_euclid(sc);
         let mut ex = Ex::default();
         ex.name("#bt0", &hits_attr("tk")).num(":bd0", cx.total);
-        ex.name("#be0", &hits_attr("cp")).num(":be0", hits.cp);
+        ex.name("#be0", &hits_attr("cp")).num(":be0", hits.limit.capacity.0);
         ex.num(":bk0", ceiling.saturating_sub(cx.total));
         ex.name("#bg0", &hits_attr("gc")).name("#bh0", &hits_attr("sched")).name("#bx0", &hits_attr("rsched"));
         ex.name("#scn", "shard_count").num(":scn", sc);

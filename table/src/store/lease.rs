@@ -170,13 +170,7 @@ impl Inner {
             Some(overrides) => Arc::new(Resolved {
                 limits: overrides
                     .iter()
-                    .map(|o| StoredLimit {
-                        name: o.name.clone(),
-                        cp: o.limit.capacity.0,
-                        ra: o.limit.refill_amount.0,
-                        rp: o.limit.refill_period_ms,
-                        soft: false,
-                    })
+                    .map(|o| StoredLimit { name: o.name.clone(), limit: o.limit, soft: false })
                     .collect(),
                 level: Some(Level::EntityResource),
                 unsupported: None,
@@ -263,7 +257,7 @@ impl Inner {
                 // A bucket that is gone (TTL, a delete) has nothing to adjust.
                 let Some(item) = found.get(bucket) else { continue };
                 let image = parse(item)?;
-                let pin = |_: usize, name: &str| image.limit(name).map(|l| (l.cp, image.shard_count));
+                let pin = |_: usize, name: &str| image.limit(name).map(|l| (l.limit.capacity.0, image.shard_count));
                 let Some(req) = adjust_write(bucket.0.clone(), w, trim[i], pin) else { continue };
                 let update = tx_update(&self.db.table, req).map_err(build_error)?;
                 items.push(TransactWriteItem::builder().update(update).build());
@@ -427,14 +421,12 @@ impl Inner {
                 let total: i64 = images
                     .iter()
                     .map(|image| match image.as_ref().and_then(|i| i.limit(&l.name).map(|li| (i, li))) {
-                        Some((i, li)) => {
-                            plan::project(li.tk, i.rf, &plan::share(li.cp, li.ra, li.rp, count), now).tokens.0
-                        }
-                        None => plan::share(l.cp, l.ra, l.rp, count).capacity.0,
+                        Some((i, li)) => plan::project(li.tk, i.rf, &li.limit.shard_share(count), now).tokens.0,
+                        None => l.limit.shard_share(count).capacity.0,
                     })
                     .fold(0i64, i64::saturating_add);
                 let at = Placement { shard_count: count, shard: 0, bypass: false };
-                report(&id.entity, &l.name, (l.cp, l.ra, l.rp), at, total, now, 0, false)
+                report(&id.entity, &l.name, l.limit, at, total, now, 0, false)
             })
             .collect();
         Ok(reports)

@@ -438,9 +438,7 @@ impl Inner {
         self.check_version().await?;
         let cx = Ctx {
             id: BucketId { ns, entity: key.entity.clone(), resource: key.resource.to_string() },
-            cp: limit.capacity.0,
-            ra: limit.refill_amount.0,
-            rp: limit.refill_period_ms,
+            limit,
             charges: &request.charges,
             total: plan::total(&request.charges),
             now,

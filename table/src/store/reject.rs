@@ -30,7 +30,7 @@ impl Inner {
         } else {
             Admission::Enforced
         };
-        let share = plan::share(hits.cp, hits.ra, hits.rp, image.shard_count);
+        let share = hits.limit.shard_share(image.shard_count);
         let projected = plan::project(hits.tk, image.rf, &share, cx.now);
         let plan = plan::decide(projected.tokens.0, projected.refilled_at, share.capacity.0, cx.charges, admission);
         if plan.all_admitted || plan.guard.is_some() {
@@ -79,7 +79,7 @@ impl Inner {
         debited: i64,
     ) -> Option<Vec<ChargeOutcome>> {
         let hits = image.limit(LIMIT_NAME)?;
-        let share = plan::share(hits.cp, hits.ra, hits.rp, image.shard_count);
+        let share = hits.limit.shard_share(image.shard_count);
         let before = plan::project(hits.tk.saturating_add(debited), image.rf, &share, cx.now);
         Some(plan.replay(before.tokens.0, before.refilled_at))
     }
@@ -87,7 +87,7 @@ impl Inner {
     pub(super) fn disabled(&self, cx: &Ctx<'_>, image: &BucketImage) -> Decided {
         path("disabled");
         let balance = image.limit(LIMIT_NAME).map_or(0, |h| {
-            let share = plan::share(h.cp, h.ra, h.rp, image.shard_count);
+            let share = h.limit.shard_share(image.shard_count);
             plan::project(h.tk, image.rf, &share, cx.now).tokens.0
         });
         let plan = plan::decide(balance, cx.now, 0, cx.charges, Admission::Disabled);

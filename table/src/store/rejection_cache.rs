@@ -34,10 +34,10 @@ impl Inner {
         let mut count = self.cached_count(&cx.id);
         let mut best: Option<(i64, Plan)> = None;
         for (shard, e) in entries {
-            if (e.cp, e.ra, e.rp) != (cx.cp, cx.ra, cx.rp) {
+            if e.limit != cx.limit {
                 continue;
             }
-            let share = plan::share(e.cp, e.ra, e.rp, e.shard_count);
+            let share = e.limit.shard_share(e.shard_count);
             let p = plan::project(e.tk, e.rf, &share, cx.now);
             let plan = plan::decide(p.tokens.0, p.refilled_at, share.capacity.0, cx.charges, Admission::Enforced);
             if plan.outcomes.iter().any(|o| o.admitted) {
@@ -76,8 +76,7 @@ impl Inner {
             return;
         };
         let until_ms = image.ttl.map_or(i64::MAX, |t| t.saturating_mul(1000));
-        let short =
-            Short { tk: h.tk, rf: image.rf, cp: h.cp, ra: h.ra, rp: h.rp, shard_count: image.shard_count, until_ms };
+        let short = Short { tk: h.tk, rf: image.rf, limit: h.limit, shard_count: image.shard_count, until_ms };
         self.remember_state(cx, shard, short);
     }
 
@@ -87,7 +86,7 @@ impl Inner {
         if !self.rejection_cache {
             return;
         }
-        let share = plan::share(short.cp, short.ra, short.rp, short.shard_count);
+        let share = short.limit.shard_share(short.shard_count);
         let balance = plan::project(short.tk, short.rf, &share, cx.now).tokens.0;
         let largest = cx.charges.iter().filter(|c| !c.allow_debt).map(plan::need).max().unwrap_or(0);
         if balance < largest.max(Millitokens::from_tokens(1).0) {

@@ -1,7 +1,7 @@
 //! One bucket request in flight ([`Ctx`]), its decision ([`Decided`]), and the small helpers
 //! every path shares.
 
-use zael_core::bucket::{Charge, ChargeOutcome, EpochMillis, Millitokens};
+use zael_core::bucket::{BucketLimit, Charge, ChargeOutcome, EpochMillis, Millitokens};
 use zael_core::store::StoreError;
 
 use super::{BucketId, LIMIT_NAME};
@@ -25,9 +25,8 @@ pub(super) fn path(name: &'static str) {
 /// One bucket request in flight.
 pub(super) struct Ctx<'a> {
     pub(super) id: BucketId,
-    pub(super) cp: i64,
-    pub(super) ra: i64,
-    pub(super) rp: i64,
+    /// The rule's limit, whole (shards hold their share).
+    pub(super) limit: BucketLimit,
     pub(super) charges: &'a [Charge],
     pub(super) total: i64,
     pub(super) now: EpochMillis,
@@ -39,7 +38,7 @@ impl Ctx<'_> {
     }
 
     pub(super) fn params_match(&self, l: &LimitImage) -> bool {
-        (l.cp, l.ra, l.rp) == (self.cp, self.ra, self.rp)
+        l.limit == self.limit
     }
 }
 

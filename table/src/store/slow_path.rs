@@ -61,7 +61,7 @@ impl Inner {
         image: &BucketImage,
     ) -> Result<Step, StoreError> {
         let balance = image.limit(LIMIT_NAME).map_or(0, |h| {
-            let share = plan::share(h.cp, h.ra, h.rp, image.shard_count);
+            let share = h.limit.shard_share(image.shard_count);
             plan::project(h.tk, image.rf, &share, cx.now).tokens.0
         });
         let plan = plan::decide(balance, cx.now, 0, cx.charges, Admission::Bypass);

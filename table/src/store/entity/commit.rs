@@ -96,7 +96,7 @@ impl Inner {
         for (i, l) in p.limits.iter().enumerate() {
             let tk = format!("#t{i}");
             ex.name(&tk, &keys::battr(&l.name, "tk")).name(&format!("#c{i}"), &keys::battr(&l.name, "tc"));
-            horizons.push(plan::recovery_secs(l.cp, l.ra, l.rp));
+            horizons.push(plan::recovery_secs(&l.limit));
             match l.tk_read {
                 Some(read) => {
                     let refill = l.start - read;
@@ -117,7 +117,9 @@ impl Inner {
                         .name(&format!("#a{i}"), &keys::battr(&l.name, "ra"))
                         .name(&format!("#r{i}"), &keys::battr(&l.name, "rp"));
                     ex.num(&format!(":st{i}"), l.start.saturating_sub(l.consumed)).num(&format!(":u{i}"), l.usage);
-                    ex.num(&format!(":p{i}"), l.cp).num(&format!(":a{i}"), l.ra).num(&format!(":r{i}"), l.rp);
+                    ex.num(&format!(":p{i}"), l.limit.capacity.0)
+                        .num(&format!(":a{i}"), l.limit.refill_amount.0)
+                        .num(&format!(":r{i}"), l.limit.refill_period_ms);
                     set.extend([
                         format!("{tk} = :st{i}"),
                         format!("#c{i} = :u{i}"),
@@ -240,16 +242,9 @@ impl Inner {
             .limits
             .iter()
             .filter(|l| l.name != WCU)
-            .map(|l| NewLimit {
-                name: &l.name,
-                tk: l.start.saturating_sub(l.consumed),
-                cp: l.cp,
-                ra: l.ra,
-                rp: l.rp,
-                tc: l.usage,
-            })
+            .map(|l| NewLimit { name: &l.name, tk: l.start.saturating_sub(l.consumed), limit: l.limit, tc: l.usage })
             .collect();
-        let horizons: Vec<f64> = p.limits.iter().map(|l| plan::recovery_secs(l.cp, l.ra, l.rp)).collect();
+        let horizons: Vec<f64> = p.limits.iter().map(|l| plan::recovery_secs(&l.limit)).collect();
         let ttl = p.side.limits.ttl_applies().then(|| plan::ttl_epoch(now, &horizons));
         let bucket = NewBucket {
             ns: &id.ns,

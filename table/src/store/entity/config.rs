@@ -4,6 +4,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::sync::Arc;
 use std::time::Instant;
+use zael_core::bucket::BucketLimit;
 use zael_core::store::StoreError;
 
 use super::super::request::unavailable;
@@ -15,9 +16,7 @@ use crate::keys;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StoredLimit {
     pub name: String,
-    pub cp: i64,
-    pub ra: i64,
-    pub rp: i64,
+    pub limit: BucketLimit,
     pub soft: bool,
 }
 
@@ -106,9 +105,7 @@ pub(crate) fn parse_limits(item: &Item) -> (Vec<StoredLimit>, Option<String>) {
         let soft = matches!(item.get(&field("soft")), Some(AttributeValue::Bool(true)));
         limits.push(StoredLimit {
             name: name.to_owned(),
-            cp: cp.saturating_mul(1000),
-            ra: ra.saturating_mul(1000),
-            rp: rp.saturating_mul(1000),
+            limit: BucketLimit::from_table(cp.saturating_mul(1000), ra.saturating_mul(1000), rp.saturating_mul(1000)),
             soft,
         });
     }
@@ -217,7 +214,14 @@ mod tests {
         let system = Arc::new(config(&[("rpm", 100, 100, 60), ("tpm", 1000, 1000, 60)]));
         let r = resolve(&[Some(flags_only), Some(entity_default), None, Some(system.clone())]);
         assert_eq!(r.level, Some(Level::EntityDefault));
-        assert_eq!(r.limits, vec![StoredLimit { name: "rpm".into(), cp: 10_000, ra: 10_000, rp: 60_000, soft: false }]);
+        assert_eq!(
+            r.limits,
+            vec![StoredLimit {
+                name: "rpm".into(),
+                limit: BucketLimit::from_table(10_000, 10_000, 60_000),
+                soft: false
+            }]
+        );
         assert!(!r.ttl_applies());
         let r = resolve(&[None, None, None, Some(system)]);
         assert_eq!((r.level, r.limits.len(), r.ttl_applies()), (Some(Level::System), 2, true));

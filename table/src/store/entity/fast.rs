@@ -319,7 +319,8 @@ impl Inner {
             }
             if let Some(l) = image.limit(name) {
                 ex.name(&format!("#p{i}"), &keys::battr(name, "cp"));
-                ex.num(&format!(":lim{i}"), l.cp.div_euclid(sc).saturating_sub(*amount)).num(&format!(":cp{i}"), l.cp);
+                ex.num(&format!(":lim{i}"), l.limit.capacity.0.div_euclid(sc).saturating_sub(*amount))
+                    .num(&format!(":cp{i}"), l.limit.capacity.0);
                 cond.push(format!("#t{i} <= :lim{i} AND #p{i} = :cp{i}"));
             }
         }

@@ -58,12 +58,12 @@ impl Side {
             .iter()
             .map(|(name, a)| {
                 let l = image.limit(name)?;
-                let share = plan::share(l.cp, l.ra, l.rp, sc);
+                let share = l.limit.shard_share(sc);
                 let before = if debited { l.tk.saturating_add(*a) } else { l.tk };
                 let available = plan::project(before, image.rf, &share, now).tokens.0;
                 let after = if debited { available.saturating_sub(*a) } else { available };
                 let at = Placement { shard_count: sc, shard, bypass: false };
-                Some(report(&self.id.entity, name, (l.cp, l.ra, l.rp), at, after, now, *a, !debited && available < *a))
+                Some(report(&self.id.entity, name, l.limit, at, after, now, *a, !debited && available < *a))
             })
             .collect()
     }
@@ -81,7 +81,7 @@ pub(super) struct Placement {
 pub(super) fn report(
     entity: &str,
     name: &str,
-    (cp, ra, rp): (i64, i64, i64),
+    limit: BucketLimit,
     at_shard: Placement,
     tokens: i64,
     at: EpochMillis,
@@ -91,7 +91,7 @@ pub(super) fn report(
     LimitReport {
         entity: entity.to_owned(),
         name: name.to_owned(),
-        limit: BucketLimit { capacity: Millitokens(cp), refill_amount: Millitokens(ra), refill_period_ms: rp },
+        limit,
         shard_count: at_shard.shard_count,
         shard: at_shard.shard,
         bypass: at_shard.bypass,

@@ -4,7 +4,7 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::sync::Arc;
-use zael_core::bucket::{EpochMillis, Millitokens};
+use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};
 use zael_core::store::{EntityOutcome, LimitReport, StoreError};
 
 use super::super::request::{parse, path, unavailable};
@@ -63,9 +63,8 @@ pub(in super::super) struct Read {
 /// One limit of the write: its parameters, the balance read, the refilled balance and the debit.
 pub(super) struct LimitPlan {
     pub(super) name: String,
-    pub(super) cp: i64,
-    pub(super) ra: i64,
-    pub(super) rp: i64,
+    /// The whole limit (the shard holds its share).
+    pub(super) limit: BucketLimit,
     /// `None`: the limit is new on this item (seeded).
     pub(super) tk_read: Option<i64>,
     pub(super) start: i64,
@@ -237,15 +236,13 @@ impl Inner {
         if let Some(image) = &read.bucket {
             for l in &image.limits {
                 let divisor = if l.name == WCU { 1 } else { count };
-                let share = plan::share(l.cp, l.ra, l.rp, divisor);
+                let share = l.limit.shard_share(divisor);
                 let start = plan::project(l.tk, image.rf, &share, now).tokens.0;
                 let config = side.limits.limit(&l.name);
                 let stamp_live = l.soft.as_ref().is_some_and(|st| st.live(now.0));
                 limits.push(LimitPlan {
                     name: l.name.clone(),
-                    cp: l.cp,
-                    ra: l.ra,
-                    rp: l.rp,
+                    limit: l.limit,
                     tk_read: Some(l.tk),
                     start,
                     consumed: 0,
@@ -260,12 +257,10 @@ impl Inner {
             if limits.iter().any(|l| l.name == r.name) {
                 continue;
             }
-            let start = plan::share(r.cp, r.ra, r.rp, count).capacity.0;
+            let start = r.limit.shard_share(count).capacity.0;
             limits.push(LimitPlan {
                 name: r.name.clone(),
-                cp: r.cp,
-                ra: r.ra,
-                rp: r.rp,
+                limit: r.limit,
                 tk_read: None,
                 start,
                 consumed: 0,
@@ -285,7 +280,7 @@ impl Inner {
             l.usage = *amount;
             let after = if exceeded || bypass { l.start } else { l.start.saturating_sub(*amount) };
             let at = Placement { shard_count: count, shard, bypass };
-            reports.push(report(&side.id.entity, name, (l.cp, l.ra, l.rp), at, after, now, *amount, exceeded));
+            reports.push(report(&side.id.entity, name, l.limit, at, after, now, *amount, exceeded));
         }
         Ok(SidePlan {
             side,
