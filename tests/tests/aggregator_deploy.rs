@@ -65,9 +65,10 @@ async fn lambda_export_zips_the_binary_as_an_executable_bootstrap() {
     let info = run_cli(&["lambda-export", "--info"], "").await;
     let sibling = zael_tests::cli::cli_bin().with_file_name("zael-aggregator");
     if info.code == 0 {
-        assert!(info.stdout.contains(&format!("Binary:             {}\n", sibling.display())), "{}", info.stdout);
-        assert!(info.stdout.contains("Handler:            bootstrap\nRuntime:            provided.al2023 (x86_64)\n"));
-        assert!(info.stdout.contains("Needs glibc:        2."), "{}", info.stdout);
+        // The reference's 19-column labels (`Package path:      …`).
+        assert!(info.stdout.contains(&format!("Binary:            {}\n", sibling.display())), "{}", info.stdout);
+        assert!(info.stdout.contains("Handler:           bootstrap\nRuntime:           provided.al2023 (x86_64)\n"));
+        assert!(info.stdout.contains("Needs glibc:       2."), "{}", info.stdout);
     } else {
         let refused = format!("✗ Failed to export Lambda package: {} is ", sibling.display());
         assert!(info.stderr.starts_with(&refused), "{info:?}");
