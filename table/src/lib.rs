@@ -165,6 +165,7 @@
 //! oracle (`tests/py/oracle.py`), from the venv at `$ZAEL_VENV` or `<repo>/.venv`.
 
 pub mod admin;
+mod cache;
 mod db;
 mod item;
 pub mod keys;

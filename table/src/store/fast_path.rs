@@ -103,7 +103,7 @@ impl Inner {
         let bypass_shape = self.is_bypassed(&cx.id);
         let mut spec = self.speculate(cx, shard, bypass_shape).await?;
         if bypass_shape && matches!(spec, Spec::Failed { class: Class::ClearedBypass, .. }) {
-            self.bypassed.lock().expect("lock").remove(&cx.id);
+            self.bypassed.remove(&cx.id);
             spec = self.speculate(cx, shard, false).await?;
         }
         match &spec {

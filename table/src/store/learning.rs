@@ -4,24 +4,20 @@
 use zael_core::store::StoreError;
 
 use super::request::{Ctx, path};
-use super::{BucketId, CACHE_LIMIT, Inner};
+use super::{BucketId, Inner};
 use crate::item::BucketImage;
 
 impl Inner {
     pub(super) fn is_bypassed(&self, id: &BucketId) -> bool {
-        self.bypassed.lock().expect("lock").contains(id)
+        self.bypassed.contains(id)
     }
 
     /// The image overrules the cache in both directions (the library's `_learn_bypass`).
     fn learn_bypass(&self, id: &BucketId, image: &BucketImage) {
-        let mut set = self.bypassed.lock().expect("lock");
         if image.bypass.is_some() {
-            if set.len() >= CACHE_LIMIT {
-                set.clear();
-            }
-            set.insert(id.clone());
+            self.bypassed.insert(id.clone(), ());
         } else {
-            set.remove(id);
+            self.bypassed.remove(id);
         }
     }
 
@@ -32,14 +28,7 @@ impl Inner {
 
     pub(super) fn unsupported(&self, cx: &Ctx<'_>, shard: i64, what: &str) -> StoreError {
         let pk = cx.pk(shard);
-        let first = {
-            let mut warned = self.warned.lock().expect("lock");
-            if warned.len() >= CACHE_LIMIT {
-                warned.clear();
-            }
-            warned.insert(pk)
-        };
-        if first {
+        if self.warned.insert_if_absent(pk, ()) {
             // The entity id is request data (user ids, addresses): it is not logged.
             tracing::warn!(
                 resource = %cx.id.resource,

@@ -35,7 +35,6 @@ mod system;
 
 use aws_sdk_dynamodb::Client;
 use futures_util::future::join_all;
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zael_core::bucket::{ChargeOutcome, EpochMillis};
@@ -45,6 +44,7 @@ use zael_core::store::{
     OnUnavailable, StoreError,
 };
 
+use crate::cache::BoundedCache;
 use crate::db::{CallCounts, Db};
 use crate::keys;
 use crate::metrics as m;
@@ -66,7 +66,7 @@ pub const DEFAULT_NAMESPACE_CACHE_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONFIG_CACHE_TTL: Duration = Duration::from_secs(60);
 /// How long [`DynamoStore::connect`] may take to read the version record.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound of the in-process sets and maps keyed by bucket.
+/// Bound of each in-process cache ([`BoundedCache`]).
 const CACHE_LIMIT: usize = 100_000;
 
 /// Where and how to reach the table.
@@ -154,26 +154,26 @@ struct Inner {
     db: Db,
     call_timeout: Duration,
     cache_ttl: Duration,
-    namespaces: Mutex<HashMap<String, Cached<String>>>,
+    /// Namespace ids by name (a failure as its message), for the namespace cache TTL.
+    namespaces: BoundedCache<String, Result<String, String>>,
     /// `on_unavailable` of each namespace's system config, by namespace name, as last loaded.
-    policies: Mutex<HashMap<String, OnUnavailable>>,
+    policies: BoundedCache<String, OnUnavailable>,
     version: Mutex<Option<Cached<()>>>,
-    /// Shard counts above 1, per bucket (monotonic; 1 when absent).
-    shard_counts: Mutex<HashMap<BucketId, i64>>,
+    /// Shard counts above 1, per bucket (grown, never lowered; 1 when absent).
+    shard_counts: BoundedCache<BucketId, i64>,
     /// Buckets seen stamped `bypass`: their fast path is written in the bypass shape.
-    bypassed: Mutex<HashSet<BucketId>>,
+    bypassed: BoundedCache<BucketId, ()>,
     /// Entity bucket shards recently seen short (the entity rejection cache).
-    entity_images: Mutex<entity::KnownImages>,
+    entity_images: BoundedCache<BucketId, entity::KnownShards>,
     /// Per (entity, resource), the parent its last bucket image said it cascades to.
-    parents: Mutex<HashMap<BucketId, Option<String>>>,
-    /// Stored config items by `(PK, SK)` (`None`: absent), with when they were read.
-    config_cache: Mutex<HashMap<(String, String), CachedItem>>,
-    config_ttl: Duration,
-    /// Each (entity, resource)'s resolved limits, with the instant of the oldest item they
-    /// were resolved from.
-    resolved: Mutex<HashMap<BucketId, (Instant, Arc<entity::Resolved>)>>,
-    /// Bucket PKs already logged as unsupported.
-    warned: Mutex<HashSet<String>>,
+    parents: BoundedCache<BucketId, Option<String>>,
+    /// Stored config items by `(PK, SK)` (`None`: absent), for the config TTL.
+    config_cache: BoundedCache<(String, String), Option<Arc<crate::item::Item>>>,
+    /// Each (entity, resource)'s resolved limits, stamped with the instant of the oldest
+    /// item they were resolved from, for the config TTL.
+    resolved: BoundedCache<BucketId, Arc<entity::Resolved>>,
+    /// Bucket PKs (and entity buckets) already logged as unsupported.
+    warned: BoundedCache<String, ()>,
     /// Shards recently seen short (the rejection cache).
     rejections: Rejections<BucketId>,
     rejection_cache: bool,
@@ -183,8 +183,6 @@ struct Inner {
 
 /// A cached answer and when it was fetched (failures are cached as their message).
 type Cached<T, E = String> = (Instant, Result<T, E>);
-/// A stored item (`None`: absent) and when it was read.
-type CachedItem = Cached<Option<Arc<crate::item::Item>>, ()>;
 
 /// A test hook: called with the bucket PK after a slow path's read, before its commit.
 pub type CommitHook =
@@ -223,17 +221,16 @@ impl DynamoStore {
                 db: Db::new(client, options.table),
                 call_timeout: options.call_timeout,
                 cache_ttl: options.namespace_cache_ttl,
-                namespaces: Mutex::new(HashMap::new()),
-                policies: Mutex::new(HashMap::new()),
+                namespaces: BoundedCache::new(CACHE_LIMIT, Some(options.namespace_cache_ttl)),
+                policies: BoundedCache::new(CACHE_LIMIT, None),
                 version: Mutex::new(None),
-                shard_counts: Mutex::new(HashMap::new()),
-                bypassed: Mutex::new(HashSet::new()),
-                parents: Mutex::new(HashMap::new()),
-                entity_images: Mutex::new(HashMap::new()),
-                config_cache: Mutex::new(HashMap::new()),
-                config_ttl: options.config_cache_ttl,
-                resolved: Mutex::new(HashMap::new()),
-                warned: Mutex::new(HashSet::new()),
+                shard_counts: BoundedCache::new(CACHE_LIMIT, None),
+                bypassed: BoundedCache::new(CACHE_LIMIT, None),
+                parents: BoundedCache::new(CACHE_LIMIT, None),
+                entity_images: BoundedCache::new(CACHE_LIMIT, None),
+                config_cache: BoundedCache::new(CACHE_LIMIT, Some(options.config_cache_ttl)),
+                resolved: BoundedCache::new(CACHE_LIMIT, Some(options.config_cache_ttl)),
+                warned: BoundedCache::new(CACHE_LIMIT, None),
                 rejections: Rejections::new(),
                 rejection_cache: options.rejection_cache,
                 before_commit: Mutex::new(None),
@@ -339,7 +336,7 @@ impl BucketStore for DynamoStore {
     /// id is resolved, then refreshed in the background every `namespace_cache_ttl`); a
     /// config without it (or no config item) reads as `block`.
     fn on_unavailable(&self, namespace: &str) -> Option<OnUnavailable> {
-        self.inner.policies.lock().expect("lock").get(namespace).copied()
+        self.inner.policies.get(namespace)
     }
 }
 

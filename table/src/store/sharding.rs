@@ -7,25 +7,21 @@ use zael_core::store::StoreError;
 
 use super::expr::Ex;
 use super::request::{parse, path, unavailable};
-use super::{BucketId, CACHE_LIMIT, Inner};
+use super::{BucketId, Inner};
 use crate::db::{DbError, Update};
 use crate::keys::MAX_SHARD_COUNT;
 
 impl Inner {
     pub(super) fn cached_count(&self, id: &BucketId) -> i64 {
-        self.shard_counts.lock().expect("lock").get(id).copied().unwrap_or(1)
+        self.shard_counts.get(id).unwrap_or(1)
     }
 
     /// Grows the cached shard count (never lowers it) and returns the larger one.
     pub(super) fn learn_count(&self, id: &BucketId, count: i64) -> i64 {
         let count = count.clamp(1, MAX_SHARD_COUNT);
-        let mut map = self.shard_counts.lock().expect("lock");
-        let known = map.get(id).copied().unwrap_or(1);
+        let known = self.cached_count(id);
         if count > known {
-            if map.len() >= CACHE_LIMIT {
-                map.clear();
-            }
-            map.insert(id.clone(), count);
+            self.shard_counts.insert(id.clone(), count);
             return count;
         }
         known

@@ -6,16 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 use zael_core::store::{OnUnavailable, StoreError};
 
+use super::Inner;
 use super::request::unavailable;
-use super::{CACHE_LIMIT, Inner};
 use crate::keys;
 
 impl Inner {
     pub(super) async fn namespace_id(self: &Arc<Self>, name: &str) -> Result<String, StoreError> {
-        if let Some((at, known)) = self.namespaces.lock().expect("lock").get(name)
-            && at.elapsed() < self.cache_ttl
-        {
-            return known.clone().map_err(StoreError::NotFound);
+        if let Some(known) = self.namespaces.get(name) {
+            return known.map_err(StoreError::NotFound);
         }
         let item = self.db.get(keys::SYSTEM_PK, &keys::sk_namespace(name), false).await.map_err(unavailable)?;
         let resolved = match item {
@@ -29,10 +27,10 @@ impl Inner {
                 )),
             },
         };
-        self.namespaces.lock().expect("lock").insert(name.to_owned(), (Instant::now(), resolved.clone()));
+        self.namespaces.insert(name.to_owned(), resolved.clone());
         if let Ok(id) = &resolved {
             // The first load is part of this call; refreshes run in the background.
-            if self.policies.lock().expect("lock").contains_key(name) {
+            if self.policies.contains(name) {
                 let me = Arc::clone(self);
                 let (name, id) = (name.to_owned(), id.clone());
                 tokio::spawn(async move { me.load_policy(&name, &id).await });
@@ -64,11 +62,7 @@ impl Inner {
                 OnUnavailable::Block
             }
         };
-        let mut policies = self.policies.lock().expect("lock");
-        if policies.len() >= CACHE_LIMIT && !policies.contains_key(name) {
-            policies.clear();
-        }
-        policies.insert(name.to_owned(), policy);
+        self.policies.insert(name.to_owned(), policy);
     }
 
     pub(super) async fn check_version(&self) -> Result<(), StoreError> {

@@ -8,7 +8,7 @@ use zael_core::bucket::BucketLimit;
 use zael_core::store::StoreError;
 
 use super::super::request::unavailable;
-use super::super::{BucketId, CACHE_LIMIT, Inner};
+use super::super::{BucketId, Inner};
 use crate::item::Item;
 use crate::keys;
 
@@ -147,46 +147,33 @@ impl Inner {
     /// too, since other entities share the resource and system levels); the levels that missed
     /// are read in one BatchGetItem.
     pub(crate) async fn resolve_limits(&self, id: &BucketId) -> Result<Arc<Resolved>, StoreError> {
-        if let Some((at, resolved)) = self.resolved.lock().expect("lock").get(id)
-            && at.elapsed() < self.config_ttl
-        {
-            return Ok(resolved.clone());
+        if let Some(resolved) = self.resolved.get(id) {
+            return Ok(resolved);
         }
         let keys = keys::config_levels(&id.ns, &id.entity, &id.resource);
         let mut items: [Option<Arc<Item>>; 4] = Default::default();
         let mut oldest = Instant::now();
         let mut missing = Vec::new();
-        {
-            let cache = self.config_cache.lock().expect("lock");
-            for (i, key) in keys.iter().enumerate() {
-                match cache.get(key) {
-                    Some((at, Ok(item))) if at.elapsed() < self.config_ttl => {
-                        items[i] = item.clone();
-                        oldest = oldest.min(*at);
-                    }
-                    _ => missing.push(i),
+        for (i, key) in keys.iter().enumerate() {
+            match self.config_cache.get_stamped(key) {
+                Some((at, item)) => {
+                    items[i] = item;
+                    oldest = oldest.min(at);
                 }
+                None => missing.push(i),
             }
         }
         if !missing.is_empty() {
             let wanted: Vec<(String, String)> = missing.iter().map(|&i| keys[i].clone()).collect();
             let mut found = self.db.batch_get(&wanted, false).await.map_err(unavailable)?;
-            let mut cache = self.config_cache.lock().expect("lock");
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
-            }
             for i in missing {
                 let item = found.remove(&keys[i]).map(Arc::new);
-                cache.insert(keys[i].clone(), (Instant::now(), Ok(item.clone())));
+                self.config_cache.insert(keys[i].clone(), item.clone());
                 items[i] = item;
             }
         }
         let resolved = Arc::new(resolve(&items));
-        let mut cache = self.resolved.lock().expect("lock");
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(id.clone(), (oldest, resolved.clone()));
+        self.resolved.insert_stamped(id.clone(), oldest, resolved.clone());
         Ok(resolved)
     }
 }

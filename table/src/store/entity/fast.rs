@@ -273,9 +273,8 @@ impl Inner {
     /// The child's reports when only its parent was judged: its limits as last seen, not
     /// exceeded (empty when no image of it is remembered).
     fn untouched(&self, child: &Side, now: EpochMillis) -> Vec<LimitReport> {
-        let known = self.entity_images.lock().expect("lock");
-        let image = known.get(&child.id).and_then(|shards| shards.first()).map(|(s, _, image)| (*s, image.clone()));
-        drop(known);
+        let known = self.entity_images.get(&child.id);
+        let image = known.as_ref().and_then(|shards| shards.first()).map(|(s, _, image)| (*s, image.clone()));
         image
             .and_then(|(shard, image)| child.reports(&image, shard, now, false))
             .map(|mut reports| {

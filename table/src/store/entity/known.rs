@@ -4,18 +4,18 @@
 //! entity (or, under cascade, of its parent) is known short for what it asks; admission always
 //! takes a conditional write, so the cache cannot over-admit.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 use zael_core::bucket::EpochMillis;
 use zael_core::store::LimitReport;
 
-use super::super::{BucketId, CACHE_LIMIT, Inner};
+use super::super::{BucketId, Inner};
 use super::Side;
 use crate::item::BucketImage;
 use crate::rejections::TRUST;
 
-/// Shard images, per bucket.
-pub(crate) type KnownImages = HashMap<BucketId, Vec<(i64, Instant, BucketImage)>>;
+/// A bucket's shard images that showed a request short: (shard, when seen, image).
+pub(crate) type KnownShards = Arc<Vec<(i64, Instant, BucketImage)>>;
 
 impl Inner {
     /// Remembers a shard's image after it proved a request short.
@@ -23,25 +23,19 @@ impl Inner {
         if !self.rejection_cache {
             return;
         }
-        let mut known = self.entity_images.lock().expect("lock");
-        if known.len() >= CACHE_LIMIT && !known.contains_key(id) {
-            let now = Instant::now();
-            known.retain(|_, shards| shards.iter().any(|(_, at, _)| now.duration_since(*at) < TRUST));
-            if known.len() >= CACHE_LIMIT {
-                return;
-            }
-        }
-        let shards = known.entry(id.clone()).or_default();
-        shards.retain(|(s, _, _)| *s != shard);
-        shards.push((shard, Instant::now(), image.clone()));
+        let now = Instant::now();
+        let mut shards: Vec<_> = self.entity_images.get(id).map(|s| s.to_vec()).unwrap_or_default();
+        shards.retain(|(s, at, _)| *s != shard && now.duration_since(*at) < TRUST);
+        shards.push((shard, now, image.clone()));
+        self.entity_images.insert(id.clone(), Arc::new(shards));
     }
 
     /// Forgets a shard's image: tokens this process gave back must not be hidden by it (the
     /// library's `build_composite_adjust` forgets the shard the same way).
     pub(in super::super) fn forget_short(&self, id: &BucketId, shard: i64) {
-        let mut known = self.entity_images.lock().expect("lock");
-        if let Some(shards) = known.get_mut(id) {
-            shards.retain(|(s, _, _)| *s != shard);
+        if let Some(shards) = self.entity_images.get(id) {
+            let kept: Vec<_> = shards.iter().filter(|(s, _, _)| *s != shard).cloned().collect();
+            self.entity_images.insert(id.clone(), Arc::new(kept));
         }
     }
 
@@ -52,8 +46,7 @@ impl Inner {
             return None;
         }
         let count = self.cached_count(&side.id);
-        let known = self.entity_images.lock().expect("lock");
-        let shards = known.get(&side.id)?;
+        let shards = self.entity_images.get(&side.id)?;
         let at = Instant::now();
         let mut reports = None;
         for shard in 0..count {

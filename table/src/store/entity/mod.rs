@@ -16,7 +16,7 @@ mod fast;
 mod known;
 mod slow;
 
-pub(crate) use known::KnownImages;
+pub(crate) use known::KnownShards;
 
 use std::sync::Arc;
 use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};
@@ -160,11 +160,7 @@ impl Inner {
     /// decided by `on_unavailable`.
     pub(super) fn unsupported_entity(&self, id: &BucketId, what: &str) -> StoreError {
         let key = format!("{}/ENTITY#{}#{}", id.ns, id.entity, id.resource);
-        let mut warned = self.warned.lock().expect("lock");
-        if warned.len() >= super::CACHE_LIMIT {
-            warned.clear();
-        }
-        if warned.insert(key) {
+        if self.warned.insert_if_absent(key, ()) {
             tracing::warn!(entity = %id.entity, resource = %id.resource, feature = %what, "entity uses a zae-limiter feature zael does not implement; deciding per on_unavailable");
         }
         path("unsupported");
@@ -176,7 +172,7 @@ impl Inner {
 
     /// The parent an (entity, resource) cascades to, as its last bucket image said.
     fn cached_parent(&self, id: &BucketId) -> Option<String> {
-        self.parents.lock().expect("lock").get(id).cloned().flatten()
+        self.parents.get(id).flatten()
     }
 
     /// What a bucket image says of its owner: the parent it cascades to, the shard count.
@@ -186,10 +182,6 @@ impl Inner {
     }
 
     fn remember_parent(&self, id: &BucketId, parent: Option<String>) {
-        let mut parents = self.parents.lock().expect("lock");
-        if parents.len() >= super::CACHE_LIMIT {
-            parents.clear();
-        }
-        parents.insert(id.clone(), parent);
+        self.parents.insert(id.clone(), parent);
     }
 }
