@@ -13,6 +13,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /usr/local/bin/
+# The aggregator's --poll checkpoint (a volume in docker-compose.yml), writable by the user below.
+RUN mkdir -p /var/lib/zael && chown 65534:65534 /var/lib/zael
 COPY examples /zael/examples
 USER 65534:65534
 EXPOSE 8080 8081

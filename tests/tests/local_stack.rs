@@ -46,6 +46,8 @@ fn the_compose_file_and_its_envoy_config_are_valid() {
         assert!(text.contains(&format!("\n  {service}\n")), "no service {service} in:\n{text}");
     }
     assert!(text.contains("condition: service_completed_successfully"), "{text}");
+    // The poller keeps its checkpoint on a volume, so a restart neither re-reads nor skips.
+    assert!(text.contains("/var/lib/zael/aggregator-checkpoint.json") && text.contains("aggregator-state"), "{text}");
 
     let out = std::process::Command::new(zael_tests::envoy::envoy_bin())
         .args(["--mode", "validate", "-c"])
