@@ -30,6 +30,7 @@ pub mod bucket;
 pub mod config;
 pub mod decision;
 pub mod entities;
+pub mod judge;
 pub mod keys;
 pub mod lease;
 pub mod limit_spec;

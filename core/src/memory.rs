@@ -16,6 +16,7 @@
 
 use crate::bucket::{BucketLimit, BucketState, ChargeOutcome, EpochMillis, Millitokens};
 use crate::entities::{Entities, Namespace, StoredLimit};
+use crate::judge::{Requested, SideView, judge};
 use crate::keys::{BucketKey, is_valid_entity_id, is_valid_resource};
 use crate::lease::{Lease, LeaseChange, LeaseState, Verdict};
 use crate::store::{
@@ -133,11 +134,6 @@ fn check_ids(entity: &str, resource: &str) -> Result<(), StoreError> {
             "entity '{entity}' on resource '{resource}' is outside the zae-limiter identifier rules"
         )))
     }
-}
-
-/// Whether a balance cannot cover `amount` (0 checks that the balance is not in debt).
-fn short(tokens: Millitokens, amount: i64) -> bool {
-    if amount == 0 { tokens.0 < 0 } else { tokens.0 < amount }
 }
 
 fn report(
@@ -298,10 +294,9 @@ impl MemoryStore {
         Ok(Plan::Charge(sides))
     }
 
-    /// Charges every side or none: refills each side's limits, admits iff every requested
-    /// amount is covered (or its limit is soft), then debits.
+    /// Charges every side or none: refills each side's limits, lets [`judge`] decide, then
+    /// debits every requested limit when admitted.
     fn charge_sides(held: &mut Held, request: &EntityRequest, sides: &[Side<'_>], now: EpochMillis) -> EntityOutcome {
-        let mut admitted = true;
         for side in sides {
             let id = EntityBucketId::new(&request.namespace, side.entity, &request.resource);
             let bucket = held.buckets.entry(id).or_default();
@@ -313,30 +308,44 @@ impl MemoryStore {
                 });
                 slot.limit = l.limit;
                 slot.state = slot.state.refilled(&l.limit, now);
-                if let Some((_, amount)) = side.declared.iter().find(|(n, _)| *n == l.name)
-                    && short(slot.state.tokens, *amount)
-                    && !l.soft
-                {
-                    admitted = false;
-                }
             }
         }
-        let mut reports = Vec::new();
+        let views: Vec<SideView<'_>> = sides
+            .iter()
+            .map(|side| {
+                let bucket = &held.buckets[&EntityBucketId::new(&request.namespace, side.entity, &request.resource)];
+                let requested = side
+                    .declared
+                    .iter()
+                    .map(|(name, amount)| {
+                        let slot = &bucket[*name];
+                        let soft = side.limits.iter().any(|l| l.name == *name && l.soft);
+                        Requested {
+                            name,
+                            limit: slot.limit,
+                            balance: slot.state.tokens,
+                            amount: Millitokens(*amount),
+                            soft,
+                        }
+                    })
+                    .collect();
+                SideView { entity: side.entity, shard: 0, shard_count: 1, bypass: false, requested }
+            })
+            .collect();
+        let judged = judge(&views, now);
+        if !judged.admitted {
+            return EntityOutcome::Rejected(judged.reports);
+        }
         for side in sides {
             let id = EntityBucketId::new(&request.namespace, side.entity, &request.resource);
             let bucket = held.buckets.get_mut(&id).expect("created above");
             for (name, amount) in &side.declared {
                 let slot = bucket.get_mut(*name).expect("created above");
-                let was_short = short(slot.state.tokens, *amount);
-                if admitted {
-                    slot.state.tokens = slot.state.tokens - Millitokens(*amount);
-                    slot.consumed = slot.consumed.saturating_add(*amount);
-                }
-                let exceeded = !admitted && was_short;
-                reports.push(report(side.entity, name, slot.limit, slot.state.tokens, *amount, exceeded, now));
+                slot.state.tokens = slot.state.tokens - Millitokens(*amount);
+                slot.consumed = slot.consumed.saturating_add(*amount);
             }
         }
-        if admitted { EntityOutcome::Admitted(reports) } else { EntityOutcome::Rejected(reports) }
+        EntityOutcome::Admitted(judged.reports)
     }
 
     fn acquire_one(&self, request: &EntityRequest, now: EpochMillis) -> Result<EntityOutcome, StoreError> {

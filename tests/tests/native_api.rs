@@ -225,6 +225,38 @@ async fn reject_with_retry_after_dynamodb() {
     reject_with_retry_after(Store::Dynamo).await;
 }
 
+/// A rejected acquire reports every requested limit as it stands, undebited, and only the
+/// short ones as exceeded, whichever path decided it (on DynamoDB a first use is decided on
+/// the slow path's reads, later ones on the speculative write's image).
+async fn a_rejection_reports_every_limit_undebited(store: Store) {
+    // (The parent-short case below also holds on DynamoDB's speculative path.)
+    let f = Fixture::start(store).await;
+    for _ in 0..2 {
+        let e = f.acquire(acquire("key-1", "gpt-4", &[("rpm", 1), ("tpm", 200)])).await.expect_err("tpm is short");
+        let rows = statuses(&exceeded_detail(&e).limits);
+        let own: Vec<_> = rows.iter().filter(|r| r.0 == "key-1").cloned().collect();
+        assert_eq!(own, vec![row("key-1", "rpm", 5, 1, false), row("key-1", "tpm", 100, 200, true)]);
+        assert!(rows.iter().filter(|r| r.0 != "key-1").all(|r| *r == row("proj-1", "rpm", 8, 1, false)), "{rows:?}");
+    }
+    assert_eq!(f.available("key-1", "gpt-4").await, map(&[("key-1/rpm", 5), ("key-1/tpm", 100), ("proj-1/rpm", 8)]));
+    // The parent short: the child's limits are reported undebited too.
+    for _ in 0..2 {
+        f.acquire(acquire("key-4", "gpt-4", &[("rpm", 1)])).await.expect("admitted");
+    }
+    let e = f.acquire(acquire("key-4", "gpt-4", &[("rpm", 1)])).await.expect_err("the parent is out");
+    let rows = statuses(&exceeded_detail(&e).limits);
+    assert!(rows.contains(&row("proj-2", "rpm", 0, 1, true)), "{rows:?}");
+    assert!(rows.iter().filter(|r| r.0 == "key-4").all(|r| *r == row("key-4", "rpm", 8, 1, false)), "{rows:?}");
+}
+
+#[tokio::test]
+async fn a_rejection_reports_every_limit_undebited_memory() {
+    a_rejection_reports_every_limit_undebited(Store::Memory).await;
+}
+
+// Not yet on DynamoDB: a first use rejected there still reports the unexceeded limits as if
+// debited (rpm 4, not 5): the create path builds its reports outside `zael_core::judge` (issue 13).
+
 async fn adjust_into_debt_then_rollback(store: Store) {
     let f = Fixture::start(store).await;
     let lease = f.acquire(acquire("key-1", "gpt-4", &[("rpm", 1), ("tpm", 30)])).await.expect("admitted").lease_id;

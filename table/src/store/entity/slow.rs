@@ -5,12 +5,13 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::sync::Arc;
 use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};
-use zael_core::store::{EntityOutcome, LimitReport, StoreError};
+use zael_core::judge::{Requested, SideView, judge};
+use zael_core::store::{EntityOutcome, StoreError};
 
 use super::super::request::{parse, path, unavailable};
 use super::super::{BucketId, Inner};
+use super::Side;
 use super::config::{Access, walk};
-use super::{Placement, Side, report};
 use crate::item::{BucketImage, Item};
 use crate::keys::{self, WCU};
 use crate::plan;
@@ -90,8 +91,34 @@ pub(super) struct SidePlan<'a> {
     /// The access walk says bypass: admitted without a `tk` debit, stamped `bypass`.
     pub(super) bypass: bool,
     pub(super) limits: Vec<LimitPlan>,
-    pub(super) reports: Vec<LimitReport>,
-    pub(super) violated: bool,
+}
+
+impl SidePlan<'_> {
+    /// The side's requested limits as the plan read them, for [`judge`].
+    fn view(&self) -> SideView<'_> {
+        let requested = self
+            .side
+            .declared
+            .iter()
+            .filter_map(|(name, amount)| {
+                let l = self.limits.iter().find(|l| l.name == *name)?;
+                Some(Requested {
+                    name,
+                    limit: l.limit,
+                    balance: Millitokens(l.start),
+                    amount: Millitokens(*amount),
+                    soft: l.soft,
+                })
+            })
+            .collect();
+        SideView {
+            entity: &self.side.id.entity,
+            shard: self.shard,
+            shard_count: self.count,
+            bypass: self.bypass,
+            requested,
+        }
+    }
 }
 
 impl Inner {
@@ -163,9 +190,11 @@ impl Inner {
                 parent_plan = None;
             }
             plans.extend(parent_plan);
-            let reports: Vec<LimitReport> = plans.iter().flat_map(|p| p.reports.iter().cloned()).collect();
-            if plans.iter().any(|p| p.violated) {
-                for p in plans.iter().filter(|p| p.violated) {
+            let views: Vec<SideView<'_>> = plans.iter().map(SidePlan::view).collect();
+            let judged = judge(&views, now);
+            let reports = judged.reports;
+            if !judged.admitted {
+                for (p, _) in plans.iter().zip(&judged.short_sides).filter(|(_, short)| **short) {
                     if let Some(image) = &p.image {
                         self.remember_short(&p.side.id, p.shard, image);
                     }
@@ -270,29 +299,12 @@ impl Inner {
                 soft_read: None,
             });
         }
-        let mut reports = Vec::with_capacity(side.declared.len());
-        let mut violated = false;
+        // What a commit writes if the acquire is admitted (judged by the caller).
         for (name, amount) in &side.declared {
             let Some(l) = limits.iter_mut().find(|l| l.name == *name) else { continue };
-            let exceeded = !bypass && !l.soft && l.start < *amount;
-            violated |= exceeded;
             l.consumed = if bypass { 0 } else { *amount };
             l.usage = *amount;
-            let after = if exceeded || bypass { l.start } else { l.start.saturating_sub(*amount) };
-            let at = Placement { shard_count: count, shard, bypass };
-            reports.push(report(&side.id.entity, name, l.limit, at, after, now, *amount, exceeded));
         }
-        Ok(SidePlan {
-            side,
-            shard,
-            count,
-            image: read.bucket,
-            meta: read.meta,
-            cascade,
-            bypass,
-            limits,
-            reports,
-            violated,
-        })
+        Ok(SidePlan { side, shard, count, image: read.bucket, meta: read.meta, cascade, bypass, limits })
     }
 }
