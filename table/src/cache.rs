@@ -51,7 +51,8 @@ impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
         self.entries.insert(key, (at, value));
     }
 
-    /// Stores `value` unless the key holds a live entry; whether it was stored.
+    /// Stores `value` unless the key holds a live entry; whether it was stored. Not atomic:
+    /// two callers racing on one key may both store (it serves once-per-key log lines).
     pub(crate) fn insert_if_absent(&self, key: K, value: V) -> bool {
         if self.get_stamped(&key).is_some() {
             return false;

@@ -229,7 +229,6 @@ async fn reject_with_retry_after_dynamodb() {
 /// short ones as exceeded, whichever path decided it (on DynamoDB a first use is decided on
 /// the slow path's reads, later ones on the speculative write's image).
 async fn a_rejection_reports_every_limit_undebited(store: Store) {
-    // (The parent-short case below also holds on DynamoDB's speculative path.)
     let f = Fixture::start(store).await;
     for _ in 0..2 {
         let e = f.acquire(acquire("key-1", "gpt-4", &[("rpm", 1), ("tpm", 200)])).await.expect_err("tpm is short");
