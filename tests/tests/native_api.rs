@@ -253,8 +253,10 @@ async fn a_rejection_reports_every_limit_undebited_memory() {
     a_rejection_reports_every_limit_undebited(Store::Memory).await;
 }
 
-// Not yet on DynamoDB: a first use rejected there still reports the unexceeded limits as if
-// debited (rpm 4, not 5): the create path builds its reports outside `zael_core::judge` (issue 13).
+#[tokio::test]
+async fn a_rejection_reports_every_limit_undebited_dynamodb() {
+    a_rejection_reports_every_limit_undebited(Store::Dynamo).await;
+}
 
 async fn adjust_into_debt_then_rollback(store: Store) {
     let f = Fixture::start(store).await;
