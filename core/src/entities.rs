@@ -28,15 +28,16 @@
 //!   unless given: `/sec`, `/min`, `/hour`, `/day`, with an optional count, `/5min`).
 //! * Every level with `limits` also takes `soft: [names]`: those limits admit whatever their
 //!   balance and are debited into debt (the library's soft limits).
-//! * `disabled` (`true` or `false`) is taken on an entity + resource, an entity and a resource
-//!   level (not on `system`, as in the library's access walk).
+//! * `disabled` (`true`, `false` or `bypass`) is taken on an entity + resource, an entity and a
+//!   resource level (not on `system`, as in the library's access walk). `bypass` admits
+//!   without a debit and still counts the usage (the library's `bypass_entity`).
 //! * `cascade: true` needs a `parent`, an entity of the same namespace.
 //! * Unknown keys are errors; every error names the file, namespace, entity and resource.
 //!
 //! **Resolution** ([`Namespace::resolve`], §8.3): for an entity on a resource, the first level
 //! defining at least one limit gives all the limits, never merged with another level's:
 //! entity + resource, then the entity's default, then the resource's, then the system's.
-//! **Access** ([`Namespace::disabled`], §8.5): the first level with an explicit `disabled` in
+//! **Access** ([`Namespace::access`], §8.5): the first level with an explicit `disabled` in
 //! the same order (without the system level) decides; none means enforced. **Cascade**
 //! ([`Namespace::cascades_to`], §11.9): an entity with `cascade: true` charges its parent's
 //! own resolved limits on the same resource too, one hop only. An entity the file does not
@@ -44,27 +45,20 @@
 
 use crate::bucket::BucketLimit;
 use crate::keys::{is_valid_entity_id, is_valid_resource};
+pub use crate::levels::{Access, Level, StoredLimit};
+use crate::levels::{first_defining, first_explicit};
 use crate::limit_spec;
 use crate::store::OnUnavailable;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// One stored limit, in bucket units (millitokens, milliseconds).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredLimit {
-    pub name: String,
-    pub limit: BucketLimit,
-    /// A soft limit admits whatever its balance (debiting into debt).
-    pub soft: bool,
-}
-
 /// One config level of an entity or a resource: its limits (none: the level defines none
-/// and resolution falls through it) and its explicit `disabled`, if any.
+/// and resolution falls through it) and its explicit access (`disabled`), if any.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LevelConfig {
     pub limits: Vec<StoredLimit>,
-    pub disabled: Option<bool>,
+    pub access: Option<Access>,
 }
 
 /// An entity the file declares.
@@ -95,15 +89,6 @@ pub struct Namespace {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entities {
     pub namespaces: BTreeMap<String, Namespace>,
-}
-
-/// The config level limits were resolved from.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Level {
-    EntityResource,
-    EntityDefault,
-    Resource,
-    System,
 }
 
 /// The limits of an entity on a resource, and where they came from.
@@ -137,29 +122,23 @@ impl Namespace {
     pub fn resolve(&self, entity: &str, resource: &str) -> Option<Resolved<'_>> {
         let declared = self.entities.get(entity);
         let levels = [
-            (Level::EntityResource, declared.and_then(|e| e.resources.get(resource)).map(|l| l.limits.as_slice())),
-            (Level::EntityDefault, declared.map(|e| e.defaults.limits.as_slice())),
-            (Level::Resource, self.resources.get(resource).map(|l| l.limits.as_slice())),
-            (Level::System, Some(self.system.as_slice())),
+            declared.and_then(|e| e.resources.get(resource)).map(|l| l.limits.as_slice()),
+            declared.map(|e| e.defaults.limits.as_slice()),
+            self.resources.get(resource).map(|l| l.limits.as_slice()),
+            Some(self.system.as_slice()),
         ];
-        levels
-            .into_iter()
-            .find_map(|(level, limits)| limits.filter(|l| !l.is_empty()).map(|limits| Resolved { level, limits }))
+        first_defining(levels, |l| !l.is_empty()).map(|(level, limits)| Resolved { level, limits })
     }
 
-    /// Whether `entity` is disabled on `resource`: the first explicit `disabled` of entity +
+    /// The access of `entity` on `resource`: the first explicit `disabled` of entity +
     /// resource, entity, resource.
-    pub fn disabled(&self, entity: &str, resource: &str) -> bool {
+    pub fn access(&self, entity: &str, resource: &str) -> Access {
         let declared = self.entities.get(entity);
-        [
-            declared.and_then(|e| e.resources.get(resource)).and_then(|l| l.disabled),
-            declared.and_then(|e| e.defaults.disabled),
-            self.resources.get(resource).and_then(|l| l.disabled),
-        ]
-        .into_iter()
-        .flatten()
-        .next()
-        .unwrap_or(false)
+        first_explicit([
+            declared.and_then(|e| e.resources.get(resource)).and_then(|l| l.access),
+            declared.and_then(|e| e.defaults.access),
+            self.resources.get(resource).and_then(|l| l.access),
+        ])
     }
 
     /// The parent an acquire of `entity` charges too, if it cascades.
@@ -203,7 +182,31 @@ struct RawLevel {
     limits: Vec<String>,
     #[serde(default)]
     soft: Vec<String>,
-    disabled: Option<bool>,
+    disabled: Option<RawAccess>,
+}
+
+/// `disabled` as written: `true`, `false` or `bypass`.
+#[derive(Copy, Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum RawAccess {
+    Flag(bool),
+    Word(BypassWord),
+}
+
+#[derive(Copy, Clone, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum BypassWord {
+    Bypass,
+}
+
+impl From<RawAccess> for Access {
+    fn from(raw: RawAccess) -> Access {
+        match raw {
+            RawAccess::Flag(true) => Access::Disabled,
+            RawAccess::Flag(false) => Access::Enforced,
+            RawAccess::Word(BypassWord::Bypass) => Access::Bypass,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,7 +215,7 @@ struct RawEntity {
     parent: Option<String>,
     #[serde(default)]
     cascade: bool,
-    disabled: Option<bool>,
+    disabled: Option<RawAccess>,
     #[serde(default)]
     limits: Vec<String>,
     #[serde(default)]
@@ -278,7 +281,7 @@ pub fn parse_entities(path_for_messages: &str, text: &str) -> Result<Entities, S
             }
             let defaults = LevelConfig {
                 limits: limits(&raw_entity.limits, &raw_entity.soft).map_err(|m| fail(&at, m))?,
-                disabled: raw_entity.disabled,
+                access: raw_entity.disabled.map(Access::from),
             };
             let mut per_resource = BTreeMap::new();
             for (resource, level) in raw_entity.resources {
@@ -304,7 +307,7 @@ fn check_resource(resource: &str) -> Result<(), String> {
 }
 
 fn level_config(raw: RawLevel) -> Result<LevelConfig, String> {
-    Ok(LevelConfig { limits: limits(&raw.limits, &raw.soft)?, disabled: raw.disabled })
+    Ok(LevelConfig { limits: limits(&raw.limits, &raw.soft)?, access: raw.disabled.map(Access::from) })
 }
 
 /// A level's `limits` (CLI syntax) with its `soft` names marked.
@@ -374,7 +377,7 @@ namespaces:
         let key1 = &ns.entities["key-1"];
         assert_eq!((key1.parent.as_deref(), key1.cascade), (Some("team-a"), true));
         let gpt4 = &key1.resources["gpt-4"];
-        assert_eq!(gpt4.disabled, Some(false));
+        assert_eq!(gpt4.access, Some(Access::Enforced));
         assert_eq!(
             gpt4.limits[1],
             StoredLimit {
@@ -417,15 +420,18 @@ namespaces:
     entities:
       off: {disabled: true, resources: {open: {disabled: false}}}
       vip: {disabled: false}
+      fast: {disabled: bypass}
 "#;
         let e = parse_entities("e.yaml", text).unwrap();
         let ns = e.namespace("ns").unwrap();
-        assert!(ns.disabled("off", "gpt-4"));
-        assert!(ns.disabled("off", "closed"));
-        assert!(!ns.disabled("off", "open"));
-        assert!(ns.disabled("stranger", "closed"));
-        assert!(!ns.disabled("vip", "closed"));
-        assert!(!ns.disabled("stranger", "gpt-4"));
+        assert_eq!(ns.access("off", "gpt-4"), Access::Disabled);
+        assert_eq!(ns.access("off", "closed"), Access::Disabled);
+        assert_eq!(ns.access("off", "open"), Access::Enforced);
+        assert_eq!(ns.access("stranger", "closed"), Access::Disabled);
+        assert_eq!(ns.access("vip", "closed"), Access::Enforced);
+        assert_eq!(ns.access("stranger", "gpt-4"), Access::Enforced);
+        assert_eq!(ns.access("fast", "gpt-4"), Access::Bypass);
+        assert_eq!(ns.access("fast", "closed"), Access::Bypass);
     }
 
     #[test]
@@ -492,6 +498,6 @@ namespaces:
         assert_eq!(ns.cascades_to("key-1"), Some("team-a"));
         assert_eq!(names(ns.resolve("key-1", "gpt-4")), Some((Level::EntityResource, vec!["rpm", "tpm"])));
         assert_eq!(names(ns.resolve("team-a", "gpt-4")), Some((Level::EntityResource, vec!["rpm", "tpm"])));
-        assert!(ns.disabled("blocked", "gpt-4"));
+        assert_eq!(ns.access("blocked", "gpt-4"), Access::Disabled);
     }
 }

@@ -55,10 +55,15 @@ pub fn is_short(balance: Millitokens, amount: Millitokens) -> bool {
 
 /// Decides an acquire over `sides` at `now` (see the module docs).
 pub fn judge(sides: &[SideView<'_>], now: EpochMillis) -> Judgement {
-    let exceeded = |side: &SideView<'_>, r: &Requested<'_>| !side.bypass && !r.soft && is_short(r.balance, r.amount);
     let short_sides: Vec<bool> = sides.iter().map(|s| s.requested.iter().any(|r| exceeded(s, r))).collect();
     let admitted = !short_sides.contains(&true);
-    let reports = sides
+    Judgement { admitted, reports: reports(sides, now, admitted), short_sides }
+}
+
+/// Each requested limit reported with its balance: debited when `admitted` (a bypassed
+/// bucket is not), as it stands otherwise; exceeded when short by the rule above.
+pub fn reports(sides: &[SideView<'_>], now: EpochMillis, admitted: bool) -> Vec<LimitReport> {
+    sides
         .iter()
         .flat_map(|side| {
             side.requested.iter().map(move |r| LimitReport {
@@ -74,8 +79,11 @@ pub fn judge(sides: &[SideView<'_>], now: EpochMillis) -> Judgement {
                 exceeded: exceeded(side, r),
             })
         })
-        .collect();
-    Judgement { admitted, reports, short_sides }
+        .collect()
+}
+
+fn exceeded(side: &SideView<'_>, r: &Requested<'_>) -> bool {
+    !side.bypass && !r.soft && is_short(r.balance, r.amount)
 }
 
 #[cfg(test)]

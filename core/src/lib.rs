@@ -1,5 +1,6 @@
 //! Pure logic of zael, the Envoy rate limit service on the zae-limiter table format.
 //!
+//! * [`acquire`]: the acquire engine every store decides entity acquires with;
 //! * [`bucket`]: millitoken token-bucket arithmetic of the table format;
 //! * [`config`]: the envoyproxy/ratelimit YAML config and its matcher;
 //! * [`decision`]: descriptors in, bucket charges out, statuses back;
@@ -7,6 +8,7 @@
 //!   embedded store;
 //! * [`keys`]: bucket identity as zae-limiter entity and resource ids;
 //! * [`lease`]: leases of the native API, their authenticated ids and state;
+//! * [`levels`]: the config levels: stored limits, resolution and access;
 //! * [`limit_spec`]: the `name:rate[/period][:burst]` limit syntax of the CLI and the
 //!   entities file;
 //! * [`store`]: the trait every bucket store implements, and [`memory`], the embedded one.
@@ -26,6 +28,7 @@
 //! }
 //! ```
 
+pub mod acquire;
 pub mod bucket;
 pub mod config;
 pub mod decision;
@@ -33,6 +36,7 @@ pub mod entities;
 pub mod judge;
 pub mod keys;
 pub mod lease;
+pub mod levels;
 pub mod limit_spec;
 pub mod memory;
 pub mod store;

@@ -14,9 +14,9 @@
 //! until it expires: an idempotent one to replay, every one so its buckets are not evicted
 //! while it may still adjust them.
 
+use crate::acquire::{BucketRead, HeldLimit, SideInput, SidePlan, decide, plan_side};
 use crate::bucket::{BucketLimit, BucketState, ChargeOutcome, EpochMillis, Millitokens};
-use crate::entities::{Entities, Namespace, StoredLimit};
-use crate::judge::{Requested, SideView, judge};
+use crate::entities::{Access, Entities, Namespace, StoredLimit};
 use crate::keys::{BucketKey, is_valid_entity_id, is_valid_resource};
 use crate::lease::{Lease, LeaseChange, LeaseState, Verdict};
 use crate::store::{
@@ -111,7 +111,9 @@ struct Side<'a> {
     entity: &'a str,
     limits: Vec<StoredLimit>,
     /// The requested limits this side has, with their amounts in millitokens.
-    declared: Vec<(&'a str, i64)>,
+    declared: Vec<(String, i64)>,
+    /// Enforced or bypassed.
+    access: Access,
 }
 
 /// What an entity acquire is, before it meets the buckets.
@@ -269,80 +271,82 @@ impl MemoryStore {
                 None => ns.resolve(entity, resource).map(|r| r.limits.to_vec()).unwrap_or_default(),
             }
         };
-        let side = |entity: &'a str, limits: Vec<StoredLimit>| {
-            let declared = consume.iter().filter(|(n, _)| limits.iter().any(|l| l.name == *n)).copied().collect();
-            Side { entity, limits, declared }
+        let side = |entity: &'a str, limits: Vec<StoredLimit>, access: Access| {
+            let declared = consume
+                .iter()
+                .filter(|(n, _)| limits.iter().any(|l| l.name == *n))
+                .map(|(n, a)| (n.to_string(), *a))
+                .collect();
+            Side { entity, limits, declared, access }
         };
         let entity = request.entity.as_str();
-        if ns.disabled(entity, resource) {
+        let access = ns.access(entity, resource);
+        if access == Access::Disabled {
             return Ok(Plan::Decided(EntityOutcome::Disabled { entity: entity.to_owned() }));
         }
         let own = limits_of(entity);
         if own.is_empty() {
             return Ok(Plan::Decided(EntityOutcome::NoLimits));
         }
-        let mut sides = vec![side(entity, own)];
+        let mut sides = vec![side(entity, own, access)];
         if let Some(parent) = ns.cascades_to(entity) {
-            if ns.disabled(parent, resource) {
+            let access = ns.access(parent, resource);
+            if access == Access::Disabled {
                 return Ok(Plan::Decided(EntityOutcome::Disabled { entity: parent.to_owned() }));
             }
             let limits = limits_of(parent);
             if !limits.is_empty() {
-                sides.push(side(parent, limits));
+                sides.push(side(parent, limits, access));
             }
         }
         Ok(Plan::Charge(sides))
     }
 
-    /// Charges every side or none: refills each side's limits, lets [`judge`] decide, then
-    /// debits every requested limit when admitted.
+    /// Charges every side or none: plans each side on its bucket ([`crate::acquire`]), lets
+    /// the engine decide, then applies every side's plan when admitted.
     fn charge_sides(held: &mut Held, request: &EntityRequest, sides: &[Side<'_>], now: EpochMillis) -> EntityOutcome {
-        for side in sides {
-            let id = EntityBucketId::new(&request.namespace, side.entity, &request.resource);
-            let bucket = held.buckets.entry(id).or_default();
-            for l in &side.limits {
-                let slot = bucket.entry(l.name.clone()).or_insert_with(|| LimitSlot {
-                    limit: l.limit,
-                    state: BucketState::full(&l.limit, now),
-                    consumed: 0,
-                });
-                slot.limit = l.limit;
-                slot.state = slot.state.refilled(&l.limit, now);
-            }
-        }
-        let views: Vec<SideView<'_>> = sides
+        let id = |side: &Side<'_>| EntityBucketId::new(&request.namespace, side.entity, &request.resource);
+        let plans: Vec<SidePlan<'_>> = sides
             .iter()
             .map(|side| {
-                let bucket = &held.buckets[&EntityBucketId::new(&request.namespace, side.entity, &request.resource)];
-                let requested = side
-                    .declared
-                    .iter()
-                    .map(|(name, amount)| {
-                        let slot = &bucket[*name];
-                        let soft = side.limits.iter().any(|l| l.name == *name && l.soft);
-                        Requested {
+                // The config's parameters win over those a slot was last charged with.
+                let bucket = held.buckets.get(&id(side)).map(|slots| BucketRead {
+                    shard_count: 1,
+                    limits: slots
+                        .iter()
+                        .map(|(name, slot)| HeldLimit {
                             name,
-                            limit: slot.limit,
-                            balance: slot.state.tokens,
-                            amount: Millitokens(*amount),
-                            soft,
-                        }
-                    })
-                    .collect();
-                SideView { entity: side.entity, shard: 0, shard_count: 1, bypass: false, requested }
+                            limit: side.limits.iter().find(|l| l.name == *name).map_or(slot.limit, |l| l.limit),
+                            state: slot.state,
+                            soft_stamp: false,
+                            whole: false,
+                        })
+                        .collect(),
+                });
+                let input = SideInput {
+                    entity: side.entity,
+                    config: &side.limits,
+                    requested: &side.declared,
+                    access: side.access,
+                    shard: 0,
+                    bucket,
+                    new_shard_count: 1,
+                };
+                plan_side(input, now)
             })
             .collect();
-        let judged = judge(&views, now);
+        let judged = decide(&plans, now);
         if !judged.admitted {
             return EntityOutcome::Rejected(judged.reports);
         }
-        for side in sides {
-            let id = EntityBucketId::new(&request.namespace, side.entity, &request.resource);
-            let bucket = held.buckets.get_mut(&id).expect("created above");
-            for (name, amount) in &side.declared {
-                let slot = bucket.get_mut(*name).expect("created above");
-                slot.state.tokens = slot.state.tokens - Millitokens(*amount);
-                slot.consumed = slot.consumed.saturating_add(*amount);
+        for (side, plan) in sides.iter().zip(&plans) {
+            let bucket = held.buckets.entry(id(side)).or_default();
+            for l in &plan.limits {
+                let state = BucketState { tokens: l.after(), refilled_at: l.start.refilled_at };
+                let slot = bucket.entry(l.name.clone()).or_insert(LimitSlot { limit: l.limit, state, consumed: 0 });
+                slot.limit = l.limit;
+                slot.state = state;
+                slot.consumed = slot.consumed.saturating_add(l.usage);
             }
         }
         EntityOutcome::Admitted(judged.reports)

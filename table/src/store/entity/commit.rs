@@ -93,13 +93,13 @@ impl Inner {
         let mut add = Vec::new();
         let mut cond = vec!["#rf = :rf_read".to_owned()];
         let mut horizons = Vec::new();
-        for (i, l) in p.limits.iter().enumerate() {
+        for (i, l) in p.plan.limits.iter().enumerate() {
             let tk = format!("#t{i}");
             ex.name(&tk, &keys::battr(&l.name, "tk")).name(&format!("#c{i}"), &keys::battr(&l.name, "tc"));
             horizons.push(plan::recovery_secs(&l.limit));
-            match l.tk_read {
+            match l.read {
                 Some(read) => {
-                    let refill = l.start - read;
+                    let (read, refill) = (read.0, l.refill());
                     ex.num(&format!(":d{i}"), refill.saturating_sub(l.consumed)).num(&format!(":u{i}"), l.usage);
                     add.push(format!("{tk} :d{i}"));
                     add.push(format!("#c{i} :u{i}"));
@@ -116,7 +116,7 @@ impl Inner {
                     ex.name(&format!("#p{i}"), &keys::battr(&l.name, "cp"))
                         .name(&format!("#a{i}"), &keys::battr(&l.name, "ra"))
                         .name(&format!("#r{i}"), &keys::battr(&l.name, "rp"));
-                    ex.num(&format!(":st{i}"), l.start.saturating_sub(l.consumed)).num(&format!(":u{i}"), l.usage);
+                    ex.num(&format!(":st{i}"), l.after().0).num(&format!(":u{i}"), l.usage);
                     ex.num(&format!(":p{i}"), l.limit.capacity.0)
                         .num(&format!(":a{i}"), l.limit.refill_amount.0)
                         .num(&format!(":r{i}"), l.limit.refill_period_ms);
@@ -134,12 +134,13 @@ impl Inner {
         // Stamps follow the config (§8.6): a soft limit keeps a live `b_{n}_soft`, a hard one
         // none; `bypass` while the walk says so. Each change is pinned on the stamp as read.
         let deadline = keys::stamp_deadline(now.0);
-        for (i, l) in p.limits.iter().enumerate() {
+        for (i, l) in p.plan.limits.iter().enumerate() {
             if l.name == WCU {
                 continue;
             }
-            let live = matches!(&l.soft_read, Some(AttributeValue::N(v)) if v.parse::<i64>().is_ok_and(|d| d > now.0));
-            let change = match (l.stamp_soft, &l.soft_read) {
+            let soft_read = image.limit(&l.name).and_then(|h| h.soft.as_ref()).map(|st| st.raw.clone());
+            let live = matches!(&soft_read, Some(AttributeValue::N(v)) if v.parse::<i64>().is_ok_and(|d| d > now.0));
+            let change = match (l.stamp_soft, &soft_read) {
                 (true, _) if live => continue,
                 (true, _) => {
                     ex.num(&format!(":so{i}"), deadline);
@@ -154,7 +155,7 @@ impl Inner {
             };
             if change {
                 ex.name(&format!("#so{i}"), &keys::battr(&l.name, "soft"));
-                match &l.soft_read {
+                match &soft_read {
                     Some(v) => {
                         ex.val(&format!(":sr{i}"), v.clone());
                         cond.push(format!("#so{i} = :sr{i}"));
@@ -164,7 +165,7 @@ impl Inner {
             }
         }
         ex.name("#byp", "bypass");
-        match (&image.bypass, p.bypass) {
+        match (&image.bypass, p.plan.bypass) {
             (Some(read), true) if read.live(now.0) => {
                 ex.val(":bypr", read.raw.clone());
                 cond.push("#byp = :bypr".into());
@@ -232,36 +233,37 @@ impl Inner {
         if !remove.is_empty() {
             update.push_str(&format!(" REMOVE {}", remove.join(", ")));
         }
-        ex.req(p.side.id.pk(p.shard), update, cond)
+        ex.req(p.side.id.pk(p.plan.shard), update, cond)
     }
 
     /// Shape (a): the complete item of a new shard (§9.6) with its owner stamp.
     fn new_item(&self, p: &SidePlan<'_>, now: EpochMillis) -> Item {
         let id = &p.side.id;
         let limits: Vec<NewLimit<'_>> = p
+            .plan
             .limits
             .iter()
             .filter(|l| l.name != WCU)
-            .map(|l| NewLimit { name: &l.name, tk: l.start.saturating_sub(l.consumed), limit: l.limit, tc: l.usage })
+            .map(|l| NewLimit { name: &l.name, tk: l.after().0, limit: l.limit, tc: l.usage })
             .collect();
-        let horizons: Vec<f64> = p.limits.iter().map(|l| plan::recovery_secs(&l.limit)).collect();
+        let horizons: Vec<f64> = p.plan.limits.iter().map(|l| plan::recovery_secs(&l.limit)).collect();
         let ttl = p.side.limits.ttl_applies().then(|| plan::ttl_epoch(now, &horizons));
         let bucket = NewBucket {
             ns: &id.ns,
             entity: &id.entity,
             resource: &id.resource,
-            shard: p.shard,
-            shard_count: p.count,
+            shard: p.plan.shard,
+            shard_count: p.plan.shard_count,
             rf: now.0,
             ttl,
         };
         let mut item = new_bucket_item(&bucket, &limits);
         item.insert("cascade".into(), AttributeValue::Bool(p.cascade));
         let deadline = keys::stamp_deadline(now.0);
-        for l in p.limits.iter().filter(|l| l.stamp_soft) {
+        for l in p.plan.limits.iter().filter(|l| l.stamp_soft) {
             item.insert(keys::battr(&l.name, "soft"), n(deadline));
         }
-        if p.bypass {
+        if p.plan.bypass {
             item.insert("bypass".into(), n(deadline));
         }
         if let Some(meta) = &p.meta {
@@ -291,7 +293,7 @@ impl Inner {
             let mut ex = Ex::default();
             let mut add = Vec::new();
             let mut cond = vec!["attribute_exists(PK)".to_owned()];
-            for (i, l) in p.limits.iter().filter(|l| l.consumed > 0).enumerate() {
+            for (i, l) in p.plan.limits.iter().filter(|l| l.consumed > 0).enumerate() {
                 ex.name(&format!("#t{i}"), &keys::battr(&l.name, "tk"))
                     .name(&format!("#c{i}"), &keys::battr(&l.name, "tc"));
                 ex.num(&format!(":d{i}"), -l.consumed).num(&format!(":a{i}"), l.consumed);
@@ -307,7 +309,7 @@ impl Inner {
             if add.is_empty() {
                 continue;
             }
-            requests.push(ex.req(p.side.id.pk(p.shard), format!("ADD {}", add.join(", ")), cond));
+            requests.push(ex.req(p.side.id.pk(p.plan.shard), format!("ADD {}", add.join(", ")), cond));
         }
         if requests.is_empty() && extra.is_none() {
             return Ok(true);

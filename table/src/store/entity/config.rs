@@ -5,29 +5,14 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use std::sync::Arc;
 use std::time::Instant;
 use zael_core::bucket::BucketLimit;
+pub(crate) use zael_core::levels::{Access, Level, StoredLimit};
+use zael_core::levels::{first_defining, first_explicit};
 use zael_core::store::StoreError;
 
 use super::super::request::unavailable;
 use super::super::{BucketId, Inner};
 use crate::item::Item;
 use crate::keys;
-
-/// One stored limit, in bucket units (millitokens, milliseconds).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct StoredLimit {
-    pub name: String,
-    pub limit: BucketLimit,
-    pub soft: bool,
-}
-
-/// The level the limits came from (§8.1); the last two give buckets a `ttl` (§11.12).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Level {
-    EntityResource,
-    EntityDefault,
-    Resource,
-    System,
-}
 
 /// An entity's limits for one resource.
 #[derive(Clone, Debug, Default)]
@@ -45,17 +30,8 @@ impl Resolved {
 
     /// Whether buckets of these limits carry a `ttl`.
     pub fn ttl_applies(&self) -> bool {
-        matches!(self.level, Some(Level::Resource | Level::System))
+        self.level.is_some_and(Level::ttl_applies)
     }
-}
-
-/// The flags of the access walk (§8.5).
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) enum Access {
-    #[default]
-    Enforced,
-    Disabled,
-    Bypass,
 }
 
 fn number(item: &Item, attr: &str) -> Option<i64> {
@@ -114,31 +90,29 @@ pub(crate) fn parse_limits(item: &Item) -> (Vec<StoredLimit>, Option<String>) {
 
 /// The first level of `items` (in precedence order) defining a limit wins whole (§8.3).
 pub(crate) fn resolve(items: &[Option<Arc<Item>>; 4]) -> Resolved {
-    const LEVELS: [Level; 4] = [Level::EntityResource, Level::EntityDefault, Level::Resource, Level::System];
-    for (item, level) in items.iter().zip(LEVELS) {
-        let Some(item) = item else { continue };
-        let (limits, unsupported) = parse_limits(item);
-        if !limits.is_empty() || unsupported.is_some() {
-            return Resolved { limits, level: Some(level), unsupported };
-        }
+    let parsed = items.clone().map(|item| item.map(|i| parse_limits(&i)));
+    match first_defining(parsed, |(limits, unsupported)| !limits.is_empty() || unsupported.is_some()) {
+        Some((level, (limits, unsupported))) => Resolved { limits, level: Some(level), unsupported },
+        None => Resolved::default(),
     }
-    Resolved::default()
 }
 
 /// The walk over the entity+resource, entity default and resource levels: the first explicit
 /// `disabled` decides access, the first explicit `cascade` decides the cascade policy.
 pub(crate) fn walk(items: &[Option<&Item>]) -> (Access, Option<bool>) {
-    let access = items.iter().flatten().find_map(|i| match i.get("disabled") {
-        Some(AttributeValue::Bool(true)) => Some(Access::Disabled),
-        Some(AttributeValue::Bool(false)) => Some(Access::Enforced),
-        Some(AttributeValue::S(s)) if s == "bypass" => Some(Access::Bypass),
-        _ => None,
-    });
+    let access = first_explicit(items.iter().map(|i| {
+        i.and_then(|i| match i.get("disabled") {
+            Some(AttributeValue::Bool(true)) => Some(Access::Disabled),
+            Some(AttributeValue::Bool(false)) => Some(Access::Enforced),
+            Some(AttributeValue::S(s)) if s == "bypass" => Some(Access::Bypass),
+            _ => None,
+        })
+    }));
     let cascade = items.iter().flatten().find_map(|i| match i.get("cascade") {
         Some(AttributeValue::Bool(b)) => Some(*b),
         _ => None,
     });
-    (access.unwrap_or_default(), cascade)
+    (access, cascade)
 }
 
 impl Inner {

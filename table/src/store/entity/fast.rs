@@ -3,6 +3,7 @@
 //! partner failed, and the judgement of a failed image (§11.3, §11.4).
 
 use std::sync::Arc;
+use zael_core::acquire;
 use zael_core::bucket::{EpochMillis, Millitokens};
 use zael_core::store::{EntityOutcome, LimitReport, StoreError};
 
@@ -144,11 +145,9 @@ impl Inner {
                     Judged::Disabled => Ok(EntityOutcome::Disabled { entity: parent.id.entity.clone() }),
                     Judged::Rejected(parent_reports) => {
                         // The child's debit was refunded: report its balance before it.
-                        let mut reports = child_reports;
-                        reports.iter_mut().for_each(|r| {
-                            r.tokens = Millitokens(r.tokens.0.saturating_add(r.requested.0));
-                            r.exceeded = false;
-                        });
+                        let before = child.plan_on(&child_image, shard, now, true);
+                        let mut reports = acquire::standing(&[before], now);
+                        reports.iter_mut().for_each(|r| r.exceeded = false);
                         reports.extend(parent_reports);
                         Ok(EntityOutcome::Rejected(reports))
                     }
@@ -217,7 +216,6 @@ impl Inner {
         }
         self.learn_parent(&side.id, &image);
         let bypass_live = image.bypass.as_ref().is_some_and(|b| b.live(n));
-        let soft_live = |name: &str| image.limit(name).and_then(|l| l.soft.as_ref()).is_some_and(|s| s.live(n));
         let boundary = image.bypass.as_ref().is_some_and(|b| !b.live(n))
             || side
                 .declared
@@ -227,11 +225,11 @@ impl Inner {
         if boundary || bypass_live {
             return Ok(Judged::Slow(shard));
         }
-        let Some(reports) = side.reports(&image, shard, now, false) else { return Ok(Judged::Slow(shard)) };
-        if reports.iter().any(|r| r.exceeded && !soft_live(&r.name)) {
+        let judged = acquire::decide(&[side.plan_on(&image, shard, now, false)], now);
+        if !judged.admitted {
             path("entity_fast_reject");
             self.remember_short(&side.id, shard, &image);
-            return Ok(Judged::Rejected(reports));
+            return Ok(Judged::Rejected(judged.reports));
         }
         if !image.wcu_would_refill(n) {
             let sc = image.shard_count;
@@ -253,12 +251,9 @@ impl Inner {
         image: &BucketImage,
         now: EpochMillis,
     ) -> Vec<LimitReport> {
-        let mut reports = side.reports(image, shard, now, true).unwrap_or_default();
+        let reports = acquire::decide(&[side.plan_on(image, shard, now, true)], now).reports;
         if image.bypass.as_ref().is_some_and(|b| b.live(now.0)) {
             self.refund_tokens(side, shard, image).await;
-            for r in &mut reports {
-                r.tokens = Millitokens(r.tokens.0.saturating_add(r.requested.0));
-            }
         }
         reports
     }
@@ -274,14 +269,10 @@ impl Inner {
     /// exceeded (empty when no image of it is remembered).
     fn untouched(&self, child: &Side, now: EpochMillis) -> Vec<LimitReport> {
         let known = self.entity_images.get(&child.id);
-        let image = known.as_ref().and_then(|shards| shards.first()).map(|(s, _, image)| (*s, image.clone()));
-        image
-            .and_then(|(shard, image)| child.reports(&image, shard, now, false))
-            .map(|mut reports| {
-                reports.iter_mut().for_each(|r| r.exceeded = false);
-                reports
-            })
-            .unwrap_or_default()
+        let Some((shard, _, image)) = known.as_ref().and_then(|shards| shards.first()) else { return Vec::new() };
+        let mut reports = acquire::standing(&[child.plan_on(image, *shard, now, false)], now);
+        reports.iter_mut().for_each(|r| r.exceeded = false);
+        reports
     }
 
     async fn refund_admitted(&self, side: Option<&Side>, result: &Option<(i64, Fast)>) {

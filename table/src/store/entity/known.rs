@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::time::Instant;
+use zael_core::acquire;
 use zael_core::bucket::EpochMillis;
 use zael_core::store::LimitReport;
 
@@ -59,12 +60,13 @@ impl Inner {
             if !trusted {
                 return None;
             }
-            let shard_reports = side.reports(image, shard, now, false)?;
-            let soft = |name: &str| image.limit(name).and_then(|l| l.soft.as_ref()).is_some();
-            if !shard_reports.iter().any(|r| r.exceeded && !soft(&r.name)) {
+            // A limit with a soft stamp, even a stale one, may admit through the speculative write.
+            let stamped = |name: &str| image.limit(name).is_some_and(|l| l.soft.is_some());
+            let judged = acquire::decide(&[side.plan_on(image, shard, now, false)], now);
+            if !judged.reports.iter().any(|r| r.exceeded && !stamped(&r.name)) {
                 return None;
             }
-            reports.get_or_insert(shard_reports);
+            reports.get_or_insert(judged.reports);
         }
         reports
     }

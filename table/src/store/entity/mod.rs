@@ -19,6 +19,7 @@ mod slow;
 pub(crate) use known::KnownShards;
 
 use std::sync::Arc;
+use zael_core::acquire::{self, SideInput, SidePlan};
 use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};
 use zael_core::store::{EntityOutcome, EntityRequest, LimitReport, StoreError};
 
@@ -26,10 +27,10 @@ use super::request::path;
 use super::{BucketId, Inner};
 use crate::item::BucketImage;
 use crate::keys;
-use crate::plan;
 pub(crate) use commit::tx_update;
-pub(crate) use config::{Level, Resolved, StoredLimit};
+pub(crate) use config::{Access, Level, Resolved, StoredLimit};
 pub(super) use slow::Slow;
+use slow::bucket_read;
 
 /// One side of an acquire (the entity, or its parent) and what it is charged.
 #[derive(Clone, Debug)]
@@ -50,22 +51,29 @@ impl Side {
         Side { id, limits, declared, overridden: false }
     }
 
-    /// The report of each requested limit from an image, its balance projected to `now`;
-    /// `debited` when the image already holds this request's debit.
-    fn reports(&self, image: &BucketImage, shard: i64, now: EpochMillis, debited: bool) -> Option<Vec<LimitReport>> {
-        let sc = image.shard_count.max(1);
-        self.declared
-            .iter()
-            .map(|(name, a)| {
-                let l = image.limit(name)?;
-                let share = l.limit.shard_share(sc);
-                let before = if debited { l.tk.saturating_add(*a) } else { l.tk };
-                let available = plan::project(before, image.rf, &share, now).tokens.0;
-                let after = if debited { available.saturating_sub(*a) } else { available };
-                let at = Placement { shard_count: sc, shard, bypass: false };
-                Some(report(&self.id.entity, name, l.limit, at, after, now, *a, !debited && available < *a))
-            })
-            .collect()
+    /// The engine's plan of this side on a shard's image at `now` (bypassed when the image's
+    /// stamp is live); `debited`: the image already holds this request's debit, planned from
+    /// the balance before it.
+    fn plan_on<'a>(&'a self, image: &BucketImage, shard: i64, now: EpochMillis, debited: bool) -> SidePlan<'a> {
+        let mut read = bucket_read(image, now);
+        if debited {
+            for held in &mut read.limits {
+                if let Some((_, amount)) = self.declared.iter().find(|(n, _)| n == held.name) {
+                    held.state.tokens = held.state.tokens + Millitokens(*amount);
+                }
+            }
+        }
+        let bypass = image.bypass.as_ref().is_some_and(|b| b.live(now.0));
+        let input = SideInput {
+            entity: &self.id.entity,
+            config: &self.limits.limits,
+            requested: &self.declared,
+            access: if bypass { Access::Bypass } else { Access::Enforced },
+            shard,
+            bucket: Some(read),
+            new_shard_count: image.shard_count,
+        };
+        acquire::plan_side(input, now)
     }
 }
 

@@ -4,8 +4,8 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::sync::Arc;
-use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};
-use zael_core::judge::{Requested, SideView, judge};
+use zael_core::acquire::{self, BucketRead, HeldLimit, SideInput};
+use zael_core::bucket::{BucketState, EpochMillis, Millitokens};
 use zael_core::store::{EntityOutcome, StoreError};
 
 use super::super::request::{parse, path, unavailable};
@@ -14,7 +14,6 @@ use super::Side;
 use super::config::{Access, walk};
 use crate::item::{BucketImage, Item};
 use crate::keys::{self, WCU};
-use crate::plan;
 
 /// Re-plans of one acquire before it gives up as contended.
 const ATTEMPTS: usize = 4;
@@ -61,63 +60,31 @@ pub(in super::super) struct Read {
     pub(in super::super) bucket: Option<BucketImage>,
 }
 
-/// One limit of the write: its parameters, the balance read, the refilled balance and the debit.
-pub(super) struct LimitPlan {
-    pub(super) name: String,
-    /// The whole limit (the shard holds its share).
-    pub(super) limit: BucketLimit,
-    /// `None`: the limit is new on this item (seeded).
-    pub(super) tk_read: Option<i64>,
-    pub(super) start: i64,
-    /// Millitokens taken off `tk` (none under bypass).
-    pub(super) consumed: i64,
-    /// Millitokens added to `tc` (the request's amount, under bypass too).
-    pub(super) usage: i64,
-    pub(super) soft: bool,
-    /// The limit's config says soft: its bucket carries a live `b_{n}_soft` stamp.
-    pub(super) stamp_soft: bool,
-    /// The `b_{n}_soft` stamp as read.
-    pub(super) soft_read: Option<AttributeValue>,
-}
-
-/// One side's planned write.
+/// One side's planned write: the engine's plan ([`zael_core::acquire`]) and what the
+/// commit needs besides (the image for its pins, the owner's META, the cascade flag).
 pub(super) struct SidePlan<'a> {
     pub(super) side: &'a Side,
-    pub(super) shard: i64,
-    pub(super) count: i64,
     pub(super) image: Option<BucketImage>,
     pub(super) meta: Option<Meta>,
     pub(super) cascade: bool,
-    /// The access walk says bypass: admitted without a `tk` debit, stamped `bypass`.
-    pub(super) bypass: bool,
-    pub(super) limits: Vec<LimitPlan>,
+    pub(super) plan: acquire::SidePlan<'a>,
 }
 
-impl SidePlan<'_> {
-    /// The side's requested limits as the plan read them, for [`judge`].
-    fn view(&self) -> SideView<'_> {
-        let requested = self
-            .side
-            .declared
+/// A bucket image as the engine reads it.
+pub(in super::super) fn bucket_read(image: &BucketImage, now: EpochMillis) -> BucketRead<'_> {
+    BucketRead {
+        shard_count: image.shard_count,
+        limits: image
+            .limits
             .iter()
-            .filter_map(|(name, amount)| {
-                let l = self.limits.iter().find(|l| l.name == *name)?;
-                Some(Requested {
-                    name,
-                    limit: l.limit,
-                    balance: Millitokens(l.start),
-                    amount: Millitokens(*amount),
-                    soft: l.soft,
-                })
+            .map(|l| HeldLimit {
+                name: &l.name,
+                limit: l.limit,
+                state: BucketState { tokens: Millitokens(l.tk), refilled_at: EpochMillis(image.rf) },
+                soft_stamp: l.soft.as_ref().is_some_and(|st| st.live(now.0)),
+                whole: l.name == WCU,
             })
-            .collect();
-        SideView {
-            entity: &self.side.id.entity,
-            shard: self.shard,
-            shard_count: self.count,
-            bypass: self.bypass,
-            requested,
-        }
+            .collect(),
     }
 }
 
@@ -190,13 +157,13 @@ impl Inner {
                 parent_plan = None;
             }
             plans.extend(parent_plan);
-            let views: Vec<SideView<'_>> = plans.iter().map(SidePlan::view).collect();
-            let judged = judge(&views, now);
+            let engine: Vec<acquire::SidePlan<'_>> = plans.iter().map(|p| p.plan.clone()).collect();
+            let judged = acquire::decide(&engine, now);
             let reports = judged.reports;
             if !judged.admitted {
                 for (p, _) in plans.iter().zip(&judged.short_sides).filter(|(_, short)| **short) {
                     if let Some(image) = &p.image {
-                        self.remember_short(&p.side.id, p.shard, image);
+                        self.remember_short(&p.side.id, p.plan.shard, image);
                     }
                 }
                 path("entity_slow_reject");
@@ -215,7 +182,7 @@ impl Inner {
             if committed {
                 path(if plans.len() > 1 { "entity_slow_cascade" } else { "entity_slow" });
                 for p in &plans {
-                    self.learn_count(&p.side.id, p.count);
+                    self.learn_count(&p.side.id, p.plan.shard_count);
                 }
                 self.remember_parent(&child.id, parent_id.filter(|_| cascade));
                 return Ok(Slow::Decided(EntityOutcome::Admitted(reports)));
@@ -259,52 +226,17 @@ impl Inner {
         if let Some(what) = read.bucket.as_ref().and_then(|i| i.unsupported.as_ref()) {
             return Err(self.unsupported_entity(&side.id, what));
         }
-        let bypass = read.access == Access::Bypass;
-        let count = read.bucket.as_ref().map_or_else(|| self.cached_count(&side.id).max(shard + 1), |i| i.shard_count);
-        let mut limits = Vec::new();
-        if let Some(image) = &read.bucket {
-            for l in &image.limits {
-                let divisor = if l.name == WCU { 1 } else { count };
-                let share = l.limit.shard_share(divisor);
-                let start = plan::project(l.tk, image.rf, &share, now).tokens.0;
-                let config = side.limits.limit(&l.name);
-                let stamp_live = l.soft.as_ref().is_some_and(|st| st.live(now.0));
-                limits.push(LimitPlan {
-                    name: l.name.clone(),
-                    limit: l.limit,
-                    tk_read: Some(l.tk),
-                    start,
-                    consumed: 0,
-                    usage: 0,
-                    soft: config.map_or(stamp_live, |c| c.soft),
-                    stamp_soft: config.is_some_and(|c| c.soft),
-                    soft_read: l.soft.as_ref().map(|st| st.raw.clone()),
-                });
-            }
-        }
-        for r in &side.limits.limits {
-            if limits.iter().any(|l| l.name == r.name) {
-                continue;
-            }
-            let start = r.limit.shard_share(count).capacity.0;
-            limits.push(LimitPlan {
-                name: r.name.clone(),
-                limit: r.limit,
-                tk_read: None,
-                start,
-                consumed: 0,
-                usage: 0,
-                soft: r.soft,
-                stamp_soft: r.soft,
-                soft_read: None,
-            });
-        }
-        // What a commit writes if the acquire is admitted (judged by the caller).
-        for (name, amount) in &side.declared {
-            let Some(l) = limits.iter_mut().find(|l| l.name == *name) else { continue };
-            l.consumed = if bypass { 0 } else { *amount };
-            l.usage = *amount;
-        }
-        Ok(SidePlan { side, shard, count, image: read.bucket, meta: read.meta, cascade, bypass, limits })
+        let new_shard_count = self.cached_count(&side.id).max(shard + 1);
+        let input = SideInput {
+            entity: &side.id.entity,
+            config: &side.limits.limits,
+            requested: &side.declared,
+            access: read.access,
+            shard,
+            bucket: read.bucket.as_ref().map(|image| bucket_read(image, now)),
+            new_shard_count,
+        };
+        let plan = acquire::plan_side(input, now);
+        Ok(SidePlan { side, image: read.bucket, meta: read.meta, cascade, plan })
     }
 }
