@@ -255,6 +255,13 @@ impl Lease {
         now.0 >= self.expires_at
     }
 
+    /// Why a change at `now` is refused when the lease has run out: every store refuses it
+    /// the same way, before writing anything.
+    pub fn expiry(&self, now: EpochMillis) -> Option<String> {
+        self.expired(now)
+            .then(|| format!("the lease expired at {} ms since the epoch; it counts as released", self.expires_at))
+    }
+
     /// The lease after an adjust: `seq + 1`, each entry holding the limit consuming its delta.
     pub fn adjusted(&self, deltas: &[(String, Millitokens)]) -> Lease {
         let mut next = self.clone();

@@ -192,6 +192,12 @@ impl MemoryStore {
         self.held().buckets.len()
     }
 
+    /// The `tc` (millitokens consumed over the bucket's life) of one limit of an entity
+    /// bucket; `None` when the bucket or the limit is not held.
+    pub fn consumed(&self, namespace: &str, entity: &str, resource: &str, limit: &str) -> Option<i64> {
+        self.held().buckets.get(&EntityBucketId::new(namespace, entity, resource))?.get(limit).map(|l| l.consumed)
+    }
+
     /// Number of leases held (until they expire).
     pub fn leases_len(&self) -> usize {
         self.held().leases.len()
@@ -395,11 +401,8 @@ impl MemoryStore {
         now: EpochMillis,
     ) -> Result<LeaseChanged, StoreError> {
         self.namespace(&lease.namespace)?;
-        if lease.expired(now) {
-            return Ok(LeaseChanged::Conflict(format!(
-                "the lease expired at {} ms since the epoch; it counts as released",
-                lease.expires_at
-            )));
+        if let Some(message) = lease.expiry(now) {
+            return Ok(LeaseChanged::Conflict(message));
         }
         let key = (EntityBucketId::new(&lease.namespace, &lease.entity, &lease.resource), lease.nonce.clone());
         let mut held = self.held();
@@ -445,17 +448,20 @@ impl MemoryStore {
         check_ids(entity, resource)?;
         let ns = self.namespace(namespace)?;
         let Some(own) = ns.resolve(entity, resource) else { return Ok(Vec::new()) };
-        let mut sides = vec![(entity, own.limits)];
+        let mut sides = vec![(entity, own.limits.to_vec())];
         if let Some(parent) = ns.cascades_to(entity)
             && let Some(limits) = ns.resolve(parent, resource)
         {
-            sides.push((parent, limits.limits));
+            sides.push((parent, limits.limits.to_vec()));
+        }
+        for (_, limits) in &mut sides {
+            limits.sort_by(|a, b| a.name.cmp(&b.name));
         }
         let held = self.held();
         let mut reports = Vec::new();
         for (owner, limits) in sides {
             let bucket = held.buckets.get(&EntityBucketId::new(namespace, owner, resource));
-            for l in limits {
+            for l in &limits {
                 let tokens = match bucket.and_then(|b| b.get(&l.name)) {
                     Some(slot) => slot.state.refilled(&l.limit, now).tokens,
                     None => l.limit.capacity,

@@ -275,8 +275,9 @@ pub trait BucketStore: Send + Sync + 'static {
         Err(StoreError::Refused(format!("the {} store keeps no entities", self.name())))
     }
 
-    /// Applies a change to a lease (already authenticated and unexpired), atomically with
-    /// its state: an adjust or rollback writes its buckets and the lease's new state together.
+    /// Applies a change to a lease (already authenticated), atomically with its state; a
+    /// lease expired at `now` is a [`LeaseChanged::Conflict`] ([`Lease::expiry`]), nothing
+    /// written: an adjust or rollback writes its buckets and the lease's new state together.
     async fn change_lease(
         &self,
         _lease: &Lease,
@@ -288,7 +289,8 @@ pub trait BucketStore: Send + Sync + 'static {
 
     /// The current balance of every limit of `entity` on `resource` (its parent's too under
     /// cascade), without writing: one report per limit with `requested` 0, summed over the
-    /// limit's shards (`shard_count` says how many). Empty when no limit applies.
+    /// limit's shards (`shard_count` says how many), the entity's limits by name, then its
+    /// parent's by name. Empty when no limit applies.
     async fn available(
         &self,
         _namespace: &str,

@@ -208,11 +208,8 @@ impl LimiterApi {
             LeaseIdError::Malformed => invalid(format!("lease_id: {e}")),
             LeaseIdError::Forged => Status::permission_denied(format!("lease_id: {e}")),
         })?;
-        if lease.expired(now) {
-            return Err(Status::failed_precondition(format!(
-                "the lease expired at {} ms since the epoch; it counts as released",
-                lease.expires_at
-            )));
+        if let Some(message) = lease.expiry(now) {
+            return Err(Status::failed_precondition(message));
         }
         Ok(lease)
     }

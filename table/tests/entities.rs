@@ -11,33 +11,13 @@ use std::sync::Arc;
 use zael_core::bucket::{EpochMillis, Millitokens};
 use zael_core::store::{BucketStore, EntityOutcome, EntityRequest};
 
-/// The steps both implementations run: cascade admits and a child-limit rejection (key-1),
-/// an entity without a parent on resource defaults, a disabled entity, a parent rejection
-/// with the child's debit refunded (key-4), an entity default (key-5), system defaults, a soft
-/// limit admitting into debt (key-6) and a bypassed entity (key-7).
+/// The steps both implementations run (`steps.json`, which the behaviour suite runs on the
+/// embedded store too): cascade admits and a child-limit rejection (key-1), an entity without
+/// a parent on resource defaults, a disabled entity, a parent rejection with the child's debit
+/// refunded (key-4), an entity default (key-5), system defaults, a soft limit admitting into
+/// debt (key-6) and a bypassed entity (key-7).
 fn steps() -> Value {
-    let key1 = json!(["key-1", "gpt-4", {"rpm": 1, "tpm": 30}]);
-    json!([
-        key1, key1, key1, key1,
-        ["key-2", "gpt-4", {"rpm": 1}],
-        ["key-2", "gpt-4", {"rpm": 1}],
-        ["key-2", "gpt-4", {"rpm": 1}],
-        ["key-2", "claude", {"rpm": 1}],
-        ["key-3", "gpt-4", {"rpm": 2}],
-        ["key-4", "gpt-4", {"rpm": 1}],
-        ["key-4", "gpt-4", {"rpm": 1}],
-        ["key-4", "gpt-4", {"rpm": 1}],
-        ["key-5", "gpt-4", {"rpm": 1}],
-        ["key-5", "gpt-4", {"rpm": 1, "tpm": 5}],
-        ["nobody", "other", {"rpm": 1, "tpm": 10}],
-        ["nobody", "other", {"rpm": 0, "tpm": 45}],
-        ["key-6", "gpt-4", {"rpm": 1, "tpm": 1}],
-        ["key-6", "gpt-4", {"rpm": 1, "tpm": 1}],
-        ["key-6", "gpt-4", {"rpm": 1, "tpm": 1}],
-        ["key-6", "gpt-4", {"rpm": 1, "tpm": 9}],
-        ["key-7", "gpt-4", {"rpm": 1}],
-        ["key-7", "gpt-4", {"rpm": 1}],
-    ])
+    serde_json::from_str(include_str!("steps.json")).expect("steps.json")
 }
 
 async fn library_table(test: &str) -> (String, String) {

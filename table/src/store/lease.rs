@@ -208,8 +208,11 @@ impl Inner {
         self: &Arc<Self>,
         lease: &Lease,
         change: &LeaseChange,
-        _now: EpochMillis,
+        now: EpochMillis,
     ) -> Result<LeaseChanged, StoreError> {
+        if let Some(message) = lease.expiry(now) {
+            return Ok(LeaseChanged::Conflict(message));
+        }
         let ns = self.namespace_id(&lease.namespace).await?;
         self.check_version().await?;
         let key = record_key(&ns, &lease.entity, &lease.resource, &lease.nonce);

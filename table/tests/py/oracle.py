@@ -19,6 +19,10 @@ Usage (endpoint and region from ZAEL_TEST_ENDPOINT / AWS_REGION, credentials fro
       ATTEMPTS acquires with the stored limits, CONCURRENCY at a time; prints {"admitted": N}
   oracle.py entity-available TABLE NAMESPACE PAIRS_JSON
       prints {"entity/resource": {limit: available}} for each [entity, resource]
+  oracle.py entities-file TABLE PATH
+      creates the table and writes, with the library's own calls, the namespaces, entities,
+      stored limits and access flags of a zael-server `--entities` file (the embedded store's
+      config), so one fixture gives both stores the same limits
 """
 
 import asyncio
@@ -190,6 +194,64 @@ async def entity_available(table, namespace, pairs):
     print(json.dumps(out, sort_keys=True))
 
 
+async def entities_file(table, path):
+    import dataclasses
+
+    import yaml
+
+    from zae_limiter.cli import _parse_limit
+
+    # Every scalar a string (YAML 1.1 would read an entity named `off` as false).
+    with open(path) as f:
+        spec = yaml.load(f, Loader=yaml.BaseLoader)
+    words = {"true": True, "false": False, "bypass": "bypass"}
+    repo = Repository(name=table, region=REGION, endpoint_url=ENDPOINT, _skip_deprecation_warning=True)
+    await repo.create_table()
+
+    def limits_of(level):
+        soft = set(level.get("soft", []))
+        return [dataclasses.replace(lim, soft=lim.name in soft) for lim in map(_parse_limit, level.get("limits", []))]
+
+    async def access(repo, level, entity=None, resource=None):
+        flag = level.get("disabled")
+        if flag is None:
+            return
+        flag = words[flag]
+        if entity is None:
+            call = {True: repo.disable_resource, False: repo.enable_resource, "bypass": repo.bypass_resource}[flag]
+            await call(resource)
+        else:
+            call = {True: repo.disable_entity, False: repo.enable_entity, "bypass": repo.bypass_entity}[flag]
+            await call(entity, resource)
+
+    for name, ns in spec["namespaces"].items():
+        limiter = await open_limiter(table, name)
+        repo = limiter._repository
+        entities = ns.get("entities", {})
+        # Parents first: a child names an existing parent.
+        order = sorted(entities, key=lambda e: entities[e].get("parent") is not None)
+        for entity in order:
+            e = entities[entity]
+            await limiter.create_entity(entity, parent_id=e.get("parent"), cascade=e.get("cascade") == "true")
+        system = ns.get("system")
+        if system:
+            await limiter.set_system_defaults(limits_of(system), on_unavailable=system.get("on_unavailable"))
+        for resource, level in ns.get("resources", {}).items():
+            if level.get("limits"):
+                await limiter.set_resource_defaults(resource, limits_of(level))
+            await access(repo, level, resource=resource)
+        for entity in order:
+            e = entities[entity]
+            if e.get("limits"):
+                await limiter.set_limits(entity, limits_of(e))
+            await access(repo, e, entity=entity)
+            for resource, level in e.get("resources", {}).items():
+                if level.get("limits"):
+                    await limiter.set_limits(entity, limits_of(level), resource=resource)
+                await access(repo, level, entity=entity, resource=resource)
+    print(json.dumps({"ok": True}))
+
+
 COMMANDS = {
     "setup": setup,
     "acquire": acquire,
@@ -198,6 +260,7 @@ COMMANDS = {
     "entity-run": entity_run,
     "entity-available": entity_available,
     "entity-hammer": entity_hammer,
+    "entities-file": entities_file,
 }
 
 if __name__ == "__main__":
