@@ -14,7 +14,6 @@ use crate::db::{DbError, Transact, Update};
 use crate::item::{BucketImage, LimitImage, NewBucket, NewLimit, StampRead, new_bucket_item, s};
 use crate::keys::{self, WCU};
 use crate::plan::{self, Admission, Plan};
-use crate::rejections::Short;
 
 impl Inner {
     /// Shape (a): the complete item under `attribute_not_exists(PK)` with the ConditionCheck
@@ -46,6 +45,7 @@ impl Inner {
                 tc: plan.consumed(),
             }],
         );
+        let created = BucketImage::parse(&item).ok();
         let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Unavailable(format!("building a create: {e}"));
         let put = Put::builder()
             .table_name(&self.db.table)
@@ -71,14 +71,9 @@ impl Inner {
             Ok(Transact::Done) => {
                 path("slow_create");
                 self.learn_count(&cx.id, count);
-                let created = Short {
-                    tk: cap.saturating_sub(plan.consumed()),
-                    rf: cx.now.0,
-                    limit: cx.limit,
-                    shard_count: count,
-                    until_ms: ttl.saturating_mul(1000),
-                };
-                self.remember_state(cx, shard, created);
+                if let Some(created) = &created {
+                    self.remember_image(cx, shard, created);
+                }
                 Ok(Step::Done(Decided::new(plan.outcomes, count)))
             }
             Ok(Transact::Canceled(codes)) => {

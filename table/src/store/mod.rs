@@ -163,8 +163,6 @@ struct Inner {
     shard_counts: BoundedCache<BucketId, i64>,
     /// Buckets seen stamped `bypass`: their fast path is written in the bypass shape.
     bypassed: BoundedCache<BucketId, ()>,
-    /// Entity bucket shards recently seen short (the entity rejection cache).
-    entity_images: BoundedCache<BucketId, entity::KnownShards>,
     /// Per (entity, resource), the parent its last bucket image said it cascades to.
     parents: BoundedCache<BucketId, Option<String>>,
     /// Stored config items by `(PK, SK)` (`None`: absent), for the config TTL.
@@ -174,7 +172,7 @@ struct Inner {
     resolved: BoundedCache<BucketId, Arc<entity::Resolved>>,
     /// Bucket PKs (and entity buckets) already logged as unsupported.
     warned: BoundedCache<String, ()>,
-    /// Shards recently seen short (the rejection cache).
+    /// Shard images recently seen short, of YAML-rule and entity buckets (the rejection cache).
     rejections: Rejections<BucketId>,
     rejection_cache: bool,
     /// Test hook run between a slow path's read and its commit.
@@ -227,7 +225,6 @@ impl DynamoStore {
                 shard_counts: BoundedCache::new(CACHE_LIMIT, None),
                 bypassed: BoundedCache::new(CACHE_LIMIT, None),
                 parents: BoundedCache::new(CACHE_LIMIT, None),
-                entity_images: BoundedCache::new(CACHE_LIMIT, None),
                 config_cache: BoundedCache::new(CACHE_LIMIT, Some(options.config_cache_ttl)),
                 resolved: BoundedCache::new(CACHE_LIMIT, Some(options.config_cache_ttl)),
                 warned: BoundedCache::new(CACHE_LIMIT, None),

@@ -1,5 +1,5 @@
-//! The rejection cache (ADR-147): shards recent images showed short, and the charges they
-//! prove rejected without a DynamoDB call.
+//! The rejection cache (ADR-147, [`crate::rejections`]) on YAML-rule buckets: which shards
+//! recent images showed short, and the charges they prove rejected without a DynamoDB call.
 
 use zael_core::bucket::Millitokens;
 
@@ -7,7 +7,6 @@ use super::request::{Ctx, Decided};
 use super::{Inner, LIMIT_NAME};
 use crate::item::BucketImage;
 use crate::plan::{self, Admission, Plan};
-use crate::rejections::Short;
 
 /// What the rejection cache knows of a request.
 pub(super) enum Known {
@@ -33,18 +32,16 @@ impl Inner {
         let mut short = Vec::with_capacity(entries.len());
         let mut count = self.cached_count(&cx.id);
         let mut best: Option<(i64, Plan)> = None;
-        for (shard, e) in entries {
-            if e.limit != cx.limit {
-                continue;
-            }
-            let share = e.limit.shard_share(e.shard_count);
-            let p = plan::project(e.tk, e.rf, &share, cx.now);
+        for (shard, image) in entries {
+            let Some(h) = image.limit(LIMIT_NAME).filter(|h| cx.params_match(h)) else { continue };
+            let share = h.limit.shard_share(image.shard_count);
+            let p = plan::project(h.tk, image.rf, &share, cx.now);
             let plan = plan::decide(p.tokens.0, p.refilled_at, share.capacity.0, cx.charges, Admission::Enforced);
             if plan.outcomes.iter().any(|o| o.admitted) {
                 continue;
             }
             short.push(shard);
-            count = count.max(e.shard_count);
+            count = count.max(image.shard_count);
             if best.as_ref().is_none_or(|(balance, _)| p.tokens.0 > *balance) {
                 best = Some((p.tokens.0, plan));
             }
@@ -71,26 +68,25 @@ impl Inner {
             && image.bypass.is_none()
             && image.vu.is_none_or(|vu| vu == 0)
             && hits.is_some_and(|h| h.soft.is_none() && cx.params_match(h));
-        let Some(h) = hits.filter(|_| judgeable) else {
+        if !judgeable {
             self.rejections.forget(&cx.id, shard);
             return;
-        };
-        let until_ms = image.ttl.map_or(i64::MAX, |t| t.saturating_mul(1000));
-        let short = Short { tk: h.tk, rf: image.rf, limit: h.limit, shard_count: image.shard_count, until_ms };
-        self.remember_state(cx, shard, short);
+        }
+        self.remember_image(cx, shard, image);
     }
 
-    /// Remembers a shard state known exactly (an image, or an item this store created) when
-    /// it is short for one token or for this request's largest strict charge.
-    pub(super) fn remember_state(&self, cx: &Ctx<'_>, shard: i64, short: Short) {
+    /// Remembers a shard image known exactly (read, or an item this store created) when it is
+    /// short for one token or for this request's largest strict charge, and forgets it otherwise.
+    pub(super) fn remember_image(&self, cx: &Ctx<'_>, shard: i64, image: &BucketImage) {
         if !self.rejection_cache {
             return;
         }
-        let share = short.limit.shard_share(short.shard_count);
-        let balance = plan::project(short.tk, short.rf, &share, cx.now).tokens.0;
+        let Some(h) = image.limit(LIMIT_NAME) else { return self.rejections.forget(&cx.id, shard) };
+        let share = h.limit.shard_share(image.shard_count);
+        let balance = plan::project(h.tk, image.rf, &share, cx.now).tokens.0;
         let largest = cx.charges.iter().filter(|c| !c.allow_debt).map(plan::need).max().unwrap_or(0);
         if balance < largest.max(Millitokens::from_tokens(1).0) {
-            self.rejections.remember(&cx.id, shard, short);
+            self.rejections.remember(&cx.id, shard, image.clone());
         } else {
             self.rejections.forget(&cx.id, shard);
         }

@@ -266,10 +266,10 @@ impl Inner {
     }
 
     /// The child's reports when only its parent was judged: its limits as last seen, not
-    /// exceeded (empty when no image of it is remembered).
+    /// exceeded (empty when no trusted image of it is remembered).
     fn untouched(&self, child: &Side, now: EpochMillis) -> Vec<LimitReport> {
-        let known = self.entity_images.get(&child.id);
-        let Some((shard, _, image)) = known.as_ref().and_then(|shards| shards.first()) else { return Vec::new() };
+        let known = self.rejections.trusted(&child.id, now.0);
+        let Some((shard, image)) = known.first() else { return Vec::new() };
         let mut reports = acquire::standing(&[child.plan_on(image, *shard, now, false)], now);
         reports.iter_mut().for_each(|r| r.exceeded = false);
         reports

@@ -1,11 +1,9 @@
-//! The rejection cache of entity buckets (after the library's ADR-147): the last image of each
-//! shard that showed a requested limit short, trusted for at most 1 s and never past the
-//! image's `ttl` or `vu`. A request is rejected from memory only when every shard of the
+//! The rejection cache ([`crate::rejections`]) on entity buckets: the last image of each shard
+//! that showed a requested limit short, trusted for at most 1 s and never past the image's
+//! `ttl` or `vu`. A request is rejected from memory only when every shard of the
 //! entity (or, under cascade, of its parent) is known short for what it asks; admission always
 //! takes a conditional write, so the cache cannot over-admit.
 
-use std::sync::Arc;
-use std::time::Instant;
 use zael_core::acquire;
 use zael_core::bucket::EpochMillis;
 use zael_core::store::LimitReport;
@@ -13,31 +11,19 @@ use zael_core::store::LimitReport;
 use super::super::{BucketId, Inner};
 use super::Side;
 use crate::item::BucketImage;
-use crate::rejections::TRUST;
-
-/// A bucket's shard images that showed a request short: (shard, when seen, image).
-pub(crate) type KnownShards = Arc<Vec<(i64, Instant, BucketImage)>>;
 
 impl Inner {
     /// Remembers a shard's image after it proved a request short.
     pub(super) fn remember_short(&self, id: &BucketId, shard: i64, image: &BucketImage) {
-        if !self.rejection_cache {
-            return;
+        if self.rejection_cache {
+            self.rejections.remember(id, shard, image.clone());
         }
-        let now = Instant::now();
-        let mut shards: Vec<_> = self.entity_images.get(id).map(|s| s.to_vec()).unwrap_or_default();
-        shards.retain(|(s, at, _)| *s != shard && now.duration_since(*at) < TRUST);
-        shards.push((shard, now, image.clone()));
-        self.entity_images.insert(id.clone(), Arc::new(shards));
     }
 
     /// Forgets a shard's image: tokens this process gave back must not be hidden by it (the
     /// library's `build_composite_adjust` forgets the shard the same way).
     pub(in super::super) fn forget_short(&self, id: &BucketId, shard: i64) {
-        if let Some(shards) = self.entity_images.get(id) {
-            let kept: Vec<_> = shards.iter().filter(|(s, _, _)| *s != shard).cloned().collect();
-            self.entity_images.insert(id.clone(), Arc::new(kept));
-        }
+        self.rejections.forget(id, shard);
     }
 
     /// The rejection `side` gets from memory: `Some` when every shard of its bucket is known
@@ -47,17 +33,11 @@ impl Inner {
             return None;
         }
         let count = self.cached_count(&side.id);
-        let shards = self.entity_images.get(&side.id)?;
-        let at = Instant::now();
+        let shards = self.rejections.trusted(&side.id, now.0);
         let mut reports = None;
         for shard in 0..count {
-            let (_, stored, image) = shards.iter().find(|(s, _, _)| *s == shard)?;
-            let trusted = at.duration_since(*stored) < TRUST
-                && image.ttl.is_none_or(|t| t > now.0.div_euclid(1000))
-                && image.vu.is_none_or(|v| v > now.0)
-                && !image.disabled
-                && image.bypass.is_none();
-            if !trusted {
+            let (_, image) = shards.iter().find(|(s, _)| *s == shard)?;
+            if image.vu.is_some_and(|v| v <= now.0) || image.disabled || image.bypass.is_some() {
                 return None;
             }
             // A limit with a soft stamp, even a stale one, may admit through the speculative write.

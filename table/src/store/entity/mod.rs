@@ -16,8 +16,6 @@ mod fast;
 mod known;
 mod slow;
 
-pub(crate) use known::KnownShards;
-
 use std::sync::Arc;
 use zael_core::acquire::{self, SideInput, SidePlan};
 use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};
