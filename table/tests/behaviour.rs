@@ -41,7 +41,7 @@ macro_rules! on_both_stores {
 
 /// A store and what the scenario reads besides the trait (the buckets' `tc`).
 struct Stores {
-    store: Box<dyn BucketStore>,
+    store: Arc<dyn BucketStore>,
     memory: Option<Arc<MemoryStore>>,
     /// The table and the namespace ids, on DynamoDB.
     table: Option<(String, Vec<(String, String)>)>,
@@ -53,7 +53,7 @@ async fn open(kind: Kind, entities: &str) -> Stores {
     match kind {
         Kind::Memory => {
             let memory = Arc::new(MemoryStore::with_entities(parsed));
-            Stores { store: Box::new(ArcStore(memory.clone())), memory: Some(memory), table: None }
+            Stores { store: memory.clone(), memory: Some(memory), table: None }
         }
         Kind::Dynamo => {
             let table = table_name("behaviour");
@@ -67,59 +67,8 @@ async fn open(kind: Kind, entities: &str) -> Stores {
                 let id = zael_table::admin::resolve_namespace(&client, &table, ns).await.expect("read").expect("ns");
                 ids.push((ns.clone(), id));
             }
-            Stores { store: Box::new(store(&table).await), memory: None, table: Some((table, ids)) }
+            Stores { store: Arc::new(store(&table).await), memory: None, table: Some((table, ids)) }
         }
-    }
-}
-
-/// The embedded store shared with the scenario.
-struct ArcStore(Arc<MemoryStore>);
-
-#[async_trait::async_trait]
-impl BucketStore for ArcStore {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-    async fn charge(
-        &self,
-        requests: &[zael_core::store::BucketRequest],
-        now: EpochMillis,
-    ) -> Result<Vec<Vec<ChargeOutcome>>, zael_core::store::StoreError> {
-        self.0.charge(requests, now).await
-    }
-    async fn acquire(
-        &self,
-        requests: &[EntityRequest],
-        now: EpochMillis,
-    ) -> Vec<Result<EntityOutcome, zael_core::store::StoreError>> {
-        self.0.acquire(requests, now).await
-    }
-    async fn open_lease(
-        &self,
-        request: &LeaseRequest,
-        now: EpochMillis,
-    ) -> Result<LeaseOpened, zael_core::store::StoreError> {
-        self.0.open_lease(request, now).await
-    }
-    async fn change_lease(
-        &self,
-        lease: &Lease,
-        change: &LeaseChange,
-        now: EpochMillis,
-    ) -> Result<LeaseChanged, zael_core::store::StoreError> {
-        self.0.change_lease(lease, change, now).await
-    }
-    async fn available(
-        &self,
-        namespace: &str,
-        entity: &str,
-        resource: &str,
-        now: EpochMillis,
-    ) -> Result<Vec<LimitReport>, zael_core::store::StoreError> {
-        self.0.available(namespace, entity, resource, now).await
-    }
-    fn on_unavailable(&self, namespace: &str) -> Option<zael_core::store::OnUnavailable> {
-        self.0.on_unavailable(namespace)
     }
 }
 

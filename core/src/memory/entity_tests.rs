@@ -13,32 +13,15 @@ const ENTITIES: &str = r#"
 namespaces:
   ns:
     system:
-      limits: ["rpm:1000"]
       on_unavailable: allow
-    resources:
-      gpt-4: {limits: ["rpm:100", "tpm:100000"]}
-      closed: {limits: ["rpm:5"], disabled: true}
     entities:
-      team:
-        resources:
-          gpt-4: {limits: ["rpm:20", "tpm:600", "rph:50/hour"]}
-      key:
-        parent: team
-        cascade: true
-        resources:
-          gpt-4: {limits: ["rpm:10", "tpm:500/min:800"]}
       pair:
         resources:
-          gpt-4: {limits: ["rpm:10", "tpm:500/min:800"]}
-      solo:
-        parent: team
-        limits: ["rpm:3"]
-      off: {disabled: true}
-      under-off: {parent: off, cascade: true}
+          gpt-4: {limits: ["rpm:10"]}
+      solo: {limits: ["rpm:3"]}
       hot:
         resources:
           gpt-4: {limits: ["rpm:1000/day"]}
-      spender: {limits: ["tpd:10/day"], soft: [tpd]}
   bare: {}
 "#;
 

@@ -9,6 +9,7 @@ use super::expr::Ex;
 use super::reject::reject_all;
 use super::request::{Ctx, Decided, hits_attr, parse, path, unavailable};
 use super::slow_path::Step;
+use super::write::{Balance, LimitWrite, ShardWrite, StampTo, StampWrite};
 use super::{Inner, LIMIT_NAME};
 use crate::db::{DbError, Transact, Update};
 use crate::item::{BucketImage, LimitImage, NewBucket, NewLimit, StampRead, new_bucket_item, s};
@@ -146,56 +147,31 @@ impl Inner {
         }
 
         let debit = plan.tk_debit(admission);
-        let written_rf = now.max(image.rf);
-        let mut ex = Ex::default();
-        ex.name("#rf", "rf").num(":now", written_rf).num(":expected_rf", image.rf);
-        ex.name("#ttl", "ttl");
-        ex.name("#vu", "vu");
-        let mut set = vec!["#rf = :now".to_owned(), "#ttl = :ttl_val".into()];
-        let mut add: Vec<String> = Vec::new();
-        let mut remove = vec!["#vu".to_owned()];
-        let mut cond = vec!["#rf = :expected_rf".to_owned()];
+        let mut limits = Vec::with_capacity(image.limits.len() + 1);
         let mut horizons = vec![plan::recovery_secs(&cx.limit)];
-        let mut i = 0usize;
-        if let Some(h) = hits {
-            ex.name("#bt0", &hits_attr("tk")).name("#bc0", &hits_attr("tc"));
-            ex.num(":bd0", refill.saturating_sub(debit)).num(":bcd0", plan.consumed());
-            add.push("#bt0 :bd0".into());
-            add.push("#bc0 :bcd0".into());
-            if let Some(guard) = plan.guard {
-                ex.name("#bo0", &hits_attr("soft")).num(":bnow", now).num(":bf0", guard.saturating_sub(refill));
-                cond.push("(#bo0 > :bnow OR #bt0 >= :bf0)".into());
+        match hits {
+            Some(h) => {
+                if !cx.params_match(h) {
+                    // Param sync (§9.7) folded into this rf-locked write: the YAML limit wins.
+                    path("param_sync");
+                }
+                limits.push(LimitWrite {
+                    name: LIMIT_NAME,
+                    balance: Balance::Add {
+                        delta: refill.saturating_sub(debit),
+                        usage: plan.consumed(),
+                        at_least: plan.guard.map(|guard| (guard.saturating_sub(refill), true)),
+                        at_most: (refill > 0).then_some(h.tk),
+                    },
+                    params: (!cx.params_match(h)).then_some(cx.limit),
+                });
             }
-            if refill > 0 {
-                ex.num(":bk0", h.tk);
-                cond.push("#bt0 <= :bk0".into());
-            }
-            if !cx.params_match(h) {
-                // Param sync (§9.7) folded into this rf-locked write: the YAML limit wins.
-                ex.name("#sp0", &hits_attr("cp")).name("#sa0", &hits_attr("ra")).name("#sr0", &hits_attr("rp"));
-                ex.num(":sp0", cx.limit.capacity.0)
-                    .num(":sa0", cx.limit.refill_amount.0)
-                    .num(":sr0", cx.limit.refill_period_ms);
-                set.extend(["#sp0 = :sp0".into(), "#sa0 = :sa0".into(), "#sr0 = :sr0".into()]);
-                path("param_sync");
-            }
-            i = 1;
-        } else {
             // Seed (§11.5): the limit is missing from this item.
-            ex.name("#st0", &hits_attr("tk")).name("#sc0", &hits_attr("tc"));
-            ex.name("#sp0", &hits_attr("cp")).name("#sa0", &hits_attr("ra")).name("#sr0", &hits_attr("rp"));
-            ex.num(":st0", balance.saturating_sub(debit)).num(":sc0", plan.consumed());
-            ex.num(":sp0", cx.limit.capacity.0)
-                .num(":sa0", cx.limit.refill_amount.0)
-                .num(":sr0", cx.limit.refill_period_ms);
-            set.extend([
-                "#st0 = :st0".into(),
-                "#sc0 = :sc0".into(),
-                "#sp0 = :sp0".into(),
-                "#sa0 = :sa0".into(),
-                "#sr0 = :sr0".into(),
-            ]);
-            cond.push("(attribute_not_exists(#sp0) OR attribute_not_exists(#st0))".into());
+            None => limits.push(LimitWrite {
+                name: LIMIT_NAME,
+                balance: Balance::Seed { tk: balance.saturating_sub(debit), usage: plan.consumed() },
+                params: Some(cx.limit),
+            }),
         }
         // Every other limit on the item (wcu first) is carried: refilled with its stored
         // parameters and written back under the same lock, never gated.
@@ -205,42 +181,28 @@ impl Inner {
             let divisor = if l.name == WCU { 1 } else { sc };
             let share = l.limit.shard_share(divisor);
             let r = plan::project(l.tk, image.rf, &share, cx.now).tokens.0 - l.tk;
-            ex.name(&format!("#bt{i}"), &keys::battr(&l.name, "tk"))
-                .name(&format!("#bc{i}"), &keys::battr(&l.name, "tc"));
-            ex.num(&format!(":bd{i}"), r).num(&format!(":bcd{i}"), 0);
-            add.push(format!("#bt{i} :bd{i}"));
-            add.push(format!("#bc{i} :bcd{i}"));
-            if r > 0 {
-                ex.num(&format!(":bk{i}"), l.tk);
-                cond.push(format!("#bt{i} <= :bk{i}"));
-            }
+            let balance = Balance::Add { delta: r, usage: 0, at_least: None, at_most: (r > 0).then_some(l.tk) };
+            limits.push(LimitWrite { name: &l.name, balance, params: None });
             horizons.push(plan::recovery_secs(&l.limit));
-            i += 1;
         }
-        ex.num(":ttl_val", plan::ttl_epoch(cx.now, &horizons));
+        let mut stamps = Vec::new();
         if let Some(st) = soft_fix {
-            ex.name("#bo0", &hits_attr("soft")).val(":bsr0", st.raw.clone());
-            remove.push("#bo0".into());
-            cond.push("#bo0 = :bsr0".into());
+            stamps.push(StampWrite { attr: hits_attr("soft"), to: StampTo::Remove, read: Some(&st.raw) });
         }
         if let Some(b) = bypass_fix {
-            ex.name("#byp", "bypass").val(":bypr", b.raw.clone());
-            remove.push("#byp".into());
-            cond.push("#byp = :bypr".into());
+            stamps.push(StampWrite { attr: "bypass".into(), to: StampTo::Remove, read: Some(&b.raw) });
         }
-        match image.vu {
-            None => cond.push("attribute_not_exists(#vu)".into()),
-            Some(vu) => {
-                ex.num(":evu", vu);
-                cond.push("#vu = :evu".into());
-            }
-        }
-        let mut update = format!("SET {}", set.join(", "));
-        if !add.is_empty() {
-            update.push_str(&format!(" ADD {}", add.join(", ")));
-        }
-        update.push_str(&format!(" REMOVE {}", remove.join(", ")));
-        let req = ex.req(cx.pk(shard), update, cond);
+        let write = ShardWrite {
+            now,
+            rf: (now.max(image.rf), image.rf),
+            limits,
+            ttl: Some(plan::ttl_epoch(cx.now, &horizons)),
+            vu: image.vu,
+            stamps,
+            cascade: None,
+            owner: None,
+        };
+        let req = write.render(cx.pk(shard));
         match self.db.update(req).await {
             Ok(Update::Done(item)) => {
                 path("slow_update");

@@ -32,6 +32,7 @@ mod request;
 mod sharding;
 mod slow_path;
 mod system;
+mod write;
 
 use aws_sdk_dynamodb::Client;
 use futures_util::future::join_all;

@@ -11,6 +11,7 @@ use zael_core::store::StoreError;
 use super::super::Inner;
 use super::super::expr::Ex;
 use super::super::request::{parse, unavailable};
+use super::super::write::{Balance, LimitWrite, Owner, ShardWrite, StampTo, StampWrite};
 use super::slow::{Meta, SidePlan};
 use crate::db::{DbError, Transact, Update, UpdateReq};
 use crate::item::{Item, NewBucket, NewLimit, n, new_bucket_item, s};
@@ -84,156 +85,67 @@ impl Inner {
     /// restamp the owner, under the `rf` lock (§11.6).
     fn normal_update(&self, p: &SidePlan<'_>, now: EpochMillis) -> UpdateReq {
         let image = p.image.as_ref().expect("an existing item");
-        let mut ex = Ex::default();
-        ex.name("#rf", "rf").name("#ttl", "ttl").name("#vu", "vu").name("#cas", "cascade");
-        ex.num(":rf", now.0.max(image.rf)).num(":rf_read", image.rf);
-        ex.val(":cas", AttributeValue::Bool(p.cascade));
-        let mut set = vec!["#rf = :rf".to_owned(), "#cas = :cas".to_owned()];
-        let mut remove = Vec::new();
-        let mut add = Vec::new();
-        let mut cond = vec!["#rf = :rf_read".to_owned()];
-        let mut horizons = Vec::new();
-        for (i, l) in p.plan.limits.iter().enumerate() {
-            let tk = format!("#t{i}");
-            ex.name(&tk, &keys::battr(&l.name, "tk")).name(&format!("#c{i}"), &keys::battr(&l.name, "tc"));
-            horizons.push(plan::recovery_secs(&l.limit));
-            match l.read {
-                Some(read) => {
-                    let (read, refill) = (read.0, l.refill());
-                    ex.num(&format!(":d{i}"), refill.saturating_sub(l.consumed)).num(&format!(":u{i}"), l.usage);
-                    add.push(format!("{tk} :d{i}"));
-                    add.push(format!("#c{i} :u{i}"));
-                    if l.consumed > refill && !l.soft {
-                        ex.num(&format!(":g{i}"), l.consumed - refill);
-                        cond.push(format!("{tk} >= :g{i}"));
+        let limits = p
+            .plan
+            .limits
+            .iter()
+            .map(|l| {
+                let balance = match l.read {
+                    Some(read) => {
+                        let refill = l.refill();
+                        Balance::Add {
+                            delta: refill.saturating_sub(l.consumed),
+                            usage: l.usage,
+                            at_least: (l.consumed > refill && !l.soft).then_some((l.consumed - refill, false)),
+                            at_most: (refill > 0).then_some(read.0),
+                        }
                     }
-                    if refill > 0 {
-                        ex.num(&format!(":k{i}"), read);
-                        cond.push(format!("{tk} <= :k{i}"));
-                    }
-                }
-                None => {
-                    ex.name(&format!("#p{i}"), &keys::battr(&l.name, "cp"))
-                        .name(&format!("#a{i}"), &keys::battr(&l.name, "ra"))
-                        .name(&format!("#r{i}"), &keys::battr(&l.name, "rp"));
-                    ex.num(&format!(":st{i}"), l.after().0).num(&format!(":u{i}"), l.usage);
-                    ex.num(&format!(":p{i}"), l.limit.capacity.0)
-                        .num(&format!(":a{i}"), l.limit.refill_amount.0)
-                        .num(&format!(":r{i}"), l.limit.refill_period_ms);
-                    set.extend([
-                        format!("{tk} = :st{i}"),
-                        format!("#c{i} = :u{i}"),
-                        format!("#p{i} = :p{i}"),
-                        format!("#a{i} = :a{i}"),
-                        format!("#r{i} = :r{i}"),
-                    ]);
-                    cond.push(format!("(attribute_not_exists(#p{i}) OR attribute_not_exists({tk}))"));
-                }
-            }
-        }
+                    None => Balance::Seed { tk: l.after().0, usage: l.usage },
+                };
+                LimitWrite { name: &l.name, balance, params: l.read.is_none().then_some(l.limit) }
+            })
+            .collect();
         // Stamps follow the config (§8.6): a soft limit keeps a live `b_{n}_soft`, a hard one
         // none; `bypass` while the walk says so. Each change is pinned on the stamp as read.
         let deadline = keys::stamp_deadline(now.0);
-        for (i, l) in p.plan.limits.iter().enumerate() {
-            if l.name == WCU {
-                continue;
-            }
-            let soft_read = image.limit(&l.name).and_then(|h| h.soft.as_ref()).map(|st| st.raw.clone());
-            let live = matches!(&soft_read, Some(AttributeValue::N(v)) if v.parse::<i64>().is_ok_and(|d| d > now.0));
-            let change = match (l.stamp_soft, &soft_read) {
-                (true, _) if live => continue,
-                (true, _) => {
-                    ex.num(&format!(":so{i}"), deadline);
-                    set.push(format!("#so{i} = :so{i}"));
-                    true
-                }
-                (false, Some(_)) => {
-                    remove.push(format!("#so{i}"));
-                    true
-                }
-                (false, None) => false,
+        let mut stamps = Vec::new();
+        for l in p.plan.limits.iter().filter(|l| l.name != WCU) {
+            let read = image.limit(&l.name).and_then(|h| h.soft.as_ref());
+            let to = match (l.stamp_soft, read) {
+                (true, Some(st)) if st.live(now.0) => continue,
+                (true, _) => StampTo::Set(deadline),
+                (false, Some(_)) => StampTo::Remove,
+                (false, None) => continue,
             };
-            if change {
-                ex.name(&format!("#so{i}"), &keys::battr(&l.name, "soft"));
-                match &soft_read {
-                    Some(v) => {
-                        ex.val(&format!(":sr{i}"), v.clone());
-                        cond.push(format!("#so{i} = :sr{i}"));
-                    }
-                    None => cond.push(format!("attribute_not_exists(#so{i})")),
-                }
-            }
+            stamps.push(StampWrite { attr: keys::battr(&l.name, "soft"), to, read: read.map(|st| &st.raw) });
         }
-        ex.name("#byp", "bypass");
-        match (&image.bypass, p.plan.bypass) {
-            (Some(read), true) if read.live(now.0) => {
-                ex.val(":bypr", read.raw.clone());
-                cond.push("#byp = :bypr".into());
-            }
-            (read, true) => {
-                ex.num(":bypd", deadline);
-                set.push("#byp = :bypd".into());
-                match read {
-                    Some(r) => {
-                        ex.val(":bypr", r.raw.clone());
-                        cond.push("#byp = :bypr".into());
-                    }
-                    None => cond.push("attribute_not_exists(#byp)".into()),
-                }
-            }
-            (Some(read), false) => {
-                ex.val(":bypr", read.raw.clone());
-                remove.push("#byp".into());
-                cond.push("#byp = :bypr".into());
-            }
-            (None, false) => cond.push("attribute_not_exists(#byp)".into()),
-        }
+        let bypass_to = match (&image.bypass, p.plan.bypass) {
+            (Some(read), true) if read.live(now.0) => StampTo::Keep,
+            (_, true) => StampTo::Set(deadline),
+            (Some(_), false) => StampTo::Remove,
+            (None, false) => StampTo::Keep,
+        };
+        stamps.push(StampWrite { attr: "bypass".into(), to: bypass_to, read: image.bypass.as_ref().map(|b| &b.raw) });
+        let disabled = AttributeValue::Bool(true);
         if image.disabled {
             // A stale stamp (the walk just said enforced): clear it, or the fast path stays shut.
-            ex.name("#dis", "disabled").val(":dis", AttributeValue::Bool(true));
-            remove.push("#dis".into());
-            cond.push("#dis = :dis".into());
+            stamps.push(StampWrite { attr: "disabled".into(), to: StampTo::Remove, read: Some(&disabled) });
         }
-        if p.side.limits.ttl_applies() {
-            ex.num(":ttl", plan::ttl_epoch(now, &horizons));
-            set.push("#ttl = :ttl".into());
-        } else {
-            remove.push("#ttl".to_owned());
-        }
-        match image.vu {
-            None => cond.push("attribute_not_exists(#vu)".into()),
-            Some(v) => {
-                ex.num(":vur", v);
-                cond.push("#vu = :vur".into());
-                remove.push("#vu".into());
-            }
-        }
-        if let Some(meta) = &p.meta {
-            ex.name("#par", "parent_id").name("#pg", "pgen").name("#pi", "pinc");
-            match (&meta.parent, p.cascade) {
-                (Some(parent), _) => {
-                    ex.val(":par", s(parent));
-                    set.push("#par = :par".into());
-                }
-                (None, _) => remove.push("#par".into()),
-            }
-            if let (Some(pgen), Some(pinc)) = (meta.pgen, &meta.pinc) {
-                ex.num(":pg", pgen).val(":pi", s(pinc));
-                set.push("#pg = :pg".into());
-                set.push("#pi = :pi".into());
-                cond.push(
-                    "(attribute_not_exists(#pi) OR (#pi = :pi AND (attribute_not_exists(#pg) OR #pg <= :pg)))".into(),
-                );
-            }
-        }
-        let mut update = format!("SET {}", set.join(", "));
-        if !add.is_empty() {
-            update.push_str(&format!(" ADD {}", add.join(", ")));
-        }
-        if !remove.is_empty() {
-            update.push_str(&format!(" REMOVE {}", remove.join(", ")));
-        }
-        ex.req(p.side.id.pk(p.plan.shard), update, cond)
+        let horizons: Vec<f64> = p.plan.limits.iter().map(|l| plan::recovery_secs(&l.limit)).collect();
+        let write = ShardWrite {
+            now: now.0,
+            rf: (now.0.max(image.rf), image.rf),
+            limits,
+            ttl: p.side.limits.ttl_applies().then(|| plan::ttl_epoch(now, &horizons)),
+            vu: image.vu,
+            stamps,
+            cascade: Some(p.cascade),
+            owner: p
+                .meta
+                .as_ref()
+                .map(|m| Owner { parent: m.parent.as_deref(), generation: m.pgen.zip(m.pinc.as_deref()) }),
+        };
+        write.render(p.side.id.pk(p.plan.shard))
     }
 
     /// Shape (a): the complete item of a new shard (§9.6) with its owner stamp.
