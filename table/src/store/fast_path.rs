@@ -8,12 +8,11 @@ use std::sync::Arc;
 use zael_core::store::StoreError;
 
 use super::classify::Class;
-use super::expr::Ex;
-use super::request::{Ctx, Decided, hits_attr, parse, path, unavailable};
+use super::request::{Ctx, Decided, parse, path, unavailable};
+use super::write::{Credit, Delta, Speculative};
 use super::{Inner, LIMIT_NAME};
 use crate::db::{DbError, Update};
 use crate::item::BucketImage;
-use crate::keys::{self, WCU, WCU_PER_WRITE};
 use crate::metrics as m;
 use crate::plan::{self, Admission};
 
@@ -103,7 +102,7 @@ impl Inner {
         let bypass_shape = self.is_bypassed(&cx.id);
         let mut spec = self.speculate(cx, shard, bypass_shape).await?;
         if bypass_shape && matches!(spec, Spec::Failed { class: Class::ClearedBypass, .. }) {
-            self.bypassed.remove(&cx.id);
+            self.caches.bypassed.remove(&cx.id);
             spec = self.speculate(cx, shard, false).await?;
         }
         match &spec {
@@ -111,7 +110,7 @@ impl Inner {
                 self.learn(&cx.id, image);
                 self.remember(cx, shard, image);
             }
-            Spec::Failed { image: None, .. } => self.rejections.forget(&cx.id, shard),
+            Spec::Failed { image: None, .. } => self.caches.rejections.forget(&cx.id, shard),
             Spec::Contention => {}
         }
         Ok(spec)
@@ -121,41 +120,8 @@ impl Inner {
     /// §11.2, plus pins on the item's `cp`/`ra`/`rp` so a changed YAML limit takes the slow
     /// path that syncs it), or the bypass shape.
     async fn speculate(&self, cx: &Ctx<'_>, shard: i64, bypass_shape: bool) -> Result<Spec, StoreError> {
-        let now = cx.now.0;
-        let mut ex = Ex::default();
-        ex.name("#c0", &hits_attr("tc")).num(":p0", cx.total);
-        ex.name("#byp", "bypass").num(":vu_now", now);
-        ex.name("#wcu_tk", &keys::battr(WCU, "tk")).name("#wcu_tc", &keys::battr(WCU, "tc"));
-        ex.num(":neg_wcu", -WCU_PER_WRITE).num(":pos_wcu", WCU_PER_WRITE).num(":thresh_wcu", WCU_PER_WRITE);
-        ex.name("#ttl", "ttl").num(":now_epoch", now.div_euclid(1000));
-        ex.name("#disabled", "disabled");
-        let mut add = vec!["#c0 :p0".to_owned()];
-        let mut cond = vec!["attribute_exists(PK)".to_owned()];
-        if bypass_shape {
-            cond.push("#byp > :vu_now".into());
-        } else {
-            ex.name("#t0", &hits_attr("tk")).num(":n0", -cx.total).num(":h0", cx.total);
-            ex.name("#o0", &hits_attr("soft")).name("#oc0", &hits_attr("cp"));
-            add.push("#t0 :n0".into());
-            cond.push("(#byp > :vu_now OR (#o0 > :vu_now AND attribute_exists(#oc0) AND attribute_exists(#t0)) OR #t0 >= :h0)".into());
-            cond.push("(attribute_not_exists(#o0) OR #o0 > :vu_now)".into());
-            cond.push("(attribute_not_exists(#byp) OR #byp > :vu_now)".into());
-        }
-        add.push("#wcu_tk :neg_wcu".into());
-        add.push("#wcu_tc :pos_wcu".into());
-        cond.push("#wcu_tk >= :thresh_wcu".into());
-        cond.push("(attribute_not_exists(#ttl) OR #ttl > :now_epoch)".into());
-        cond.push("attribute_not_exists(#disabled)".into());
-        if !bypass_shape {
-            ex.name("#vu", "vu");
-            cond.push("(#byp > :vu_now OR attribute_not_exists(#vu) OR #vu > :vu_now)".into());
-            ex.name("#pa0", &hits_attr("ra")).name("#pr0", &hits_attr("rp"));
-            ex.num(":pc0", cx.limit.capacity.0)
-                .num(":pa0", cx.limit.refill_amount.0)
-                .num(":pr0", cx.limit.refill_period_ms);
-            cond.push("#oc0 = :pc0 AND #pa0 = :pa0 AND #pr0 = :pr0".into());
-        }
-        let req = ex.req(cx.pk(shard), format!("ADD {}", add.join(", ")), cond);
+        let write = Speculative { now: cx.now.0, limits: vec![(LIMIT_NAME, cx.total, Some(cx.limit))], bypass_shape };
+        let req = write.render(cx.pk(shard));
         match self.db.update(req).await {
             Ok(Update::Done(item)) => Ok(Spec::Landed { image: parse(&item)?, bypass_shape }),
             Ok(Update::ConditionFailed(item)) => {
@@ -200,46 +166,20 @@ impl Inner {
     /// library's self-trimming credit (§11.10); `tc` keeps the consumption.
     async fn refund(&self, cx: &Ctx<'_>, shard: i64, image: &BucketImage) {
         let Some(hits) = image.limit(LIMIT_NAME) else { return };
-        let sc = image.shard_count;
-        let ceiling = hits.limit.capacity.0.div_euclid(sc);
-        let mut ex = Ex::default();
-        ex.name("#bt0", &hits_attr("tk")).num(":bd0", cx.total);
-        ex.name("#be0", &hits_attr("cp")).num(":be0", hits.limit.capacity.0);
-        ex.num(":bk0", ceiling.saturating_sub(cx.total));
-        ex.name("#bg0", &hits_attr("gc")).name("#bh0", &hits_attr("sched")).name("#bx0", &hits_attr("rsched"));
-        ex.name("#scn", "shard_count").num(":scn", sc);
-        ex.name("#vu", "vu").name("#sch", "sched").name("#rsc", "rsched").name("#stz", "sched_tz");
-        let shard_pin = if sc == 1 { "(attribute_not_exists(#scn) OR #scn = :scn)" } else { "#scn = :scn" };
-        let cond = vec![
-            "attribute_exists(PK)".to_owned(),
-            "#bt0 <= :bk0".into(),
-            "#be0 = :be0".into(),
-            "attribute_not_exists(#bg0)".into(),
-            "attribute_not_exists(#bh0)".into(),
-            "attribute_not_exists(#bx0)".into(),
-            shard_pin.into(),
-            "attribute_not_exists(#vu)".into(),
-            "attribute_not_exists(#sch)".into(),
-            "attribute_not_exists(#rsc)".into(),
-            "attribute_not_exists(#stz)".into(),
-        ];
-        let req = ex.req(cx.pk(shard), "ADD #bt0 :bd0".into(), cond);
-        let trimmed = match self.db.update(req).await {
-            Ok(Update::Done(_)) => return,
-            Ok(Update::ConditionFailed(_)) => true,
-            Err(e) => {
-                tracing::warn!(error = ?e, resource = %cx.id.resource, "bypass refund failed");
-                return;
-            }
-        };
-        if trimmed {
+        let ceiling = Some((hits.limit.capacity.0, image.shard_count));
+        let limits = vec![Delta { name: LIMIT_NAME, tk: Some(cx.total), tc: None, ceiling }];
+        let credit = Credit { limits, vu: Some(None), trim: false };
+        let Some(req) = credit.render(cx.pk(shard)) else { return };
+        let result = match self.db.update(req).await {
             // Above the ceiling (or unpinnable): credit anyway and force a clamping slow pass.
-            let mut ex = Ex::default();
-            ex.name("#bt0", &hits_attr("tk")).num(":bd0", cx.total).name("#vu", "vu").num(":vz", 0);
-            let req = ex.req(cx.pk(shard), "SET #vu = :vz ADD #bt0 :bd0".into(), vec!["attribute_exists(PK)".into()]);
-            if let Err(e) = self.db.update(req).await {
-                tracing::warn!(error = ?e, resource = %cx.id.resource, "bypass refund failed");
-            }
+            Ok(Update::ConditionFailed(_)) => match (Credit { trim: true, ..credit }).render(cx.pk(shard)) {
+                Some(trimmed) => self.db.update(trimmed).await.map(|_| ()),
+                None => Ok(()),
+            },
+            other => other.map(|_| ()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = ?e, resource = %cx.id.resource, "bypass refund failed");
         }
     }
 }

@@ -9,15 +9,15 @@ use crate::item::BucketImage;
 
 impl Inner {
     pub(super) fn is_bypassed(&self, id: &BucketId) -> bool {
-        self.bypassed.contains(id)
+        self.caches.bypassed.contains(id)
     }
 
     /// The image overrules the cache in both directions (the library's `_learn_bypass`).
     fn learn_bypass(&self, id: &BucketId, image: &BucketImage) {
         if image.bypass.is_some() {
-            self.bypassed.insert(id.clone(), ());
+            self.caches.bypassed.insert(id.clone(), ());
         } else {
-            self.bypassed.remove(id);
+            self.caches.bypassed.remove(id);
         }
     }
 
@@ -28,7 +28,7 @@ impl Inner {
 
     pub(super) fn unsupported(&self, cx: &Ctx<'_>, shard: i64, what: &str) -> StoreError {
         let pk = cx.pk(shard);
-        if self.warned.insert_if_absent(pk, ()) {
+        if self.caches.warned.insert_if_absent(pk, ()) {
             // The entity id is request data (user ids, addresses): it is not logged.
             tracing::warn!(
                 resource = %cx.id.resource,

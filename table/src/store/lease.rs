@@ -27,6 +27,7 @@ use zael_core::store::{EntityOutcome, LeaseChanged, LeaseOpened, LeaseRequest, L
 use super::entity::{Level, Placement, Resolved, Side, Slow, StoredLimit, report, tx_update};
 use super::expr::Ex;
 use super::request::{parse, unavailable};
+use super::write::{Credit, Delta};
 use super::{BucketId, Inner};
 use crate::db::{DbError, Transact};
 use crate::item::{BucketImage, Item, n, s};
@@ -436,53 +437,24 @@ impl Inner {
     }
 }
 
-/// One bucket's adjust write (`build_composite_adjust`), or `None` when it has nothing to
-/// write. `pin(i, name)`: the limit's stored `cp` and the bucket's `shard_count`, the ceiling
-/// of a credit (`None`: the item has no such limit, skip it). `trim`: the credit's ceiling
-/// condition failed once; send it with `SET vu = 0` instead.
+/// One bucket's adjust write (`build_composite_adjust`, [`Credit`]), or `None` when it has
+/// nothing to write. `pin(i, name)`: the limit's stored `cp` and the bucket's `shard_count`,
+/// the ceiling of a credit (`None`: the item has no such limit, skip it). `trim`: the credit's
+/// ceiling condition failed once; send it with `SET vu = 0` instead.
 fn adjust_write(
     pk: String,
     w: &BucketDeltas,
     trim: bool,
     pin: impl Fn(usize, &str) -> Option<(i64, i64)>,
 ) -> Option<crate::db::UpdateReq> {
-    let mut ex = Ex::default();
-    let mut add = Vec::new();
-    let mut cond = vec!["attribute_exists(PK)".to_owned()];
-    let mut pinned_count = None;
-    for (i, (name, delta)) in w.deltas.iter().enumerate() {
-        let Some((cp, shard_count)) = pin(i, name) else { continue };
-        if !w.bypass {
-            ex.name(&format!("#t{i}"), &keys::battr(name, "tk")).num(&format!(":d{i}"), -delta);
-            add.push(format!("#t{i} :d{i}"));
-        }
-        ex.name(&format!("#c{i}"), &keys::battr(name, "tc")).num(&format!(":u{i}"), *delta);
-        add.push(format!("#c{i} :u{i}"));
-        if *delta < 0 && !w.bypass && !trim {
-            // The shard's ceiling: its share of the capacity (`cp // shard_count`).
-            let ceiling = cp.div_euclid(shard_count.max(1));
-            ex.num(&format!(":m{i}"), ceiling.saturating_add(*delta)).num(&format!(":p{i}"), cp);
-            ex.name(&format!("#p{i}"), &keys::battr(name, "cp"));
-            cond.push(format!("#t{i} <= :m{i}"));
-            cond.push(format!("#p{i} = :p{i}"));
-            pinned_count = Some(shard_count);
-        }
-    }
-    if add.is_empty() {
-        return None;
-    }
-    let mut update = format!("ADD {}", add.join(", "));
-    if let Some(shard_count) = pinned_count {
-        ex.name("#sc", "shard_count").num(":sc", shard_count);
-        cond.push(if shard_count == 1 {
-            "(attribute_not_exists(#sc) OR #sc = :sc)".to_owned()
-        } else {
-            "#sc = :sc".to_owned()
-        });
-    }
-    if trim {
-        ex.name("#vu", "vu").num(":vuz", 0);
-        update = format!("SET #vu = :vuz {update}");
-    }
-    Some(ex.req(pk, update, cond))
+    let limits = w
+        .deltas
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (name, delta))| {
+            let ceiling = pin(i, name)?;
+            Some(Delta { name, tk: (!w.bypass).then_some(-delta), tc: Some(*delta), ceiling: Some(ceiling) })
+        })
+        .collect();
+    Credit { limits, vu: None, trim }.render(pk)
 }

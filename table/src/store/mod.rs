@@ -151,10 +151,19 @@ struct BucketId {
     resource: String,
 }
 
+/// The store's I/O: the table, the deadlines, the caches, the test hook.
 struct Inner {
     db: Db,
     call_timeout: Duration,
     cache_ttl: Duration,
+    caches: Caches,
+    rejection_cache: bool,
+    /// Test hook run between a slow path's read and its commit.
+    before_commit: Mutex<Option<CommitHook>>,
+}
+
+/// What the store remembers between calls, each bounded ([`BoundedCache`]).
+struct Caches {
     /// Namespace ids by name (a failure as its message), for the namespace cache TTL.
     namespaces: BoundedCache<String, Result<String, String>>,
     /// `on_unavailable` of each namespace's system config, by namespace name, as last loaded.
@@ -175,9 +184,23 @@ struct Inner {
     warned: BoundedCache<String, ()>,
     /// Shard images recently seen short, of YAML-rule and entity buckets (the rejection cache).
     rejections: Rejections<BucketId>,
-    rejection_cache: bool,
-    /// Test hook run between a slow path's read and its commit.
-    before_commit: Mutex<Option<CommitHook>>,
+}
+
+impl Caches {
+    fn new(options: &DynamoStoreOptions) -> Caches {
+        Caches {
+            namespaces: BoundedCache::new(CACHE_LIMIT, Some(options.namespace_cache_ttl)),
+            policies: BoundedCache::new(CACHE_LIMIT, None),
+            version: Mutex::new(None),
+            shard_counts: BoundedCache::new(CACHE_LIMIT, None),
+            bypassed: BoundedCache::new(CACHE_LIMIT, None),
+            parents: BoundedCache::new(CACHE_LIMIT, None),
+            config_cache: BoundedCache::new(CACHE_LIMIT, Some(options.config_cache_ttl)),
+            resolved: BoundedCache::new(CACHE_LIMIT, Some(options.config_cache_ttl)),
+            warned: BoundedCache::new(CACHE_LIMIT, None),
+            rejections: Rejections::new(),
+        }
+    }
 }
 
 /// A cached answer and when it was fetched (failures are cached as their message).
@@ -217,19 +240,10 @@ impl DynamoStore {
         let table = options.table.clone();
         let store = DynamoStore {
             inner: Arc::new(Inner {
+                caches: Caches::new(&options),
                 db: Db::new(client, options.table),
                 call_timeout: options.call_timeout,
                 cache_ttl: options.namespace_cache_ttl,
-                namespaces: BoundedCache::new(CACHE_LIMIT, Some(options.namespace_cache_ttl)),
-                policies: BoundedCache::new(CACHE_LIMIT, None),
-                version: Mutex::new(None),
-                shard_counts: BoundedCache::new(CACHE_LIMIT, None),
-                bypassed: BoundedCache::new(CACHE_LIMIT, None),
-                parents: BoundedCache::new(CACHE_LIMIT, None),
-                config_cache: BoundedCache::new(CACHE_LIMIT, Some(options.config_cache_ttl)),
-                resolved: BoundedCache::new(CACHE_LIMIT, Some(options.config_cache_ttl)),
-                warned: BoundedCache::new(CACHE_LIMIT, None),
-                rejections: Rejections::new(),
                 rejection_cache: options.rejection_cache,
                 before_commit: Mutex::new(None),
             }),
@@ -249,7 +263,7 @@ impl DynamoStore {
 
     /// Charges rejected by the rejection cache so far (without a DynamoDB call).
     pub fn rejection_cache_hits(&self) -> u64 {
-        self.inner.rejections.hits()
+        self.inner.caches.rejections.hits()
     }
 
     /// The table name.
@@ -334,7 +348,7 @@ impl BucketStore for DynamoStore {
     /// id is resolved, then refreshed in the background every `namespace_cache_ttl`); a
     /// config without it (or no config item) reads as `block`.
     fn on_unavailable(&self, namespace: &str) -> Option<OnUnavailable> {
-        self.inner.policies.get(namespace)
+        self.inner.caches.policies.get(namespace)
     }
 }
 
@@ -440,7 +454,7 @@ impl Inner {
         };
         let avoid = match self.known_short(&cx) {
             Known::Rejected(decided) => {
-                self.rejections.count_hit();
+                self.caches.rejections.count_hit();
                 metrics::counter!(m::REJECTION_CACHE_HITS).increment(1);
                 path("cache_reject");
                 return Ok(decided.scaled());

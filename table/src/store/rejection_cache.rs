@@ -25,7 +25,7 @@ impl Inner {
         if !self.rejection_cache || !cx.charges.iter().all(|c| !c.allow_debt && c.cost >= 1) {
             return Known::Short(Vec::new());
         }
-        let entries = self.rejections.trusted(&cx.id, cx.now.0);
+        let entries = self.caches.rejections.trusted(&cx.id, cx.now.0);
         if entries.is_empty() {
             return Known::Short(Vec::new());
         }
@@ -69,7 +69,7 @@ impl Inner {
             && image.vu.is_none_or(|vu| vu == 0)
             && hits.is_some_and(|h| h.soft.is_none() && cx.params_match(h));
         if !judgeable {
-            self.rejections.forget(&cx.id, shard);
+            self.caches.rejections.forget(&cx.id, shard);
             return;
         }
         self.remember_image(cx, shard, image);
@@ -81,14 +81,14 @@ impl Inner {
         if !self.rejection_cache {
             return;
         }
-        let Some(h) = image.limit(LIMIT_NAME) else { return self.rejections.forget(&cx.id, shard) };
+        let Some(h) = image.limit(LIMIT_NAME) else { return self.caches.rejections.forget(&cx.id, shard) };
         let share = h.limit.shard_share(image.shard_count);
         let balance = plan::project(h.tk, image.rf, &share, cx.now).tokens.0;
         let largest = cx.charges.iter().filter(|c| !c.allow_debt).map(plan::need).max().unwrap_or(0);
         if balance < largest.max(Millitokens::from_tokens(1).0) {
-            self.rejections.remember(&cx.id, shard, image.clone());
+            self.caches.rejections.remember(&cx.id, shard, image.clone());
         } else {
-            self.rejections.forget(&cx.id, shard);
+            self.caches.rejections.forget(&cx.id, shard);
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::keys::MAX_SHARD_COUNT;
 
 impl Inner {
     pub(super) fn cached_count(&self, id: &BucketId) -> i64 {
-        self.shard_counts.get(id).unwrap_or(1)
+        self.caches.shard_counts.get(id).unwrap_or(1)
     }
 
     /// Grows the cached shard count (never lowers it) and returns the larger one.
@@ -21,7 +21,7 @@ impl Inner {
         let count = count.clamp(1, MAX_SHARD_COUNT);
         let known = self.cached_count(id);
         if count > known {
-            self.shard_counts.insert(id.clone(), count);
+            self.caches.shard_counts.insert(id.clone(), count);
             return count;
         }
         known

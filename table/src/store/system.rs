@@ -12,7 +12,7 @@ use crate::keys;
 
 impl Inner {
     pub(super) async fn namespace_id(self: &Arc<Self>, name: &str) -> Result<String, StoreError> {
-        if let Some(known) = self.namespaces.get(name) {
+        if let Some(known) = self.caches.namespaces.get(name) {
             return known.map_err(StoreError::NotFound);
         }
         let item = self.db.get(keys::SYSTEM_PK, &keys::sk_namespace(name), false).await.map_err(unavailable)?;
@@ -27,10 +27,10 @@ impl Inner {
                 )),
             },
         };
-        self.namespaces.insert(name.to_owned(), resolved.clone());
+        self.caches.namespaces.insert(name.to_owned(), resolved.clone());
         if let Ok(id) = &resolved {
             // The first load is part of this call; refreshes run in the background.
-            if self.policies.contains(name) {
+            if self.caches.policies.contains(name) {
                 let me = Arc::clone(self);
                 let (name, id) = (name.to_owned(), id.clone());
                 tokio::spawn(async move { me.load_policy(&name, &id).await });
@@ -62,11 +62,11 @@ impl Inner {
                 OnUnavailable::Block
             }
         };
-        self.policies.insert(name.to_owned(), policy);
+        self.caches.policies.insert(name.to_owned(), policy);
     }
 
     pub(super) async fn check_version(&self) -> Result<(), StoreError> {
-        let cached = self.version.lock().expect("lock").clone();
+        let cached = self.caches.version.lock().expect("lock").clone();
         if let Some((at, verdict)) = &cached
             && at.elapsed() < self.cache_ttl
         {
@@ -98,7 +98,7 @@ impl Inner {
         if let Err(message) = &verdict {
             tracing::error!(%message, "zae-limiter version gate refuses writes");
         }
-        *self.version.lock().expect("lock") = Some((Instant::now(), verdict.clone()));
+        *self.caches.version.lock().expect("lock") = Some((Instant::now(), verdict.clone()));
         verdict.map_err(StoreError::Refused)
     }
 }

@@ -1,7 +1,13 @@
-//! The slow path's write of one bucket shard as a type ([`ShardWrite`]), and its one
-//! renderer into a conditional `UpdateItem` (§11.6 b): the YAML-rule path and the entity path
-//! both say *what* changes (each limit's delta, guard and pins, the stamps, the owner) and
-//! [`ShardWrite::render`] says it in one expression scheme, under the `rf` lock.
+//! The writes of one bucket shard as types, each with its one renderer into a conditional
+//! `UpdateItem`: the YAML-rule path, the entity path and the lease changes say *what* changes
+//! and the renderer says it in one expression scheme.
+//!
+//! * [`Speculative`]: the fast path's debit (§11.2), every condition of the fast path in one
+//!   `ADD`.
+//! * [`ShardWrite`]: the slow path's update under the `rf` lock (§11.6 b): each limit's
+//!   delta, guard and pins, the stamps, the owner.
+//! * [`Credit`]: tokens given back (a refund, a rollback, a negative adjust) and usage
+//!   changed, self-trimming at the shard's ceiling (§11.10).
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use zael_core::bucket::BucketLimit;
@@ -10,6 +16,69 @@ use super::expr::Ex;
 use crate::db::UpdateReq;
 use crate::item::s;
 use crate::keys;
+
+/// The fast path's speculative write: every requested limit debited and counted, and a
+/// write unit taken, under every condition that makes a write without a read safe (the
+/// balance covers the amount or a soft stamp is live; no expired stamp, `ttl` or `vu`; not
+/// disabled; a write unit left). A failure returns the item as it was (`ALL_OLD`).
+pub(super) struct Speculative<'a> {
+    pub now: i64,
+    /// Per limit: its name, the amount (millitokens) and, for a YAML rule, its parameters,
+    /// pinned so that a changed rule takes the slow path that syncs them.
+    pub limits: Vec<(&'a str, i64, Option<BucketLimit>)>,
+    /// Sent to a bucket known bypassed: only `tc` counted, under a live `bypass` stamp.
+    pub bypass_shape: bool,
+}
+
+impl Speculative<'_> {
+    pub(super) fn render(&self, pk: String) -> UpdateReq {
+        let mut ex = Ex::default();
+        ex.name("#byp", "bypass").name("#ttl", "ttl").name("#dis", "disabled");
+        if !self.bypass_shape {
+            ex.name("#vu", "vu");
+        }
+        ex.name("#wt", &keys::battr(keys::WCU, "tk")).name("#wc", &keys::battr(keys::WCU, "tc"));
+        ex.num(":now", self.now).num(":nows", self.now.div_euclid(1000));
+        ex.num(":wper", keys::WCU_PER_WRITE).num(":wd", -keys::WCU_PER_WRITE);
+        let mut add = vec!["#wt :wd".to_owned(), "#wc :wper".to_owned()];
+        let mut cond = vec!["attribute_exists(PK)".to_owned()];
+        for (i, (name, amount, pin)) in self.limits.iter().enumerate() {
+            ex.name(&format!("#c{i}"), &keys::battr(name, "tc")).num(&format!(":a{i}"), *amount);
+            add.push(format!("#c{i} :a{i}"));
+            if !self.bypass_shape {
+                ex.name(&format!("#t{i}"), &keys::battr(name, "tk"));
+                ex.name(&format!("#p{i}"), &keys::battr(name, "cp"))
+                    .name(&format!("#s{i}"), &keys::battr(name, "soft"));
+                ex.num(&format!(":d{i}"), -amount);
+                add.push(format!("#t{i} :d{i}"));
+                cond.push(format!(
+                    "(#byp > :now OR (#s{i} > :now AND attribute_exists(#p{i}) AND attribute_exists(#t{i})) OR #t{i} >= :a{i})"
+                ));
+                cond.push(format!("(attribute_not_exists(#s{i}) OR #s{i} > :now)"));
+                if let Some(limit) = pin {
+                    ex.name(&format!("#a{i}"), &keys::battr(name, "ra"))
+                        .name(&format!("#r{i}"), &keys::battr(name, "rp"));
+                    ex.num(&format!(":pc{i}"), limit.capacity.0)
+                        .num(&format!(":pa{i}"), limit.refill_amount.0)
+                        .num(&format!(":pr{i}"), limit.refill_period_ms);
+                    cond.push(format!("#p{i} = :pc{i} AND #a{i} = :pa{i} AND #r{i} = :pr{i}"));
+                }
+            }
+        }
+        if self.bypass_shape {
+            cond.push("#byp > :now".into());
+        } else {
+            cond.push("(attribute_not_exists(#byp) OR #byp > :now)".into());
+        }
+        cond.push("#wt >= :wper".into());
+        cond.push("(attribute_not_exists(#ttl) OR #ttl > :nows)".into());
+        cond.push("attribute_not_exists(#dis)".into());
+        if !self.bypass_shape {
+            cond.push("(#byp > :now OR attribute_not_exists(#vu) OR #vu > :now)".into());
+        }
+        ex.req(pk, format!("ADD {}", add.join(", ")), cond)
+    }
+}
 
 /// How one limit of the shard changes.
 pub(super) enum Balance {
@@ -194,9 +263,87 @@ impl ShardWrite<'_> {
     }
 }
 
+/// One limit's part of a [`Credit`].
+pub(super) struct Delta<'a> {
+    pub name: &'a str,
+    /// Added to `tk` (a credit is positive); `None`: the balance is untouched (bypass).
+    pub tk: Option<i64>,
+    /// Added to `tc`.
+    pub tc: Option<i64>,
+    /// The limit's stored `cp` and the bucket's `shard_count` a credit was computed from: the
+    /// credited balance must stay at or below the shard's ceiling, `cp // shard_count`.
+    pub ceiling: Option<(i64, i64)>,
+}
+
+/// Tokens given back and usage changed, in one `ADD` (the library's `build_composite_adjust`).
+/// A credit that would lift a balance above its ceiling fails its condition; it is then sent
+/// again with `trim`, unconditioned, with `SET vu = 0`, which sends the next acquire to the
+/// slow path, whose refill clamps the balance to the ceiling.
+pub(super) struct Credit<'a> {
+    pub limits: Vec<Delta<'a>>,
+    /// `vu` as read, pinned (`Some(None)`: absent); `None`: not pinned.
+    pub vu: Option<Option<i64>>,
+    pub trim: bool,
+}
+
+impl Credit<'_> {
+    /// The `UpdateItem` on `pk`, or `None` when it changes nothing.
+    pub(super) fn render(&self, pk: String) -> Option<UpdateReq> {
+        let mut ex = Ex::default();
+        let mut add = Vec::new();
+        let mut cond = vec!["attribute_exists(PK)".to_owned()];
+        let mut pinned_count = None;
+        for (i, d) in self.limits.iter().enumerate() {
+            if let Some(tk) = d.tk {
+                ex.name(&format!("#t{i}"), &keys::battr(d.name, "tk")).num(&format!(":d{i}"), tk);
+                add.push(format!("#t{i} :d{i}"));
+                if let Some((cp, shard_count)) = d.ceiling.filter(|_| tk > 0 && !self.trim) {
+                    let ceiling = cp.div_euclid(shard_count.max(1));
+                    ex.name(&format!("#p{i}"), &keys::battr(d.name, "cp"));
+                    ex.num(&format!(":m{i}"), ceiling.saturating_sub(tk)).num(&format!(":p{i}"), cp);
+                    cond.push(format!("#t{i} <= :m{i}"));
+                    cond.push(format!("#p{i} = :p{i}"));
+                    pinned_count = Some(shard_count);
+                }
+            }
+            if let Some(tc) = d.tc {
+                ex.name(&format!("#c{i}"), &keys::battr(d.name, "tc")).num(&format!(":u{i}"), tc);
+                add.push(format!("#c{i} :u{i}"));
+            }
+        }
+        if add.is_empty() {
+            return None;
+        }
+        if let Some(shard_count) = pinned_count {
+            ex.name("#sc", "shard_count").num(":sc", shard_count);
+            cond.push(if shard_count == 1 {
+                "(attribute_not_exists(#sc) OR #sc = :sc)".to_owned()
+            } else {
+                "#sc = :sc".to_owned()
+            });
+        }
+        let mut update = format!("ADD {}", add.join(", "));
+        if self.trim {
+            ex.name("#vu", "vu").num(":vuz", 0);
+            update = format!("SET #vu = :vuz {update}");
+        } else if let Some(vu) = self.vu {
+            ex.name("#vu", "vu");
+            match vu {
+                None => cond.push("attribute_not_exists(#vu)".into()),
+                Some(v) => {
+                    ex.num(":vur", v);
+                    cond.push("#vu = :vur".into());
+                }
+            }
+        }
+        Some(ex.req(pk, update, cond))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::item::n;
 
     #[test]
     fn one_scheme_for_limits_stamps_ttl_and_owner() {
@@ -241,5 +388,47 @@ mod tests {
         assert_eq!(req.names["#x0"], "bypass");
         assert_eq!(req.values[":g0"], AttributeValue::N("1500".into()));
         assert_eq!(req.values[":p0"], AttributeValue::N("5000".into()));
+    }
+
+    #[test]
+    fn a_speculative_write_pins_a_rule_and_a_bypass_shape_counts_only() {
+        let limit = BucketLimit::from_table(5000, 5000, 60_000);
+        let write = Speculative { now: 1500, limits: vec![("hits", 2000, Some(limit))], bypass_shape: false };
+        let req = write.render("pk".into());
+        assert_eq!(req.update, "ADD #wt :wd, #wc :wper, #c0 :a0, #t0 :d0");
+        let cond = req.condition.expect("conditions");
+        assert!(cond.contains("#t0 >= :a0") && cond.contains("#p0 = :pc0 AND #a0 = :pa0 AND #r0 = :pr0"), "{cond}");
+        assert_eq!((req.values[":d0"].clone(), req.values[":nows"].clone()), (n(-2000), n(1)));
+        let bypass = Speculative { bypass_shape: true, ..write }.render("pk".into());
+        assert_eq!(bypass.update, "ADD #wt :wd, #wc :wper, #c0 :a0");
+        assert_eq!(
+            bypass.condition.as_deref(),
+            Some(
+                "attribute_exists(PK) AND #byp > :now AND #wt >= :wper AND \
+                 (attribute_not_exists(#ttl) OR #ttl > :nows) AND attribute_not_exists(#dis)"
+            )
+        );
+    }
+
+    #[test]
+    fn a_credit_stays_under_the_ceiling_until_it_is_trimmed() {
+        let delta = |tk, tc| Delta { name: "rpm", tk, tc, ceiling: Some((10_000, 2)) };
+        let credit = Credit { limits: vec![delta(Some(3000), Some(-3000))], vu: Some(None), trim: false };
+        let req = credit.render("pk".into()).expect("a write");
+        assert_eq!(req.update, "ADD #t0 :d0, #c0 :u0");
+        assert_eq!(
+            req.condition.as_deref(),
+            Some("attribute_exists(PK) AND #t0 <= :m0 AND #p0 = :p0 AND #sc = :sc AND attribute_not_exists(#vu)")
+        );
+        assert_eq!(req.values[":m0"], AttributeValue::N("2000".into()));
+        let trimmed = Credit { trim: true, ..credit }.render("pk".into()).expect("a write");
+        assert_eq!(trimmed.update, "SET #vu = :vuz ADD #t0 :d0, #c0 :u0");
+        assert_eq!(trimmed.condition.as_deref(), Some("attribute_exists(PK)"));
+        // A debit (an adjust consuming more) is never held to the ceiling; bypass leaves tk.
+        let debit = Credit { limits: vec![delta(Some(-500), Some(500)), delta(None, Some(1))], vu: None, trim: false };
+        let req = debit.render("pk".into()).expect("a write");
+        assert_eq!(req.update, "ADD #t0 :d0, #c0 :u0, #c1 :u1");
+        assert_eq!(req.condition.as_deref(), Some("attribute_exists(PK)"));
+        assert!(Credit { limits: vec![delta(None, None)], vu: None, trim: false }.render("pk".into()).is_none());
     }
 }

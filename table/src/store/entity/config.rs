@@ -121,7 +121,7 @@ impl Inner {
     /// too, since other entities share the resource and system levels); the levels that missed
     /// are read in one BatchGetItem.
     pub(crate) async fn resolve_limits(&self, id: &BucketId) -> Result<Arc<Resolved>, StoreError> {
-        if let Some(resolved) = self.resolved.get(id) {
+        if let Some(resolved) = self.caches.resolved.get(id) {
             return Ok(resolved);
         }
         let keys = keys::config_levels(&id.ns, &id.entity, &id.resource);
@@ -129,7 +129,7 @@ impl Inner {
         let mut oldest = Instant::now();
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            match self.config_cache.get_stamped(key) {
+            match self.caches.config_cache.get_stamped(key) {
                 Some((at, item)) => {
                     items[i] = item;
                     oldest = oldest.min(at);
@@ -142,12 +142,12 @@ impl Inner {
             let mut found = self.db.batch_get(&wanted, false).await.map_err(unavailable)?;
             for i in missing {
                 let item = found.remove(&keys[i]).map(Arc::new);
-                self.config_cache.insert(keys[i].clone(), item.clone());
+                self.caches.config_cache.insert(keys[i].clone(), item.clone());
                 items[i] = item;
             }
         }
         let resolved = Arc::new(resolve(&items));
-        self.resolved.insert_stamped(id.clone(), oldest, resolved.clone());
+        self.caches.resolved.insert_stamped(id.clone(), oldest, resolved.clone());
         Ok(resolved)
     }
 }

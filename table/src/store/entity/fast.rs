@@ -8,12 +8,11 @@ use zael_core::bucket::{EpochMillis, Millitokens};
 use zael_core::store::{EntityOutcome, LimitReport, StoreError};
 
 use super::super::Inner;
-use super::super::expr::Ex;
 use super::super::request::{parse, path, unavailable};
+use super::super::write::{Credit, Delta, Speculative};
 use super::Side;
 use crate::db::{DbError, Update};
 use crate::item::BucketImage;
-use crate::keys::{self, WCU, WCU_PER_WRITE};
 
 /// How a speculative write went.
 pub(super) enum Fast {
@@ -163,32 +162,8 @@ impl Inner {
 
     /// The speculative UpdateItem of one side: every condition term of §11.2.
     pub(super) async fn speculate_side(&self, side: &Side, shard: i64, now: EpochMillis) -> Result<Fast, StoreError> {
-        let mut ex = Ex::default();
-        ex.name("#byp", "bypass").name("#ttl", "ttl").name("#dis", "disabled").name("#vu", "vu");
-        ex.name("#wt", &keys::battr(WCU, "tk")).name("#wc", &keys::battr(WCU, "tc"));
-        ex.num(":now", now.0).num(":nows", now.0.div_euclid(1000)).num(":wper", WCU_PER_WRITE);
-        ex.num(":wd", -WCU_PER_WRITE);
-        let mut add = vec!["#wt :wd".to_owned(), "#wc :wper".to_owned()];
-        let mut cond = vec!["attribute_exists(PK)".to_owned()];
-        for (i, (name, amount)) in side.declared.iter().enumerate() {
-            ex.name(&format!("#t{i}"), &keys::battr(name, "tk"))
-                .name(&format!("#c{i}"), &keys::battr(name, "tc"))
-                .name(&format!("#p{i}"), &keys::battr(name, "cp"))
-                .name(&format!("#s{i}"), &keys::battr(name, "soft"));
-            ex.num(&format!(":a{i}"), *amount).num(&format!(":d{i}"), -amount);
-            add.push(format!("#t{i} :d{i}"));
-            add.push(format!("#c{i} :a{i}"));
-            cond.push(format!(
-                "(#byp > :now OR (#s{i} > :now AND attribute_exists(#p{i}) AND attribute_exists(#t{i})) OR #t{i} >= :a{i})"
-            ));
-            cond.push(format!("(attribute_not_exists(#s{i}) OR #s{i} > :now)"));
-        }
-        cond.push("(attribute_not_exists(#byp) OR #byp > :now)".into());
-        cond.push("#wt >= :wper".into());
-        cond.push("(attribute_not_exists(#ttl) OR #ttl > :nows)".into());
-        cond.push("attribute_not_exists(#dis)".into());
-        cond.push("(#byp > :now OR attribute_not_exists(#vu) OR #vu > :now)".into());
-        let req = ex.req(side.id.pk(shard), format!("ADD {}", add.join(", ")), cond);
+        let limits = side.declared.iter().map(|(name, amount)| (name.as_str(), *amount, None)).collect();
+        let req = Speculative { now: now.0, limits, bypass_shape: false }.render(side.id.pk(shard));
         match self.db.update(req).await {
             Ok(Update::Done(item)) => Ok(Fast::Admitted(parse(&item)?)),
             Ok(Update::ConditionFailed(item)) => Ok(Fast::Failed(item.as_ref().map(parse).transpose()?)),
@@ -259,7 +234,7 @@ impl Inner {
     }
 
     fn cache_reject(&self, reports: Vec<LimitReport>) -> EntityOutcome {
-        self.rejections.count_hit();
+        self.caches.rejections.count_hit();
         metrics::counter!(crate::metrics::REJECTION_CACHE_HITS).increment(1);
         path("entity_cache_reject");
         EntityOutcome::Rejected(reports)
@@ -268,7 +243,7 @@ impl Inner {
     /// The child's reports when only its parent was judged: its limits as last seen, not
     /// exceeded (empty when no trusted image of it is remembered).
     fn untouched(&self, child: &Side, now: EpochMillis) -> Vec<LimitReport> {
-        let known = self.rejections.trusted(&child.id, now.0);
+        let known = self.caches.rejections.trusted(&child.id, now.0);
         let Some((shard, image)) = known.first() else { return Vec::new() };
         let mut reports = acquire::standing(&[child.plan_on(image, *shard, now, false)], now);
         reports.iter_mut().for_each(|r| r.exceeded = false);
@@ -292,53 +267,24 @@ impl Inner {
     }
 
     async fn credit(&self, side: &Side, shard: i64, image: &BucketImage, usage_too: bool) {
-        let amounts: Vec<&(String, i64)> = side.declared.iter().filter(|(_, a)| *a > 0).collect();
-        if amounts.is_empty() {
-            return;
-        }
-        let sc = image.shard_count.max(1);
-        let mut ex = Ex::default();
-        let mut add = Vec::new();
-        let mut cond = vec!["attribute_exists(PK)".to_owned()];
-        for (i, (name, amount)) in amounts.iter().enumerate() {
-            ex.name(&format!("#t{i}"), &keys::battr(name, "tk")).num(&format!(":c{i}"), *amount);
-            add.push(format!("#t{i} :c{i}"));
-            if usage_too {
-                ex.name(&format!("#c{i}"), &keys::battr(name, "tc")).num(&format!(":u{i}"), -amount);
-                add.push(format!("#c{i} :u{i}"));
-            }
-            if let Some(l) = image.limit(name) {
-                ex.name(&format!("#p{i}"), &keys::battr(name, "cp"));
-                ex.num(&format!(":lim{i}"), l.limit.capacity.0.div_euclid(sc).saturating_sub(*amount))
-                    .num(&format!(":cp{i}"), l.limit.capacity.0);
-                cond.push(format!("#t{i} <= :lim{i} AND #p{i} = :cp{i}"));
-            }
-        }
-        ex.name("#sc", "shard_count").name("#vu", "vu").num(":sc", image.shard_count);
-        cond.push("(attribute_not_exists(#sc) OR #sc = :sc)".into());
-        match image.vu {
-            None => cond.push("attribute_not_exists(#vu)".into()),
-            Some(v) => {
-                ex.num(":vur", v);
-                cond.push("#vu = :vur".into());
-            }
-        }
-        let update = format!("ADD {}", add.join(", "));
-        let pk = side.id.pk(shard);
-        let trimmed = ex.req(pk.clone(), update.clone(), cond);
-        let outcome = match self.db.update(trimmed).await {
+        let limits: Vec<Delta<'_>> = side
+            .declared
+            .iter()
+            .filter(|(_, a)| *a > 0)
+            .map(|(name, amount)| Delta {
+                name,
+                tk: Some(*amount),
+                tc: usage_too.then_some(-amount),
+                ceiling: image.limit(name).map(|l| (l.limit.capacity.0, image.shard_count)),
+            })
+            .collect();
+        let credit = Credit { limits, vu: Some(image.vu), trim: false };
+        let Some(req) = credit.render(side.id.pk(shard)) else { return };
+        let outcome = match self.db.update(req).await {
             Ok(Update::ConditionFailed(Some(_))) => {
                 // Over the ceiling or changed meanwhile: credit anyway and force a slow pass to clamp.
-                let mut ex = Ex::default();
-                ex.name("#vu", "vu").num(":vz", 0);
-                for (i, (name, amount)) in amounts.iter().enumerate() {
-                    ex.name(&format!("#t{i}"), &keys::battr(name, "tk")).num(&format!(":c{i}"), *amount);
-                    if usage_too {
-                        ex.name(&format!("#c{i}"), &keys::battr(name, "tc")).num(&format!(":u{i}"), -amount);
-                    }
-                }
-                let req = ex.req(pk, format!("SET #vu = :vz {update}"), vec!["attribute_exists(PK)".into()]);
-                self.db.update(req).await.map(|_| ())
+                let trimmed = Credit { trim: true, ..credit }.render(side.id.pk(shard)).expect("a credit");
+                self.db.update(trimmed).await.map(|_| ())
             }
             other => other.map(|_| ()),
         };

@@ -16,14 +16,14 @@ impl Inner {
     /// Remembers a shard's image after it proved a request short.
     pub(super) fn remember_short(&self, id: &BucketId, shard: i64, image: &BucketImage) {
         if self.rejection_cache {
-            self.rejections.remember(id, shard, image.clone());
+            self.caches.rejections.remember(id, shard, image.clone());
         }
     }
 
     /// Forgets a shard's image: tokens this process gave back must not be hidden by it (the
     /// library's `build_composite_adjust` forgets the shard the same way).
     pub(in super::super) fn forget_short(&self, id: &BucketId, shard: i64) {
-        self.rejections.forget(id, shard);
+        self.caches.rejections.forget(id, shard);
     }
 
     /// The rejection `side` gets from memory: `Some` when every shard of its bucket is known
@@ -33,7 +33,7 @@ impl Inner {
             return None;
         }
         let count = self.cached_count(&side.id);
-        let shards = self.rejections.trusted(&side.id, now.0);
+        let shards = self.caches.rejections.trusted(&side.id, now.0);
         let mut reports = None;
         for shard in 0..count {
             let (_, image) = shards.iter().find(|(s, _)| *s == shard)?;

@@ -166,7 +166,7 @@ impl Inner {
     /// decided by `on_unavailable`.
     pub(super) fn unsupported_entity(&self, id: &BucketId, what: &str) -> StoreError {
         let key = format!("{}/ENTITY#{}#{}", id.ns, id.entity, id.resource);
-        if self.warned.insert_if_absent(key, ()) {
+        if self.caches.warned.insert_if_absent(key, ()) {
             tracing::warn!(entity = %id.entity, resource = %id.resource, feature = %what, "entity uses a zae-limiter feature zael does not implement; deciding per on_unavailable");
         }
         path("unsupported");
@@ -178,7 +178,7 @@ impl Inner {
 
     /// The parent an (entity, resource) cascades to, as its last bucket image said.
     fn cached_parent(&self, id: &BucketId) -> Option<String> {
-        self.parents.get(id).flatten()
+        self.caches.parents.get(id).flatten()
     }
 
     /// What a bucket image says of its owner: the parent it cascades to, the shard count.
@@ -188,6 +188,6 @@ impl Inner {
     }
 
     fn remember_parent(&self, id: &BucketId, parent: Option<String>) {
-        self.parents.insert(id.clone(), parent);
+        self.caches.parents.insert(id.clone(), parent);
     }
 }
