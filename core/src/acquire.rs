@@ -44,6 +44,17 @@ pub struct BucketRead<'a> {
     pub limits: Vec<HeldLimit<'a>>,
 }
 
+/// Whose parameters a limit the bucket holds is refilled and written with.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Params {
+    /// The bucket's own (the library's entity acquire: an operator's change reaches the bucket
+    /// through the library's param sync).
+    Stored,
+    /// The config's, when it has the limit (a YAML rule, the embedded store, an override):
+    /// the write carries them ([`LimitPlan::resync`]).
+    Config,
+}
+
 /// What a store knows of one side before the decision.
 #[derive(Clone, Debug)]
 pub struct SideInput<'a, 'b> {
@@ -57,8 +68,11 @@ pub struct SideInput<'a, 'b> {
     pub shard: i64,
     /// The bucket shard as read; `None` when it does not exist yet.
     pub bucket: Option<BucketRead<'b>>,
-    /// The shard count a new bucket is created with.
+    /// The shard count a new bucket is created with; a limit new on an existing bucket is
+    /// seeded at its share of the larger of this and the bucket's count (the library's
+    /// `seed_shard_count`).
     pub new_shard_count: i64,
+    pub params: Params,
 }
 
 /// One limit of a side's write.
@@ -67,6 +81,8 @@ pub struct LimitPlan {
     pub name: String,
     /// The whole limit (the shard holds its share).
     pub limit: BucketLimit,
+    /// The shard's share of it, which the balances are of.
+    pub share: BucketLimit,
     /// The balance as stored; `None` when the limit is new on this bucket (seeded).
     pub read: Option<Millitokens>,
     /// The balance refilled to the decision's instant (a new limit: its share, full).
@@ -79,6 +95,8 @@ pub struct LimitPlan {
     pub soft: bool,
     /// The config says soft: the bucket carries a live soft stamp for the limit.
     pub stamp_soft: bool,
+    /// The bucket holds other parameters than [`LimitPlan::limit`]: the write syncs them.
+    pub resync: bool,
 }
 
 impl LimitPlan {
@@ -111,12 +129,19 @@ pub fn plan_side<'a>(input: SideInput<'a, '_>, now: EpochMillis) -> SidePlan<'a>
     let bypass = input.access == Access::Bypass;
     let count = input.bucket.as_ref().map_or(input.new_shard_count, |b| b.shard_count).max(1);
     let mut limits: Vec<LimitPlan> = Vec::new();
+    let seed_count = count.max(input.new_shard_count);
     for held in input.bucket.iter().flat_map(|b| &b.limits) {
-        let share = held.limit.shard_share(if held.whole { 1 } else { count });
         let config = input.config.iter().find(|c| c.name == held.name);
+        let limit = match (input.params, config) {
+            (Params::Config, Some(c)) => c.limit,
+            _ => held.limit,
+        };
+        let share = limit.shard_share(if held.whole { 1 } else { count });
         limits.push(LimitPlan {
             name: held.name.to_owned(),
-            limit: held.limit,
+            limit,
+            share,
+            resync: limit != held.limit,
             read: Some(held.state.tokens),
             start: held.state.refilled(&share, now),
             consumed: 0,
@@ -129,15 +154,18 @@ pub fn plan_side<'a>(input: SideInput<'a, '_>, now: EpochMillis) -> SidePlan<'a>
         if limits.iter().any(|l| l.name == c.name) {
             continue;
         }
+        let share = c.limit.shard_share(if input.bucket.is_some() { seed_count } else { count });
         limits.push(LimitPlan {
             name: c.name.clone(),
             limit: c.limit,
+            share,
             read: None,
-            start: BucketState::full(&c.limit.shard_share(count), now),
+            start: BucketState::full(&share, now),
             consumed: 0,
             usage: 0,
             soft: c.soft,
             stamp_soft: c.soft,
+            resync: false,
         });
     }
     for (name, amount) in input.requested {
@@ -232,6 +260,7 @@ mod tests {
             shard: 0,
             bucket: Some(bucket),
             new_shard_count: 1,
+            params: Params::Stored,
         };
         // 6 s at 10 per minute: one token more.
         let plan = plan_side(input, EpochMillis(6000));
@@ -246,6 +275,32 @@ mod tests {
     }
 
     #[test]
+    fn config_parameters_win_when_asked_and_the_write_syncs_them() {
+        let config = [stored("hits", 20, false)];
+        let bucket = || BucketRead { shard_count: 2, limits: vec![held("hits", 10, 1000, 0)] };
+        let input = |params, new_shard_count| SideInput {
+            entity: "e",
+            config: &config,
+            requested: &[],
+            access: Access::Enforced,
+            shard: 0,
+            bucket: Some(bucket()),
+            new_shard_count,
+            params,
+        };
+        // 6 s: 10 per minute over 2 shards refills 500, 20 per minute 1000.
+        let own = plan_side(input(Params::Stored, 2), EpochMillis(6000));
+        assert_eq!((own.limits[0].start.tokens.0, own.limits[0].resync), (1500, false));
+        let synced = plan_side(input(Params::Config, 2), EpochMillis(6000));
+        assert_eq!((synced.limits[0].start.tokens.0, synced.limits[0].resync), (2000, true));
+        assert_eq!(synced.limits[0].limit, BucketLimit::per_period(20, 20, 60));
+        // A limit new on the bucket is seeded at the share of the larger count.
+        let more = [stored("hits", 20, false), stored("tpm", 100, false)];
+        let seeded = plan_side(SideInput { config: &more, ..input(Params::Stored, 4) }, EpochMillis(0));
+        assert_eq!(seeded.limits[1].start.tokens.0, 25_000);
+    }
+
+    #[test]
     fn bypass_counts_usage_without_a_debit_and_shares_follow_the_shard_count() {
         let config = [stored("rpm", 10, false)];
         let requested = [("rpm".to_owned(), 1000)];
@@ -257,6 +312,7 @@ mod tests {
             shard: 1,
             bucket: None,
             new_shard_count: 2,
+            params: Params::Stored,
         };
         let plan = plan_side(input, EpochMillis(0));
         assert_eq!((plan.limits[0].start.tokens.0, plan.limits[0].consumed, plan.limits[0].usage), (5000, 0, 1000));

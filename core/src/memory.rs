@@ -14,7 +14,7 @@
 //! until it expires: an idempotent one to replay, every one so its buckets are not evicted
 //! while it may still adjust them.
 
-use crate::acquire::{BucketRead, HeldLimit, SideInput, SidePlan, decide, plan_side};
+use crate::acquire::{BucketRead, HeldLimit, Params, SideInput, SidePlan, decide, plan_side};
 use crate::bucket::{BucketLimit, BucketState, ChargeOutcome, EpochMillis, Millitokens};
 use crate::entities::{Access, Entities, Namespace, StoredLimit};
 use crate::keys::{BucketKey, is_valid_entity_id, is_valid_resource};
@@ -315,14 +315,13 @@ impl MemoryStore {
         let plans: Vec<SidePlan<'_>> = sides
             .iter()
             .map(|side| {
-                // The config's parameters win over those a slot was last charged with.
                 let bucket = held.buckets.get(&id(side)).map(|slots| BucketRead {
                     shard_count: 1,
                     limits: slots
                         .iter()
                         .map(|(name, slot)| HeldLimit {
                             name,
-                            limit: side.limits.iter().find(|l| l.name == *name).map_or(slot.limit, |l| l.limit),
+                            limit: slot.limit,
                             state: slot.state,
                             soft_stamp: false,
                             whole: false,
@@ -337,6 +336,8 @@ impl MemoryStore {
                     shard: 0,
                     bucket,
                     new_shard_count: 1,
+                    // The config's parameters win over those a slot was last charged with.
+                    params: Params::Config,
                 };
                 plan_side(input, now)
             })

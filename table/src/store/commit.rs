@@ -5,6 +5,7 @@ use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
 use std::collections::HashMap;
 use zael_core::store::StoreError;
 
+use super::entity::{Access, StoredLimit, bucket_read};
 use super::expr::Ex;
 use super::reject::reject_all;
 use super::request::{Ctx, Decided, hits_attr, parse, path, unavailable};
@@ -12,9 +13,10 @@ use super::slow_path::Step;
 use super::write::{Balance, LimitWrite, ShardWrite, StampTo, StampWrite};
 use super::{Inner, LIMIT_NAME};
 use crate::db::{DbError, Transact, Update};
-use crate::item::{BucketImage, LimitImage, NewBucket, NewLimit, StampRead, new_bucket_item, s};
-use crate::keys::{self, WCU};
+use crate::item::{BucketImage, NewBucket, NewLimit, StampRead, new_bucket_item, s};
+use crate::keys;
 use crate::plan::{self, Admission, Plan};
+use zael_core::acquire::{self, Params, SideInput};
 
 impl Inner {
     /// Shape (a): the complete item under `attribute_not_exists(PK)` with the ConditionCheck
@@ -120,20 +122,25 @@ impl Inner {
         }
         let soft_live = hits.and_then(|h| h.soft.as_ref()).is_some_and(|st| st.live(now));
         let admission = if soft_live { Admission::Soft } else { Admission::Enforced };
-        // Seed a missing limit at the share of the larger of the two counts (the library's
-        // `seed_shard_count`); refill an existing one with the YAML parameters.
-        let seed_count = sc.max(count);
-        let (share, balance, refilled_at, refill) = match hits {
-            Some(h) => {
-                let share = cx.limit.shard_share(sc);
-                let p = plan::project(h.tk, image.rf, &share, cx.now);
-                (share, p.tokens.0, p.refilled_at, p.tokens.0 - h.tk)
-            }
-            None => {
-                let share = cx.limit.shard_share(seed_count);
-                (share, share.capacity.0, cx.now, 0)
-            }
+        // Every limit of the item planned by the engine, the rule's own with the YAML parameters
+        // (seeded, when missing, at the share of the larger of the two counts), the others with
+        // their stored ones.
+        let config = [StoredLimit { name: LIMIT_NAME.to_owned(), limit: cx.limit, soft: false }];
+        let input = SideInput {
+            entity: &cx.id.entity,
+            config: &config,
+            requested: &[],
+            access: Access::Enforced,
+            shard,
+            bucket: Some(bucket_read(&image, cx.now)),
+            new_shard_count: count,
+            params: Params::Config,
         };
+        let side = acquire::plan_side(input, cx.now);
+        let seed_count = sc.max(count);
+        let rule = side.limits.iter().find(|l| l.name == LIMIT_NAME).expect("the rule's limit is planned");
+        let (share, balance, refilled_at, refill) =
+            (rule.share, rule.start.tokens.0, rule.start.refilled_at, rule.refill());
         let plan = plan::decide(balance, refilled_at, share.capacity.0, cx.charges, admission);
         let soft_fix: Option<&StampRead> = hits.and_then(|h| h.soft.as_ref()).filter(|st| !st.live(now));
         let bypass_fix: Option<&StampRead> = image.bypass.as_ref().filter(|b| !b.live(now));
@@ -147,44 +154,41 @@ impl Inner {
         }
 
         let debit = plan.tk_debit(admission);
-        let mut limits = Vec::with_capacity(image.limits.len() + 1);
-        let mut horizons = vec![plan::recovery_secs(&cx.limit)];
-        match hits {
-            Some(h) => {
-                if !cx.params_match(h) {
-                    // Param sync (§9.7) folded into this rf-locked write: the YAML limit wins.
-                    path("param_sync");
-                }
-                limits.push(LimitWrite {
+        if rule.resync {
+            // Param sync (§9.7) folded into this rf-locked write: the YAML limit wins.
+            path("param_sync");
+        }
+        // The rule's limit debited (or seeded); every other limit on the item carried: refilled
+        // with its stored parameters and written back under the same lock, never gated.
+        let limits: Vec<LimitWrite<'_>> = side
+            .limits
+            .iter()
+            .map(|l| match l.read {
+                Some(read) if l.name == LIMIT_NAME => LimitWrite {
                     name: LIMIT_NAME,
                     balance: Balance::Add {
                         delta: refill.saturating_sub(debit),
                         usage: plan.consumed(),
                         at_least: plan.guard.map(|guard| (guard.saturating_sub(refill), true)),
-                        at_most: (refill > 0).then_some(h.tk),
+                        at_most: (refill > 0).then_some(read.0),
                     },
-                    params: (!cx.params_match(h)).then_some(cx.limit),
-                });
-            }
-            // Seed (§11.5): the limit is missing from this item.
-            None => limits.push(LimitWrite {
-                name: LIMIT_NAME,
-                balance: Balance::Seed { tk: balance.saturating_sub(debit), usage: plan.consumed() },
-                params: Some(cx.limit),
-            }),
-        }
-        // Every other limit on the item (wcu first) is carried: refilled with its stored
-        // parameters and written back under the same lock, never gated.
-        let mut others: Vec<&LimitImage> = image.limits.iter().filter(|l| l.name != LIMIT_NAME).collect();
-        others.sort_by_key(|l| l.name != WCU);
-        for l in others {
-            let divisor = if l.name == WCU { 1 } else { sc };
-            let share = l.limit.shard_share(divisor);
-            let r = plan::project(l.tk, image.rf, &share, cx.now).tokens.0 - l.tk;
-            let balance = Balance::Add { delta: r, usage: 0, at_least: None, at_most: (r > 0).then_some(l.tk) };
-            limits.push(LimitWrite { name: &l.name, balance, params: None });
-            horizons.push(plan::recovery_secs(&l.limit));
-        }
+                    params: l.resync.then_some(cx.limit),
+                },
+                // Seed (§11.5): the limit is missing from this item.
+                None => LimitWrite {
+                    name: LIMIT_NAME,
+                    balance: Balance::Seed { tk: balance.saturating_sub(debit), usage: plan.consumed() },
+                    params: Some(cx.limit),
+                },
+                Some(read) => {
+                    let r = l.refill();
+                    let balance =
+                        Balance::Add { delta: r, usage: 0, at_least: None, at_most: (r > 0).then_some(read.0) };
+                    LimitWrite { name: &l.name, balance, params: None }
+                }
+            })
+            .collect();
+        let horizons: Vec<f64> = side.limits.iter().map(|l| plan::recovery_secs(&l.limit)).collect();
         let mut stamps = Vec::new();
         if let Some(st) = soft_fix {
             stamps.push(StampWrite { attr: hits_attr("soft"), to: StampTo::Remove, read: Some(&st.raw) });

@@ -17,7 +17,7 @@ mod known;
 mod slow;
 
 use std::sync::Arc;
-use zael_core::acquire::{self, SideInput, SidePlan};
+use zael_core::acquire::{self, Params, SideInput, SidePlan};
 use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};
 use zael_core::store::{EntityOutcome, EntityRequest, LimitReport, StoreError};
 
@@ -28,7 +28,7 @@ use crate::keys;
 pub(crate) use commit::tx_update;
 pub(crate) use config::{Access, Level, Resolved, StoredLimit};
 pub(super) use slow::Slow;
-use slow::bucket_read;
+pub(super) use slow::bucket_read;
 
 /// One side of an acquire (the entity, or its parent) and what it is charged.
 #[derive(Clone, Debug)]
@@ -70,6 +70,7 @@ impl Side {
             shard,
             bucket: Some(read),
             new_shard_count: image.shard_count,
+            params: Params::Stored,
         };
         acquire::plan_side(input, now)
     }

@@ -4,7 +4,7 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::sync::Arc;
-use zael_core::acquire::{self, BucketRead, HeldLimit, SideInput};
+use zael_core::acquire::{self, BucketRead, HeldLimit, Params, SideInput};
 use zael_core::bucket::{BucketState, EpochMillis, Millitokens};
 use zael_core::store::{EntityOutcome, StoreError};
 
@@ -235,6 +235,7 @@ impl Inner {
             shard,
             bucket: read.bucket.as_ref().map(|image| bucket_read(image, now)),
             new_shard_count,
+            params: Params::Stored,
         };
         let plan = acquire::plan_side(input, now);
         Ok(SidePlan { side, image: read.bucket, meta: read.meta, cascade, plan })
