@@ -1,6 +1,7 @@
 //! Pure logic of zael, the Envoy rate limit service on the zae-limiter table format.
 //!
 //! * [`acquire`]: the acquire engine every store decides entity acquires with;
+//! * [`charges`]: a YAML rule's ordered charges on one bucket;
 //! * [`bucket`]: millitoken token-bucket arithmetic of the table format;
 //! * [`config`]: the envoyproxy/ratelimit YAML config and its matcher;
 //! * [`decision`]: descriptors in, bucket charges out, statuses back;
@@ -30,6 +31,7 @@
 
 pub mod acquire;
 pub mod bucket;
+pub mod charges;
 pub mod config;
 pub mod decision;
 pub mod entities;

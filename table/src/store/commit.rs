@@ -7,7 +7,6 @@ use zael_core::store::StoreError;
 
 use super::entity::{Access, StoredLimit, bucket_read};
 use super::expr::Ex;
-use super::reject::reject_all;
 use super::request::{Ctx, Decided, hits_attr, parse, path, unavailable};
 use super::slow_path::Step;
 use super::write::{Balance, LimitWrite, ShardWrite, StampTo, StampWrite};
@@ -298,7 +297,7 @@ impl Inner {
                 self.remember(cx, shard, &image);
                 let share = hits.limit.shard_share(image.shard_count);
                 let p = plan::project(hits.tk, image.rf, &share, cx.now);
-                let rejected = reject_all(p.tokens.0, p.refilled_at, share.capacity.0, cx.charges);
+                let rejected = plan::reject_all(p.tokens.0, p.refilled_at, share.capacity.0, cx.charges);
                 let mut outcomes = rejected.outcomes.clone();
                 if rejected.debt > 0 {
                     outcomes = self.debit(cx, shard, &rejected).await?.unwrap_or(outcomes);

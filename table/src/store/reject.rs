@@ -1,7 +1,7 @@
 //! Decisions that admit nothing: fast rejection from a failure image (§11.4), disabled
 //! buckets, and the unconditional debit of rejected debt charges.
 
-use zael_core::bucket::{Charge, ChargeOutcome, EpochMillis, Millitokens};
+use zael_core::bucket::ChargeOutcome;
 use zael_core::store::StoreError;
 
 use super::expr::Ex;
@@ -92,53 +92,5 @@ impl Inner {
         });
         let plan = plan::decide(balance, cx.now, 0, cx.charges, Admission::Disabled);
         Decided::new(plan.outcomes, image.shard_count)
-    }
-}
-
-/// Every strict charge rejected; debt charges applied (floored) and reported rejected.
-pub(super) fn reject_all(balance: i64, refilled_at: EpochMillis, capacity: i64, charges: &[Charge]) -> Plan {
-    let mut have = balance;
-    let mut plan = Plan {
-        outcomes: Vec::with_capacity(charges.len()),
-        admitted: 0,
-        debt: 0,
-        guard: None,
-        all_admitted: false,
-        debits: Vec::with_capacity(charges.len()),
-    };
-    for c in charges {
-        let mut d = 0;
-        if c.allow_debt {
-            let single = plan::decide(
-                have,
-                refilled_at,
-                capacity,
-                &[Charge { cost: c.cost, allow_debt: true }],
-                Admission::Enforced,
-            );
-            // Admitted or not, a debt charge here is recorded as an unconditional debit.
-            d = single.debits[0];
-        }
-        have = have.saturating_sub(d);
-        plan.debt = plan.debt.saturating_add(d);
-        plan.debits.push(d);
-        plan.outcomes.push(ChargeOutcome { admitted: false, tokens: Millitokens(have), refilled_at });
-    }
-    plan
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reject_all_keeps_only_debts() {
-        let charges = [Charge { cost: 1, allow_debt: false }, Charge { cost: 3, allow_debt: true }];
-        let plan = reject_all(2000, EpochMillis(1), 5000, &charges);
-        assert_eq!(plan.debt, 3000);
-        assert_eq!(
-            plan.outcomes.iter().map(|o| (o.admitted, o.tokens.0)).collect::<Vec<_>>(),
-            [(false, 2000), (false, -1000)]
-        );
     }
 }
