@@ -524,25 +524,7 @@ async fn the_library_step_sequence(kind: Kind) {
 }
 
 /// `oracle.py entity-setup` as an `--entities` file.
-const LIBRARY_ENTITIES: &str = r#"
-namespaces:
-  tenant:
-    system: {limits: ["rpm:3/day", "tpm:50/day"]}
-    resources:
-      gpt-4: {limits: ["rpm:2/day"]}
-    entities:
-      proj-1: {resources: {gpt-4: {limits: ["rpm:8/day"]}}}
-      proj-2: {resources: {gpt-4: {limits: ["rpm:2/day"]}}}
-      proj-3: {resources: {gpt-4: {limits: ["rpm:20/day"]}}}
-      key-1: {parent: proj-1, cascade: true, resources: {gpt-4: {limits: ["rpm:5/day", "tpm:100/day"]}}}
-      key-2: {resources: {claude: {disabled: true}}}
-      key-3: {parent: proj-1, cascade: true}
-      key-4: {parent: proj-2, cascade: true, resources: {gpt-4: {limits: ["rpm:10/day"]}}}
-      key-5: {parent: proj-1, limits: ["rpm:4/day"]}
-      key-6: {resources: {gpt-4: {limits: ["rpm:2/day", "tpm:10/day"], soft: [rpm]}}}
-      key-7: {resources: {gpt-4: {limits: ["rpm:1/day"], disabled: bypass}}}
-      key-8: {parent: proj-3, cascade: true, resources: {gpt-4: {limits: ["rpm:30/day"]}}}
-"#;
+const LIBRARY_ENTITIES: &str = include_str!("library-entities.yaml");
 
 fn library_steps_input() -> Value {
     let text = include_str!("steps.json");

@@ -19,28 +19,10 @@ fn moto() -> &'static Moto {
     MOTO.get_or_init(Moto::start)
 }
 
-/// The library scenario's namespace `tenant` (per-day limits: nothing visible refills during a
-/// test), and `empty`, with no limits at all.
-const ENTITIES: &str = r#"
-namespaces:
-  tenant:
-    system: {limits: ["rpm:3/day", "tpm:50/day"]}
-    resources:
-      gpt-4: {limits: ["rpm:2/day"]}
-    entities:
-      proj-1: {resources: {gpt-4: {limits: ["rpm:8/day"]}}}
-      proj-2: {resources: {gpt-4: {limits: ["rpm:2/day"]}}}
-      key-1:
-        parent: proj-1
-        cascade: true
-        resources: {gpt-4: {limits: ["rpm:5/day", "tpm:100/day"]}}
-      key-2: {resources: {claude: {disabled: true}}}
-      key-4:
-        parent: proj-2
-        cascade: true
-        resources: {gpt-4: {limits: ["rpm:10/day"]}}
-  empty: {}
-"#;
+/// The library scenario (`oracle.py entity-setup`) as an `--entities` file: the namespace
+/// `tenant` (per-day limits: nothing visible refills during a test), and `empty`, with no
+/// limits at all.
+const ENTITIES: &str = include_str!("../../table/tests/library-entities.yaml");
 
 const RLS_CONFIG: &str = "domain: demo\ndescriptors: []\n";
 const LEASE_KEY: &str = "native-api-test-lease-key";
