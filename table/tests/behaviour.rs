@@ -198,6 +198,7 @@ namespaces:
 on_both_stores!(
     a_multi_limit_acquire_debits_every_limit_exactly,
     a_rejection_debits_nothing_and_reports_the_short_limits,
+    a_refill_remainder_carries_over_a_warm_admission,
     cascade_charges_the_parent_and_a_parent_rejection_rejects_the_whole,
     disabled_entities_resources_and_parents_are_never_admitted,
     limits_resolve_from_the_first_level_defining_any,
@@ -214,6 +215,7 @@ on_both_stores!(
     an_expired_lease_changes_nothing,
     an_idempotent_open_replays_its_lease_until_it_expires,
     yaml_rule_charges_are_sequential_with_debt,
+    yaml_rule_buckets_of_one_call_are_charged_each_on_its_own,
     the_library_step_sequence,
 );
 
@@ -232,6 +234,20 @@ async fn a_multi_limit_acquire_debits_every_limit_exactly(kind: Kind) {
     // A zero amount checks without consuming.
     let check = s.acquire("pair", &[("tpm", 0)], 6_000).await;
     assert_eq!(admitted(&check), [("pair", "tpm", 450_000, 0, false)]);
+}
+
+/// rpm 10 a minute refills a millitoken every 6 ms: 6,500 ms on, 1,083 have come (6,498 ms of
+/// refill). A warm admission writes only the debit, so the 2 ms left over still count later
+/// (on DynamoDB the speculative write leaves `rf`; the embedded store keeps `rf + spent`).
+async fn a_refill_remainder_carries_over_a_warm_admission(kind: Kind) {
+    let s = open(kind, ENTITIES).await;
+    s.acquire("pair", &[("rpm", 5)], 0).await;
+    let out = s.acquire("pair", &[("rpm", 1)], 6_500).await;
+    assert_eq!(admitted(&out), [("pair", "rpm", 5083, 1000, false)]);
+    // 12 s of refill in all: 2,000, less the two debits.
+    assert_eq!(s.balances("pair", 12_000).await[0], balance("pair", "rpm", 6000));
+    let out = s.acquire("pair", &[("rpm", 0)], 12_000).await;
+    assert_eq!(admitted(&out), [("pair", "rpm", 6000, 0, false)]);
 }
 
 async fn a_rejection_debits_nothing_and_reports_the_short_limits(kind: Kind) {
@@ -491,6 +507,23 @@ async fn yaml_rule_charges_are_sequential_with_debt(kind: Kind) {
     // 5 per minute: 36 s give 3 tokens, one left after the debt.
     req.charges = vec![strict(1), strict(1)];
     assert_eq!(rows(&charge(&req, 36_000).await), [(true, 0), (false, 0)]);
+}
+
+/// One call charging several YAML-rule buckets answers each on its own, in order.
+async fn yaml_rule_buckets_of_one_call_are_charged_each_on_its_own(kind: Kind) {
+    let s = open(kind, ENTITIES).await;
+    let one = |entity: &str, capacity, cost| {
+        let charges = [Charge { cost, allow_debt: false }];
+        common::request("ns", entity, "demo.key", BucketLimit::per_period(capacity, capacity, 3600), &charges)
+    };
+    let requests = [one("key_a", 1, 1), one("key_b", 5, 2), one("key_a", 1, 0)];
+    let rows = |out: Vec<Vec<ChargeOutcome>>| -> Vec<Vec<(bool, i64)>> {
+        out.iter().map(|o| o.iter().map(|o| (o.admitted, o.tokens.0)).collect()).collect()
+    };
+    let first = s.store.charge(&requests[..2], at(0)).await.expect("charge");
+    assert_eq!(rows(first), [vec![(true, 0)], vec![(true, 3000)]]);
+    let second = s.store.charge(&requests, at(0)).await.expect("charge");
+    assert_eq!(rows(second), [vec![(false, 0)], vec![(true, 1000)], vec![(true, 0)]]);
 }
 
 /// The Python library's step sequence (`table/tests/entities.rs`): both stores give the
