@@ -114,6 +114,30 @@ async fn consumption(table: &str) -> std::collections::BTreeMap<String, i64> {
     out
 }
 
+/// A bypassed entity (key-7): once a bucket image showed the stamp, every acquire is one
+/// UpdateItem in the bypass shape (`tc` counted, `tk` untouched), not a debit and its refund.
+#[tokio::test]
+async fn a_known_bypassed_bucket_takes_one_write_per_acquire() {
+    let (table, ns) = library_table("ent-bypass").await;
+    let store = store(&table).await;
+    let consume = json!({"rpm": 1});
+    let req = || entity_request("key-7", "gpt-4", consume.as_object().unwrap());
+    let t0 = now();
+    // First use (slow path, stamped bypass), then a normal-shape debit given back.
+    for _ in 0..2 {
+        assert!(matches!(acquire(&store, req(), t0).await, EntityOutcome::Admitted(_)));
+    }
+    let before = store.calls();
+    for _ in 0..3 {
+        let EntityOutcome::Admitted(reports) = acquire(&store, req(), t0).await else { panic!("bypassed") };
+        assert_eq!((reports[0].tokens.0, reports[0].bypass), (1000, true));
+    }
+    let after = store.calls();
+    assert_eq!((after.update_item - before.update_item, after.total() - before.total()), (3, 3));
+    let bucket = get_item(&table, &format!("{ns}/BUCKET#key-7#gpt-4#0")).await.expect("bucket");
+    assert_eq!((num(&bucket, "b_rpm_tk"), num(&bucket, "b_rpm_tc")), (1000, 5000));
+}
+
 #[tokio::test]
 async fn warm_entity_acquires_take_one_write_per_bucket_and_the_library_stays_fast() {
     let (table, ns) = library_table("ent-calls").await;

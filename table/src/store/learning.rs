@@ -13,7 +13,7 @@ impl Inner {
     }
 
     /// The image overrules the cache in both directions (the library's `_learn_bypass`).
-    fn learn_bypass(&self, id: &BucketId, image: &BucketImage) {
+    pub(super) fn learn_bypass(&self, id: &BucketId, image: &BucketImage) {
         if image.bypass.is_some() {
             self.caches.bypassed.insert(id.clone(), ());
         } else {

@@ -16,9 +16,18 @@ use crate::item::BucketImage;
 
 /// How a speculative write went.
 pub(super) enum Fast {
-    Admitted(BucketImage),
+    Admitted(Landed),
     Failed(Option<BucketImage>),
     Contended,
+}
+
+/// A speculative write that landed.
+pub(super) struct Landed {
+    /// The item after the write.
+    pub image: BucketImage,
+    /// `tk` was debited: the normal shape (the bypass shape, sent to a bucket known bypassed,
+    /// counts `tc` only).
+    pub debited: bool,
 }
 
 /// What a failed image decides.
@@ -63,8 +72,8 @@ impl Inner {
         let parent_result = match parent_result {
             Some((pshard, Ok(fast))) => Some((pshard, fast)),
             Some((_, Err(e))) => {
-                if let Ok(Fast::Admitted(image)) = &child_result {
-                    self.refund_side(&child, shard, image).await;
+                if let Ok(Fast::Admitted(landed)) = &child_result {
+                    self.refund_side(&child, shard, landed).await;
                 }
                 return Err(e);
             }
@@ -77,8 +86,8 @@ impl Inner {
                 return Err(e);
             }
         };
-        let child_image = match child_fast {
-            Fast::Admitted(image) => image,
+        let child_landed = match child_fast {
+            Fast::Admitted(landed) => landed,
             failed => {
                 self.refund_admitted(parent.as_ref(), &parent_result).await;
                 return match failed {
@@ -91,8 +100,9 @@ impl Inner {
                 };
             }
         };
-        self.learn_parent(&child.id, &child_image);
-        let child_reports = self.admitted_reports(&child, shard, &child_image, now).await;
+        let child_image = &child_landed.image;
+        self.learn_parent(&child.id, child_image);
+        let child_reports = self.admitted_reports(&child, shard, &child_landed, now).await;
         // The image overrules the cache on whether and where the entity cascades.
         let charges_parent = match &child_image.cascades_to {
             Some(to) if parent.as_ref().is_none_or(|p| p.id.entity != *to) => {
@@ -120,7 +130,7 @@ impl Inner {
                 let fast = match self.speculate_side(&parent, pshard, now).await {
                     Ok(fast) => fast,
                     Err(e) => {
-                        self.refund_side(&child, shard, &child_image).await;
+                        self.refund_side(&child, shard, &child_landed).await;
                         return Err(e);
                     }
                 };
@@ -131,20 +141,20 @@ impl Inner {
             return Err(StoreError::Unavailable("internal: cascade without a parent write".into()));
         };
         match parent_fast {
-            Fast::Admitted(parent_image) => {
-                self.learn_count(&parent.id, parent_image.shard_count);
+            Fast::Admitted(parent_landed) => {
+                self.learn_count(&parent.id, parent_landed.image.shard_count);
                 path("entity_fast_cascade");
                 let mut reports = child_reports;
-                reports.extend(self.admitted_reports(&parent, pshard, &parent_image, now).await);
+                reports.extend(self.admitted_reports(&parent, pshard, &parent_landed, now).await);
                 Ok(EntityOutcome::Admitted(reports))
             }
             Fast::Failed(image) => {
-                self.refund_side(&child, shard, &child_image).await;
+                self.refund_side(&child, shard, &child_landed).await;
                 match self.judge(&parent, pshard, image, now).await? {
                     Judged::Disabled => Ok(EntityOutcome::Disabled { entity: parent.id.entity.clone() }),
                     Judged::Rejected(parent_reports) => {
                         // The child's debit was refunded: report its balance before it.
-                        let before = child.plan_on(&child_image, shard, now, true);
+                        let before = child.plan_on(child_image, shard, now, child_landed.debited);
                         let mut reports = acquire::standing(&[before], now);
                         reports.iter_mut().for_each(|r| r.exceeded = false);
                         reports.extend(parent_reports);
@@ -154,18 +164,43 @@ impl Inner {
                 }
             }
             Fast::Contended => {
-                self.refund_side(&child, shard, &child_image).await;
+                self.refund_side(&child, shard, &child_landed).await;
                 self.slow_entity(&child, consume, shard, now).await
             }
         }
     }
 
-    /// The speculative UpdateItem of one side: every condition term of §11.2.
+    /// The speculative UpdateItem of one side: every condition term of §11.2, or the bypass
+    /// shape on a bucket known bypassed (a shape that finds the stamp gone is forgotten and
+    /// sent again in the normal shape). Every image teaches the bypass cache.
     pub(super) async fn speculate_side(&self, side: &Side, shard: i64, now: EpochMillis) -> Result<Fast, StoreError> {
+        let bypass_shape = self.is_bypassed(&side.id);
+        let fast = self.speculate_shape(side, shard, now, bypass_shape).await?;
+        let fast = match fast {
+            Fast::Failed(Some(image)) if bypass_shape && !image.bypass.as_ref().is_some_and(|b| b.live(now.0)) => {
+                self.caches.bypassed.remove(&side.id);
+                self.speculate_shape(side, shard, now, false).await?
+            }
+            other => other,
+        };
+        match &fast {
+            Fast::Admitted(Landed { image, .. }) | Fast::Failed(Some(image)) => self.learn_bypass(&side.id, image),
+            _ => {}
+        }
+        Ok(fast)
+    }
+
+    async fn speculate_shape(
+        &self,
+        side: &Side,
+        shard: i64,
+        now: EpochMillis,
+        bypass_shape: bool,
+    ) -> Result<Fast, StoreError> {
         let limits = side.declared.iter().map(|(name, amount)| (name.as_str(), *amount, None)).collect();
-        let req = Speculative { now: now.0, limits, bypass_shape: false }.render(side.id.pk(shard));
+        let req = Speculative { now: now.0, limits, bypass_shape }.render(side.id.pk(shard));
         match self.db.update(req).await {
-            Ok(Update::Done(item)) => Ok(Fast::Admitted(parse(&item)?)),
+            Ok(Update::Done(item)) => Ok(Fast::Admitted(Landed { image: parse(&item)?, debited: !bypass_shape })),
             Ok(Update::ConditionFailed(item)) => Ok(Fast::Failed(item.as_ref().map(parse).transpose()?)),
             Err(DbError::Conflict) => Ok(Fast::Contended),
             Err(e) => Err(unavailable(e)),
@@ -217,18 +252,13 @@ impl Inner {
         Ok(Judged::Slow(shard))
     }
 
-    /// The reports of a landed debit. On a bucket stamped `bypass` the usage stays counted but
-    /// the balance is given back (the library's `_refund_bypassed_debit`).
-    async fn admitted_reports(
-        &self,
-        side: &Side,
-        shard: i64,
-        image: &BucketImage,
-        now: EpochMillis,
-    ) -> Vec<LimitReport> {
-        let reports = acquire::decide(&[side.plan_on(image, shard, now, true)], now).reports;
-        if image.bypass.as_ref().is_some_and(|b| b.live(now.0)) {
-            self.refund_tokens(side, shard, image).await;
+    /// The reports of a landed write. A normal-shape debit on a bucket stamped `bypass` keeps
+    /// the usage counted but gives the balance back (the library's `_refund_bypassed_debit`).
+    async fn admitted_reports(&self, side: &Side, shard: i64, landed: &Landed, now: EpochMillis) -> Vec<LimitReport> {
+        let image = &landed.image;
+        let reports = acquire::decide(&[side.plan_on(image, shard, now, landed.debited)], now).reports;
+        if landed.debited && image.bypass.as_ref().is_some_and(|b| b.live(now.0)) {
+            self.credit(side, shard, image, true, false).await;
         }
         reports
     }
@@ -251,30 +281,27 @@ impl Inner {
     }
 
     async fn refund_admitted(&self, side: Option<&Side>, result: &Option<(i64, Fast)>) {
-        if let (Some(side), Some((shard, Fast::Admitted(image)))) = (side, result) {
-            self.refund_side(side, *shard, image).await;
+        if let (Some(side), Some((shard, Fast::Admitted(landed)))) = (side, result) {
+            self.refund_side(side, *shard, landed).await;
         }
     }
 
-    /// Credits back a landed debit (`tk` and `tc`), self-trimming at the ceiling (§11.10).
-    pub(super) async fn refund_side(&self, side: &Side, shard: i64, image: &BucketImage) {
-        self.credit(side, shard, image, true).await;
+    /// Takes back a landed write whose partner failed: the usage, and the debit when there was
+    /// one, self-trimming at the ceiling (§11.10).
+    pub(super) async fn refund_side(&self, side: &Side, shard: i64, landed: &Landed) {
+        self.credit(side, shard, &landed.image, landed.debited, true).await;
     }
 
-    /// Gives back the `tk` of a debit that landed on a bypassed bucket (`tc` keeps the usage).
-    async fn refund_tokens(&self, side: &Side, shard: i64, image: &BucketImage) {
-        self.credit(side, shard, image, false).await;
-    }
-
-    async fn credit(&self, side: &Side, shard: i64, image: &BucketImage, usage_too: bool) {
+    /// Gives back each requested amount: to `tk` when `tokens`, off `tc` when `usage`.
+    async fn credit(&self, side: &Side, shard: i64, image: &BucketImage, tokens: bool, usage: bool) {
         let limits: Vec<Delta<'_>> = side
             .declared
             .iter()
             .filter(|(_, a)| *a > 0)
             .map(|(name, amount)| Delta {
                 name,
-                tk: Some(*amount),
-                tc: usage_too.then_some(-amount),
+                tk: tokens.then_some(*amount),
+                tc: usage.then_some(-amount),
                 ceiling: image.limit(name).map(|l| (l.limit.capacity.0, image.shard_count)),
             })
             .collect();
