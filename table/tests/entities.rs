@@ -353,6 +353,36 @@ async fn a_lost_create_race_and_a_lost_rf_lock_fall_back_to_consumption_only() {
     assert!(matches!(outcome, EntityOutcome::Rejected(_)), "{outcome:?}");
 }
 
+/// A bucket spread over two shards, one drained: an acquire drawn to the drained shard tries
+/// the other before it rejects (the library's shard retry), so every token of the bucket is
+/// admitted whichever shard each acquire draws first.
+#[tokio::test]
+async fn a_drained_shard_sends_the_acquire_to_the_other_before_rejecting() {
+    let (table, ns) = library_table("ent-shards").await;
+    let store = store(&table).await;
+    let t = now();
+    // key-5: rpm 4 a day; doubled to two shards of 2 tokens (see the test below).
+    assert!(matches!(acquire(&store, key5(), t).await, EntityOutcome::Admitted(_)));
+    let zero = format!("{ns}/BUCKET#key-5#gpt-4#0");
+    stamp(&table, &zero, &[("b_wcu_tk", n(0)), ("rf", n(t.0 + 600_000))]).await;
+    assert!(matches!(acquire(&store, key5(), t).await, EntityOutcome::Admitted(_)));
+    let one = format!("{ns}/BUCKET#key-5#gpt-4#1");
+    assert_eq!(num(&get_item(&table, &zero).await.expect("shard 0"), "shard_count"), 2);
+    for round in 0..5 {
+        // Shard 0 empty, shard 1 holding 2 tokens, both with write units and no refill due.
+        stamp(&table, &zero, &[("b_rpm_tk", n(0)), ("b_wcu_tk", n(1_000_000)), ("rf", n(t.0))]).await;
+        stamp(&table, &one, &[("b_rpm_tk", n(2000)), ("b_wcu_tk", n(1_000_000)), ("rf", n(t.0))]).await;
+        let fresh = store_with(options(&table)).await;
+        for i in 0..2 {
+            let outcome = acquire(&fresh, key5(), t).await;
+            assert!(matches!(outcome, EntityOutcome::Admitted(_)), "round {round}, acquire {i}: {outcome:?}");
+        }
+        let outcome = acquire(&fresh, key5(), t).await;
+        assert!(matches!(outcome, EntityOutcome::Rejected(_)), "round {round}: {outcome:?}");
+        assert_eq!(num(&get_item(&table, &one).await.expect("shard 1"), "b_rpm_tk"), 0);
+    }
+}
+
 #[tokio::test]
 async fn bucket_stamps_and_unsupported_config_are_decided_without_guessing() {
     let (table, ns) = library_table("ent-stamps").await;

@@ -2,6 +2,7 @@
 //! per side, child and parent in parallel when the parent is known, refunds of a side whose
 //! partner failed, and the judgement of a failed image (§11.3, §11.4).
 
+use rand::Rng;
 use std::sync::Arc;
 use zael_core::acquire;
 use zael_core::bucket::{EpochMillis, Millitokens};
@@ -13,6 +14,10 @@ use super::super::write::{Credit, Delta, Speculative};
 use super::Side;
 use crate::db::{DbError, Update};
 use crate::item::BucketImage;
+
+/// Other shards a rejected write probes before the rejection stands (the library's
+/// `_MAX_SHARD_RETRIES`).
+const SHARD_RETRIES: usize = 2;
 
 /// How a speculative write went.
 pub(super) enum Fast {
@@ -91,11 +96,21 @@ impl Inner {
             failed => {
                 self.refund_admitted(parent.as_ref(), &parent_result).await;
                 return match failed {
-                    Fast::Failed(image) => match self.judge(&child, shard, image, now).await? {
-                        Judged::Disabled => Ok(EntityOutcome::Disabled { entity: child.id.entity.clone() }),
-                        Judged::Rejected(reports) => Ok(EntityOutcome::Rejected(reports)),
-                        Judged::Slow(shard) => self.slow_entity(&child, consume, shard, now).await,
-                    },
+                    Fast::Failed(image) => {
+                        // A shard of a bucket spread over several holds its share only: others
+                        // may still admit (the library's `_retry_on_other_shard`), unless the
+                        // entity cascades, which only the slow path commits with its parent.
+                        let probe = image.as_ref().filter(|i| i.shard_count > 1 && i.cascades_to.is_none());
+                        let count = probe.map(|i| i.shard_count);
+                        match self.judge(&child, shard, image, now).await? {
+                            Judged::Disabled => Ok(EntityOutcome::Disabled { entity: child.id.entity.clone() }),
+                            Judged::Rejected(reports) => match count {
+                                Some(count) => self.other_shards(&child, consume, shard, count, reports, now).await,
+                                None => Ok(EntityOutcome::Rejected(reports)),
+                            },
+                            Judged::Slow(shard) => self.slow_entity(&child, consume, shard, now).await,
+                        }
+                    }
                     _ => self.slow_entity(&child, consume, shard, now).await,
                 };
             }
@@ -168,6 +183,47 @@ impl Inner {
                 self.slow_entity(&child, consume, shard, now).await
             }
         }
+    }
+
+    /// Up to [`SHARD_RETRIES`] other shards of a rejected entity bucket: the first to admit
+    /// decides; one the fast path cannot settle (missing, contended, short of only a stamp)
+    /// goes to the slow path; if every probe is short, the first rejection stands.
+    async fn other_shards(
+        self: &Arc<Self>,
+        child: &Side,
+        consume: &[(Arc<str>, Millitokens)],
+        first: i64,
+        count: i64,
+        rejected: Vec<LimitReport>,
+        now: EpochMillis,
+    ) -> Result<EntityOutcome, StoreError> {
+        let mut tried = vec![first];
+        for _ in 0..SHARD_RETRIES {
+            let untried: Vec<i64> = (0..count).filter(|s| !tried.contains(s)).collect();
+            if untried.is_empty() {
+                break;
+            }
+            let shard = untried[rand::rng().random_range(0..untried.len())];
+            tried.push(shard);
+            match self.speculate_side(child, shard, now).await? {
+                Fast::Admitted(landed) if landed.image.cascades_to.is_some() => {
+                    // This shard's stamp says the entity cascades: undo, let the slow path commit both.
+                    self.refund_side(child, shard, &landed).await;
+                    return self.slow_entity(child, consume, shard, now).await;
+                }
+                Fast::Admitted(landed) => {
+                    path("entity_fast");
+                    return Ok(EntityOutcome::Admitted(self.admitted_reports(child, shard, &landed, now).await));
+                }
+                Fast::Contended | Fast::Failed(None) => return self.slow_entity(child, consume, shard, now).await,
+                Fast::Failed(image) => match self.judge(child, shard, image, now).await? {
+                    Judged::Disabled => return Ok(EntityOutcome::Disabled { entity: child.id.entity.clone() }),
+                    Judged::Rejected(_) => {}
+                    Judged::Slow(shard) => return self.slow_entity(child, consume, shard, now).await,
+                },
+            }
+        }
+        Ok(EntityOutcome::Rejected(rejected))
     }
 
     /// The speculative UpdateItem of one side: every condition term of §11.2, or the bypass
@@ -245,7 +301,6 @@ impl Inner {
             let sc = image.shard_count;
             let count = self.double(&side.id, sc).await?;
             if count > sc {
-                use rand::Rng;
                 return Ok(Judged::Slow(rand::rng().random_range(sc..count)));
             }
         }
