@@ -222,6 +222,55 @@ pub fn decide(sides: &[SidePlan<'_>], now: EpochMillis) -> Judgement {
     judge(&views, now)
 }
 
+/// What [`crate::store::BucketStore::available`] reports of one side: every limit the config
+/// resolves, by name, its balance refilled to `now` and summed over the bucket's shards as read
+/// (`shards[k]` is shard `k`; one not there counts full at its share), nothing requested.
+pub fn balances(
+    entity: &str,
+    config: &[StoredLimit],
+    shards: Vec<Option<BucketRead<'_>>>,
+    params: Params,
+    now: EpochMillis,
+) -> Vec<LimitReport> {
+    let count = i64::try_from(shards.len()).unwrap_or(1).max(1);
+    let mut totals: Vec<i64> = vec![0; config.len()];
+    for (shard, bucket) in (0..count).zip(shards) {
+        let input = SideInput {
+            entity,
+            config,
+            requested: &[],
+            access: Access::Enforced,
+            shard,
+            bucket,
+            new_shard_count: count,
+            params,
+        };
+        let plan = plan_side(input, now);
+        for (total, c) in totals.iter_mut().zip(config) {
+            let tokens = plan.limits.iter().find(|l| l.name == c.name).map_or(0, |l| l.start.tokens.0);
+            *total = total.saturating_add(tokens);
+        }
+    }
+    let mut reports: Vec<LimitReport> = config
+        .iter()
+        .zip(totals)
+        .map(|(c, total)| LimitReport {
+            entity: entity.to_owned(),
+            name: c.name.clone(),
+            limit: c.limit,
+            shard_count: count,
+            shard: 0,
+            bypass: false,
+            tokens: Millitokens(total),
+            at: now,
+            requested: Millitokens(0),
+            exceeded: false,
+        })
+        .collect();
+    reports.sort_by(|a, b| a.name.cmp(&b.name));
+    reports
+}
+
 /// The sides' requested limits as they stand, none debited, the short ones exceeded (what a
 /// store reports of a side it did not charge).
 pub fn standing(sides: &[SidePlan<'_>], now: EpochMillis) -> Vec<LimitReport> {
@@ -298,6 +347,15 @@ mod tests {
         let more = [stored("hits", 20, false), stored("tpm", 100, false)];
         let seeded = plan_side(SideInput { config: &more, ..input(Params::Stored, 4) }, EpochMillis(0));
         assert_eq!(seeded.limits[1].start.tokens.0, 25_000);
+    }
+
+    #[test]
+    fn balances_sum_the_shards_and_count_a_missing_one_full() {
+        let config = [stored("tpm", 100, false), stored("rpm", 10, false)];
+        let shard0 = BucketRead { shard_count: 2, limits: vec![held("rpm", 10, 1000, 0), held("tpm", 100, 0, 0)] };
+        let reports = balances("key", &config, vec![Some(shard0), None], Params::Stored, EpochMillis(0));
+        let rows: Vec<_> = reports.iter().map(|r| (r.name.as_str(), r.tokens.0, r.shard_count)).collect();
+        assert_eq!(rows, [("rpm", 1000 + 5000, 2), ("tpm", 50_000, 2)]);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! until it expires: an idempotent one to replay, every one so its buckets are not evicted
 //! while it may still adjust them.
 
-use crate::acquire::{BucketRead, HeldLimit, Params, SideInput, SidePlan, decide, plan_side};
+use crate::acquire::{BucketRead, HeldLimit, Params, SideInput, SidePlan, balances, decide, plan_side};
 use crate::bucket::{BucketLimit, BucketState, ChargeOutcome, EpochMillis, Millitokens};
 use crate::entities::{Access, Entities, Namespace, StoredLimit};
 use crate::keys::{BucketKey, is_valid_entity_id, is_valid_resource};
@@ -122,6 +122,23 @@ enum Plan<'a> {
     Charge(Vec<Side<'a>>),
 }
 
+/// An entity bucket as the engine reads it: one shard, each limit with its last parameters.
+fn bucket_read(slots: &BTreeMap<String, LimitSlot>) -> BucketRead<'_> {
+    BucketRead {
+        shard_count: 1,
+        limits: slots
+            .iter()
+            .map(|(name, slot)| HeldLimit {
+                name,
+                limit: slot.limit,
+                state: slot.state,
+                soft_stamp: false,
+                whole: false,
+            })
+            .collect(),
+    }
+}
+
 fn unknown_namespace(namespace: &str) -> StoreError {
     StoreError::NotFound(format!(
         "namespace '{namespace}' is not registered (zael-server --entities FILE declares namespaces)"
@@ -135,29 +152,6 @@ fn check_ids(entity: &str, resource: &str) -> Result<(), StoreError> {
         Err(StoreError::Refused(format!(
             "entity '{entity}' on resource '{resource}' is outside the zae-limiter identifier rules"
         )))
-    }
-}
-
-fn report(
-    entity: &str,
-    name: &str,
-    limit: BucketLimit,
-    tokens: Millitokens,
-    requested: i64,
-    exceeded: bool,
-    now: EpochMillis,
-) -> LimitReport {
-    LimitReport {
-        entity: entity.to_owned(),
-        name: name.to_owned(),
-        limit,
-        shard_count: 1,
-        shard: 0,
-        bypass: false,
-        tokens,
-        at: now,
-        requested: Millitokens(requested),
-        exceeded,
     }
 }
 
@@ -315,19 +309,7 @@ impl MemoryStore {
         let plans: Vec<SidePlan<'_>> = sides
             .iter()
             .map(|side| {
-                let bucket = held.buckets.get(&id(side)).map(|slots| BucketRead {
-                    shard_count: 1,
-                    limits: slots
-                        .iter()
-                        .map(|(name, slot)| HeldLimit {
-                            name,
-                            limit: slot.limit,
-                            state: slot.state,
-                            soft_stamp: false,
-                            whole: false,
-                        })
-                        .collect(),
-                });
+                let bucket = held.buckets.get(&id(side)).map(bucket_read);
                 let input = SideInput {
                     entity: side.entity,
                     config: &side.limits,
@@ -449,26 +431,17 @@ impl MemoryStore {
         check_ids(entity, resource)?;
         let ns = self.namespace(namespace)?;
         let Some(own) = ns.resolve(entity, resource) else { return Ok(Vec::new()) };
-        let mut sides = vec![(entity, own.limits.to_vec())];
+        let mut sides = vec![(entity, own.limits)];
         if let Some(parent) = ns.cascades_to(entity)
             && let Some(limits) = ns.resolve(parent, resource)
         {
-            sides.push((parent, limits.limits.to_vec()));
-        }
-        for (_, limits) in &mut sides {
-            limits.sort_by(|a, b| a.name.cmp(&b.name));
+            sides.push((parent, limits.limits));
         }
         let held = self.held();
         let mut reports = Vec::new();
         for (owner, limits) in sides {
-            let bucket = held.buckets.get(&EntityBucketId::new(namespace, owner, resource));
-            for l in &limits {
-                let tokens = match bucket.and_then(|b| b.get(&l.name)) {
-                    Some(slot) => slot.state.refilled(&l.limit, now).tokens,
-                    None => l.limit.capacity,
-                };
-                reports.push(report(owner, &l.name, l.limit, tokens, 0, false, now));
-            }
+            let bucket = held.buckets.get(&EntityBucketId::new(namespace, owner, resource)).map(bucket_read);
+            reports.extend(balances(owner, limits, vec![bucket], Params::Config, now));
         }
         Ok(reports)
     }

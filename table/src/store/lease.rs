@@ -24,7 +24,7 @@ use zael_core::bucket::EpochMillis;
 use zael_core::lease::{BucketDeltas, Lease, LeaseChange, LeaseEnd, LeaseState, Verdict};
 use zael_core::store::{EntityOutcome, LeaseChanged, LeaseOpened, LeaseRequest, LimitReport, StoreError};
 
-use super::entity::{Level, Placement, Resolved, Side, Slow, StoredLimit, report, tx_update};
+use super::entity::{Level, Resolved, Side, Slow, StoredLimit, bucket_read, tx_update};
 use super::expr::Ex;
 use super::request::{parse, unavailable};
 use super::write::{Credit, Delta};
@@ -32,7 +32,7 @@ use super::{BucketId, Inner};
 use crate::db::{DbError, Transact};
 use crate::item::{BucketImage, Item, n, s};
 use crate::keys;
-use crate::plan;
+use zael_core::acquire::{self, Params};
 
 /// Attempts of a lease change that keeps losing races.
 const ATTEMPTS: usize = 5;
@@ -418,21 +418,8 @@ impl Inner {
                 images.push(found.remove(key).map(|i| parse(&i)).transpose()?);
             }
         }
-        let reports = limits
-            .limits
-            .iter()
-            .map(|l| {
-                let total: i64 = images
-                    .iter()
-                    .map(|image| match image.as_ref().and_then(|i| i.limit(&l.name).map(|li| (i, li))) {
-                        Some((i, li)) => plan::project(li.tk, i.rf, &li.limit.shard_share(count), now).tokens.0,
-                        None => l.limit.shard_share(count).capacity.0,
-                    })
-                    .fold(0i64, i64::saturating_add);
-                let at = Placement { shard_count: count, shard: 0, bypass: false };
-                report(&id.entity, &l.name, l.limit, at, total, now, 0, false)
-            })
-            .collect();
+        let reads = images.iter().map(|image| image.as_ref().map(|i| bucket_read(i, now))).collect();
+        let reports = acquire::balances(&id.entity, &limits.limits, reads, Params::Stored, now);
         Ok(reports)
     }
 }

@@ -18,8 +18,8 @@ mod slow;
 
 use std::sync::Arc;
 use zael_core::acquire::{self, Params, SideInput, SidePlan};
-use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};
-use zael_core::store::{EntityOutcome, EntityRequest, LimitReport, StoreError};
+use zael_core::bucket::{EpochMillis, Millitokens};
+use zael_core::store::{EntityOutcome, EntityRequest, StoreError};
 
 use super::request::path;
 use super::{BucketId, Inner};
@@ -73,39 +73,6 @@ impl Side {
             params: Params::Stored,
         };
         acquire::plan_side(input, now)
-    }
-}
-
-/// Where a report's balance was read.
-#[derive(Copy, Clone, Debug)]
-pub(super) struct Placement {
-    pub shard_count: i64,
-    pub shard: i64,
-    pub bypass: bool,
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(super) fn report(
-    entity: &str,
-    name: &str,
-    limit: BucketLimit,
-    at_shard: Placement,
-    tokens: i64,
-    at: EpochMillis,
-    requested: i64,
-    exceeded: bool,
-) -> LimitReport {
-    LimitReport {
-        entity: entity.to_owned(),
-        name: name.to_owned(),
-        limit,
-        shard_count: at_shard.shard_count,
-        shard: at_shard.shard,
-        bypass: at_shard.bypass,
-        tokens: Millitokens(tokens),
-        at,
-        requested: Millitokens(requested),
-        exceeded,
     }
 }
 
