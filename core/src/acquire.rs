@@ -154,7 +154,7 @@ pub fn plan_side<'a>(input: SideInput<'a, '_>, now: EpochMillis) -> SidePlan<'a>
         if limits.iter().any(|l| l.name == c.name) {
             continue;
         }
-        let share = c.limit.shard_share(if input.bucket.is_some() { seed_count } else { count });
+        let share = c.limit.shard_share(seed_count);
         limits.push(LimitPlan {
             name: c.name.clone(),
             limit: c.limit,
@@ -208,11 +208,6 @@ impl SidePlan<'_> {
             bypass: self.bypass,
             requested,
         }
-    }
-
-    /// The limits an admission changes (requested, with a debit or usage).
-    pub fn charged(&self) -> impl Iterator<Item = &LimitPlan> {
-        self.limits.iter().filter(|l| l.consumed != 0 || l.usage != 0)
     }
 }
 
@@ -374,7 +369,6 @@ mod tests {
         };
         let plan = plan_side(input, EpochMillis(0));
         assert_eq!((plan.limits[0].start.tokens.0, plan.limits[0].consumed, plan.limits[0].usage), (5000, 0, 1000));
-        assert_eq!(plan.charged().count(), 1);
         let judged = decide(&[plan], EpochMillis(0));
         assert!(judged.admitted && judged.reports[0].bypass);
         assert_eq!(judged.reports[0].tokens.0, 5000);

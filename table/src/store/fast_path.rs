@@ -3,21 +3,18 @@
 //! bypassed bucket.
 
 use rand::Rng;
-use std::collections::HashSet;
 use std::sync::Arc;
 use zael_core::store::StoreError;
 
 use super::classify::Class;
 use super::request::{Ctx, Decided, parse, path, unavailable};
+use super::sharding::other_shards;
 use super::write::{Credit, Delta, Speculative};
 use super::{Inner, LIMIT_NAME};
 use crate::db::{DbError, Update};
 use crate::item::BucketImage;
 use crate::metrics as m;
 use crate::plan::{self, Admission};
-
-/// Other shards a failed fast path probes before rejecting (the library's `_MAX_SHARD_RETRIES`).
-const SHARD_RETRIES: usize = 2;
 
 enum Spec {
     Landed { image: BucketImage, bypass_shape: bool },
@@ -66,14 +63,7 @@ impl Inner {
                 // slow pass that clears it.
                 return self.slow(cx, shard, Some(sc)).await;
             }
-            let mut tried = HashSet::from([shard]);
-            for _ in 0..SHARD_RETRIES {
-                let untried: Vec<i64> = (0..sc).filter(|s| !tried.contains(s)).collect();
-                if untried.is_empty() {
-                    break;
-                }
-                let other = untried[rand::rng().random_range(0..untried.len())];
-                tried.insert(other);
+            for other in other_shards(shard, sc) {
                 match self.speculate_learning(cx, other).await? {
                     Spec::Landed { image, bypass_shape } => return self.landed(cx, other, image, bypass_shape).await,
                     Spec::Contention => return self.slow(cx, other, Some(sc)).await,

@@ -11,6 +11,21 @@ use super::{BucketId, Inner};
 use crate::db::{DbError, Update};
 use crate::keys::MAX_SHARD_COUNT;
 
+/// Other shards a rejected speculative write probes before the rejection stands (the
+/// library's `_MAX_SHARD_RETRIES`), YAML-rule and entity buckets alike.
+pub(super) const SHARD_RETRIES: usize = 2;
+
+/// The shards a rejected write on `first` of a bucket of `count` shards probes next: up to
+/// [`SHARD_RETRIES`] untried ones, each drawn at random.
+pub(super) fn other_shards(first: i64, count: i64) -> Vec<i64> {
+    let mut untried: Vec<i64> = (0..count).filter(|s| *s != first).collect();
+    let mut drawn = Vec::with_capacity(SHARD_RETRIES);
+    while drawn.len() < SHARD_RETRIES && !untried.is_empty() {
+        drawn.push(untried.swap_remove(rand::rng().random_range(0..untried.len())));
+    }
+    drawn
+}
+
 impl Inner {
     pub(super) fn cached_count(&self, id: &BucketId) -> i64 {
         self.caches.shard_counts.get(id).unwrap_or(1)
@@ -86,6 +101,22 @@ impl Inner {
             if let Ok(Err(e)) = joined {
                 tracing::warn!(error = ?e, "shard count propagation incomplete");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_are_untried_distinct_and_at_most_two() {
+        assert!(other_shards(0, 1).is_empty());
+        assert_eq!(other_shards(0, 2), [1]);
+        for _ in 0..50 {
+            let drawn = other_shards(2, 5);
+            assert_eq!(drawn.len(), SHARD_RETRIES);
+            assert!(drawn[0] != drawn[1] && !drawn.contains(&2) && drawn.iter().all(|s| (0..5).contains(s)));
         }
     }
 }

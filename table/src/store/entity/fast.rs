@@ -10,14 +10,11 @@ use zael_core::store::{EntityOutcome, LimitReport, StoreError};
 
 use super::super::Inner;
 use super::super::request::{parse, path, unavailable};
+use super::super::sharding::other_shards;
 use super::super::write::{Credit, Delta, Speculative};
 use super::Side;
 use crate::db::{DbError, Update};
 use crate::item::BucketImage;
-
-/// Other shards a rejected write probes before the rejection stands (the library's
-/// `_MAX_SHARD_RETRIES`).
-const SHARD_RETRIES: usize = 2;
 
 /// How a speculative write went.
 pub(super) enum Fast {
@@ -185,7 +182,7 @@ impl Inner {
         }
     }
 
-    /// Up to [`SHARD_RETRIES`] other shards of a rejected entity bucket: the first to admit
+    /// Up to two other shards ([`other_shards`]) of a rejected entity bucket: the first to admit
     /// decides; one the fast path cannot settle (missing, contended, short of only a stamp)
     /// goes to the slow path; if every probe is short, the first rejection stands.
     async fn other_shards(
@@ -197,14 +194,7 @@ impl Inner {
         rejected: Vec<LimitReport>,
         now: EpochMillis,
     ) -> Result<EntityOutcome, StoreError> {
-        let mut tried = vec![first];
-        for _ in 0..SHARD_RETRIES {
-            let untried: Vec<i64> = (0..count).filter(|s| !tried.contains(s)).collect();
-            if untried.is_empty() {
-                break;
-            }
-            let shard = untried[rand::rng().random_range(0..untried.len())];
-            tried.push(shard);
+        for shard in other_shards(first, count) {
             match self.speculate_side(child, shard, now).await? {
                 Fast::Admitted(landed) if landed.image.cascades_to.is_some() => {
                     // This shard's stamp says the entity cascades: undo, let the slow path commit both.
