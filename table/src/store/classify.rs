@@ -12,7 +12,6 @@ pub(super) enum Class {
     Disabled,
     Unsupported(String),
     Boundary,
-    ClearedBypass,
     ParamsChanged,
     Exhausted { wcu: bool },
 }
@@ -33,9 +32,6 @@ impl Inner {
         let soft_expired = hits.and_then(|h| h.soft.as_ref()).is_some_and(|s| !s.live(now));
         if (!bypass_live && image.bypass.is_some()) || (!bypass_shape && soft_expired) {
             return Class::Boundary;
-        }
-        if bypass_shape && !bypass_live {
-            return Class::ClearedBypass;
         }
         if !bypass_shape && hits.is_some_and(|h| !cx.params_match(h)) {
             return Class::ParamsChanged;

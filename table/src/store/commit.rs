@@ -1,19 +1,15 @@
 //! The slow path's commit shapes (§11.5): (a) create, (b) the `rf`-locked normal update
 //! (with param sync, seeding and stamp removal), (c) the consumption-only retry.
 
-use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
-use std::collections::HashMap;
 use zael_core::store::StoreError;
 
 use super::entity::{Access, StoredLimit, bucket_read};
-use super::expr::Ex;
 use super::request::{Ctx, Decided, hits_attr, parse, path, unavailable};
 use super::slow_path::Step;
-use super::write::{Balance, LimitWrite, ShardWrite, StampTo, StampWrite};
+use super::write::{Balance, Consume, Guard, LimitWrite, ShardWrite, StampTo, StampWrite, Take};
 use super::{Inner, LIMIT_NAME};
 use crate::db::{DbError, Transact, Update};
-use crate::item::{BucketImage, NewBucket, NewLimit, StampRead, new_bucket_item, s};
-use crate::keys;
+use crate::item::{BucketImage, NewBucket, NewLimit, StampRead, new_bucket_item};
 use crate::plan::{self, Admission, Plan};
 use zael_core::acquire::{self, Params, SideInput};
 
@@ -48,27 +44,7 @@ impl Inner {
             }],
         );
         let created = BucketImage::parse(&item).ok();
-        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Unavailable(format!("building a create: {e}"));
-        let put = Put::builder()
-            .table_name(&self.db.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(PK)")
-            .build()
-            .map_err(build)?;
-        let meta_key = HashMap::from([
-            ("PK".to_owned(), s(keys::pk_entity(&cx.id.ns, &cx.id.entity))),
-            ("SK".to_owned(), s(keys::SK_META)),
-        ]);
-        let check = ConditionCheck::builder()
-            .table_name(&self.db.table)
-            .set_key(Some(meta_key))
-            .condition_expression("attribute_not_exists(PK)")
-            .build()
-            .map_err(build)?;
-        let items = vec![
-            TransactWriteItem::builder().put(put).build(),
-            TransactWriteItem::builder().condition_check(check).build(),
-        ];
+        let items = self.create_shard(&cx.id, item, None)?.to_vec();
         match self.db.transact(items).await {
             Ok(Transact::Done) => {
                 path("slow_create");
@@ -240,42 +216,14 @@ impl Inner {
             path("slow_retry");
             return Ok(Step::Done(Decided::new(plan.outcomes.clone(), count)));
         }
-        let mut ex = Ex::default();
-        let mut cond = Vec::new();
-        let update = match seed {
-            None => {
-                ex.name("#bt0", &hits_attr("tk")).name("#bc0", &hits_attr("tc")).name("#be0", &hits_attr("cp"));
-                ex.num(":bd0", -debit).num(":bcd0", plan.consumed());
-                match plan.guard {
-                    Some(guard) => {
-                        ex.name("#bo0", &hits_attr("soft")).num(":bnow", cx.now.0).num(":bf0", guard);
-                        cond.push(
-                            "(#bt0 >= :bf0 OR (#bo0 > :bnow AND attribute_exists(#be0) AND attribute_exists(#bt0)))"
-                                .to_owned(),
-                        );
-                    }
-                    None => cond.push("attribute_exists(#be0) AND attribute_exists(#bt0)".to_owned()),
-                }
-                "ADD #bt0 :bd0, #bc0 :bcd0".to_owned()
-            }
-            Some(start) => {
-                ex.name("#st0", &hits_attr("tk")).name("#sc0", &hits_attr("tc"));
-                ex.name("#sp0", &hits_attr("cp")).name("#sa0", &hits_attr("ra")).name("#sr0", &hits_attr("rp"));
-                ex.num(":st0", start).num(":sq0", debit).num(":sc0", plan.consumed());
-                ex.num(":sp0", cx.limit.capacity.0)
-                    .num(":sa0", cx.limit.refill_amount.0)
-                    .num(":sr0", cx.limit.refill_period_ms);
-                if let Some(guard) = plan.guard {
-                    ex.num(":sf0", guard);
-                    cond.push("(attribute_not_exists(#st0) OR #st0 >= :sf0)".to_owned());
-                }
-                cond.push("attribute_exists(PK)".to_owned());
-                "SET #st0 = if_not_exists(#st0, :st0) - :sq0, #sp0 = if_not_exists(#sp0, :sp0), \
-                 #sa0 = if_not_exists(#sa0, :sa0), #sr0 = if_not_exists(#sr0, :sr0) ADD #sc0 :sc0"
-                    .to_owned()
-            }
+        let guard = match (seed, plan.guard) {
+            (Some(start), floor) => Guard::Seed { start, limit: cx.limit, floor },
+            (None, Some(floor)) => Guard::Covers { floor, soft_escape: true },
+            (None, None) => Guard::Held,
         };
-        let req = ex.req(cx.pk(shard), update, cond);
+        let take = Take { name: LIMIT_NAME, debit, usage: plan.consumed(), guard };
+        let write = Consume { now: cx.now.0, limits: vec![take], under_bypass: false };
+        let req = write.render(cx.pk(shard)).expect("a consumption");
         match self.db.update(req).await {
             Ok(Update::Done(item)) => {
                 path("slow_retry");

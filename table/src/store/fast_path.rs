@@ -7,11 +7,11 @@ use std::sync::Arc;
 use zael_core::store::StoreError;
 
 use super::classify::Class;
-use super::request::{Ctx, Decided, parse, path, unavailable};
+use super::entity::{Fast, Landed};
+use super::request::{Ctx, Decided, path};
 use super::sharding::other_shards;
-use super::write::{Credit, Delta, Speculative};
+use super::write::{Credit, Delta};
 use super::{Inner, LIMIT_NAME};
-use crate::db::{DbError, Update};
 use crate::item::BucketImage;
 use crate::metrics as m;
 use crate::plan::{self, Admission};
@@ -33,7 +33,7 @@ impl Inner {
                 (Class::Missing, _) | (_, None) => return self.slow(cx, shard, None).await,
                 (Class::Disabled, Some(image)) => return Ok(self.disabled(cx, &image)),
                 (Class::Unsupported(what), _) => return Err(self.unsupported(cx, shard, &what)),
-                (Class::Boundary | Class::ParamsChanged | Class::ClearedBypass, Some(image)) => {
+                (Class::Boundary | Class::ParamsChanged, Some(image)) => {
                     return self.slow(cx, shard, Some(image.shard_count)).await;
                 }
                 (Class::Exhausted { wcu }, Some(image)) => {
@@ -68,7 +68,7 @@ impl Inner {
                     Spec::Landed { image, bypass_shape } => return self.landed(cx, other, image, bypass_shape).await,
                     Spec::Contention => return self.slow(cx, other, Some(sc)).await,
                     Spec::Failed { class, image: other_image } => match class {
-                        Class::Missing | Class::Boundary | Class::ParamsChanged | Class::ClearedBypass => {
+                        Class::Missing | Class::Boundary | Class::ParamsChanged => {
                             return self.slow(cx, other, Some(sc)).await;
                         }
                         Class::Unsupported(what) => return Err(self.unsupported(cx, other, &what)),
@@ -86,42 +86,25 @@ impl Inner {
         self.slow(cx, shard, Some(sc)).await
     }
 
-    /// One speculative write on `shard`, in the shape the bypass cache calls for; a bypass
-    /// shape that finds the stamp gone is forgotten and re-sent in the normal shape.
+    /// One speculative write on `shard` ([`Inner::speculate`]), what its image teaches, and
+    /// why it failed.
     async fn speculate_learning(&self, cx: &Ctx<'_>, shard: i64) -> Result<Spec, StoreError> {
-        let bypass_shape = self.is_bypassed(&cx.id);
-        let mut spec = self.speculate(cx, shard, bypass_shape).await?;
-        if bypass_shape && matches!(spec, Spec::Failed { class: Class::ClearedBypass, .. }) {
-            self.caches.bypassed.remove(&cx.id);
-            spec = self.speculate(cx, shard, false).await?;
+        let limits = [(LIMIT_NAME, cx.total, Some(cx.limit))];
+        let (fast, bypass_shape) = self.speculate(&cx.id, &limits, shard, cx.now).await?;
+        if let Fast::Admitted(Landed { image, .. }) | Fast::Failed(Some(image)) = &fast {
+            self.learn_count(&cx.id, image.shard_count);
+            self.remember(cx, shard, image);
         }
-        match &spec {
-            Spec::Landed { image, .. } | Spec::Failed { image: Some(image), .. } => {
-                self.learn(&cx.id, image);
-                self.remember(cx, shard, image);
+        Ok(match fast {
+            Fast::Admitted(Landed { image, debited }) => Spec::Landed { image, bypass_shape: !debited },
+            Fast::Failed(image) => {
+                if image.is_none() {
+                    self.caches.rejections.forget(&cx.id, shard);
+                }
+                Spec::Failed { class: self.classify(cx, image.as_ref(), bypass_shape), image }
             }
-            Spec::Failed { image: None, .. } => self.caches.rejections.forget(&cx.id, shard),
-            Spec::Contention => {}
-        }
-        Ok(spec)
-    }
-
-    /// The speculative UpdateItem on `shard`: the normal shape (every condition term of
-    /// §11.2, plus pins on the item's `cp`/`ra`/`rp` so a changed YAML limit takes the slow
-    /// path that syncs it), or the bypass shape.
-    async fn speculate(&self, cx: &Ctx<'_>, shard: i64, bypass_shape: bool) -> Result<Spec, StoreError> {
-        let write = Speculative { now: cx.now.0, limits: vec![(LIMIT_NAME, cx.total, Some(cx.limit))], bypass_shape };
-        let req = write.render(cx.pk(shard));
-        match self.db.update(req).await {
-            Ok(Update::Done(item)) => Ok(Spec::Landed { image: parse(&item)?, bypass_shape }),
-            Ok(Update::ConditionFailed(item)) => {
-                let image = item.as_ref().map(parse).transpose()?;
-                let class = self.classify(cx, image.as_ref(), bypass_shape);
-                Ok(Spec::Failed { class, image })
-            }
-            Err(DbError::Conflict) => Ok(Spec::Contention),
-            Err(e) => Err(unavailable(e)),
-        }
+            Fast::Contended => Spec::Contention,
+        })
     }
 
     /// Outcomes of a landed speculative write; a normal-shape debit that landed on a live
@@ -158,16 +141,7 @@ impl Inner {
         let Some(hits) = image.limit(LIMIT_NAME) else { return };
         let ceiling = Some((hits.limit.capacity.0, image.shard_count));
         let limits = vec![Delta { name: LIMIT_NAME, tk: Some(cx.total), tc: None, ceiling }];
-        let credit = Credit { limits, vu: Some(None), trim: false };
-        let Some(req) = credit.render(cx.pk(shard)) else { return };
-        let result = match self.db.update(req).await {
-            // Above the ceiling (or unpinnable): credit anyway and force a clamping slow pass.
-            Ok(Update::ConditionFailed(_)) => match (Credit { trim: true, ..credit }).render(cx.pk(shard)) {
-                Some(trimmed) => self.db.update(trimmed).await.map(|_| ()),
-                None => Ok(()),
-            },
-            other => other.map(|_| ()),
-        };
+        let result = self.send_credit(cx.pk(shard), Credit { limits, vu: Some(image.vu), trim: false }).await;
         if let Err(e) = result {
             tracing::warn!(error = ?e, resource = %cx.id.resource, "bypass refund failed");
         }

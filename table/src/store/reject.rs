@@ -4,8 +4,8 @@
 use zael_core::bucket::ChargeOutcome;
 use zael_core::store::StoreError;
 
-use super::expr::Ex;
-use super::request::{Ctx, Decided, hits_attr, parse, path, unavailable};
+use super::request::{Ctx, Decided, parse, path, unavailable};
+use super::write::{Consume, Guard, Take};
 use super::{Inner, LIMIT_NAME};
 use crate::db::Update;
 use crate::item::BucketImage;
@@ -52,12 +52,9 @@ impl Inner {
         shard: i64,
         plan: &Plan,
     ) -> Result<Option<Vec<ChargeOutcome>>, StoreError> {
-        let mut ex = Ex::default();
-        ex.name("#bt0", &hits_attr("tk")).num(":bd0", -plan.debt);
-        ex.name("#bc0", &hits_attr("tc")).num(":bcd0", plan.debt);
-        ex.name("#be0", &hits_attr("cp"));
-        let cond = vec!["attribute_exists(PK)".to_owned(), "attribute_exists(#be0)".into()];
-        let req = ex.req(cx.pk(shard), "ADD #bt0 :bd0, #bc0 :bcd0".into(), cond);
+        let take = Take { name: LIMIT_NAME, debit: plan.debt, usage: plan.debt, guard: Guard::Held };
+        let req = Consume { now: cx.now.0, limits: vec![take], under_bypass: false }.render(cx.pk(shard));
+        let Some(req) = req else { return Ok(None) };
         path("debt");
         match self.db.update(req).await.map_err(unavailable)? {
             Update::Done(item) => {

@@ -7,6 +7,7 @@ use zael_core::store::StoreError;
 
 use super::expr::Ex;
 use super::request::{Ctx, Decided, hits_attr, parse, path, unavailable};
+use super::write::{Consume, Guard, Take};
 use super::{Inner, LIMIT_NAME};
 use crate::db::{DbError, Update};
 use crate::item::{BucketImage, StampRead};
@@ -69,11 +70,9 @@ impl Inner {
             path("slow_bypass");
             return Ok(Step::Done(Decided::new(plan.outcomes, image.shard_count)));
         }
-        let mut ex = Ex::default();
-        ex.name("#bc0", &hits_attr("tc")).num(":bcd0", plan.consumed());
-        ex.name("#byp", "bypass").num(":bnow", cx.now.0);
-        let cond = vec!["attribute_exists(PK)".to_owned(), "#byp > :bnow".into()];
-        let req = ex.req(cx.pk(shard), "ADD #bc0 :bcd0".into(), cond);
+        let take = Take { name: LIMIT_NAME, debit: 0, usage: plan.consumed(), guard: Guard::Held };
+        let write = Consume { now: cx.now.0, limits: vec![take], under_bypass: true };
+        let req = write.render(cx.pk(shard)).expect("a usage");
         match self.db.update(req).await {
             Ok(Update::Done(_)) => {
                 path("slow_bypass");

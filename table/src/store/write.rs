@@ -8,6 +8,8 @@
 //!   delta, guard and pins, the stamps, the owner.
 //! * [`Credit`]: tokens given back (a refund, a rollback, a negative adjust) and usage
 //!   changed, self-trimming at the shard's ceiling (§11.10).
+//! * [`Consume`]: consumption alone, no refill (§11.6 c): the slow path's retry after a lost
+//!   race, a rejected rule's debt, a bypassed bucket's usage.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use zael_core::bucket::BucketLimit;
@@ -340,10 +342,122 @@ impl Credit<'_> {
     }
 }
 
+/// How a [`Consume`] keeps one limit's take valid without a read.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(super) enum Guard {
+    /// The item holds the limit (a soft limit, a debt, a bypassed bucket's usage).
+    Held,
+    /// The stored balance is at least `floor`; with `soft_escape`, a live soft stamp on a held
+    /// limit passes instead.
+    Covers { floor: i64, soft_escape: bool },
+    /// The item may lack the limit: then it is seeded at `start` with `limit`'s parameters
+    /// before the take; when it holds it, its balance is at least `floor`.
+    Seed { start: i64, limit: BucketLimit, floor: Option<i64> },
+}
+
+/// One limit's part of a [`Consume`].
+pub(super) struct Take<'a> {
+    pub name: &'a str,
+    /// Millitokens off `tk` (0: `tk` untouched).
+    pub debit: i64,
+    /// Millitokens onto `tc`.
+    pub usage: i64,
+    pub guard: Guard,
+}
+
+/// Consumption alone, in one `ADD`: no refill, no stamp change, `rf` unpinned.
+pub(super) struct Consume<'a> {
+    /// The decision's instant (a stamp is live when later).
+    pub now: i64,
+    pub limits: Vec<Take<'a>>,
+    /// Only while the bucket's `bypass` stamp is live.
+    pub under_bypass: bool,
+}
+
+impl Consume<'_> {
+    /// The `UpdateItem` on `pk`, or `None` when it changes nothing; the same `#t{i}`/`#c{i}`/
+    /// `#p{i}` scheme as [`ShardWrite`].
+    pub(super) fn render(&self, pk: String) -> Option<UpdateReq> {
+        let mut ex = Ex::default();
+        let (mut set, mut add) = (Vec::new(), Vec::new());
+        let mut cond = vec!["attribute_exists(PK)".to_owned()];
+        for (i, l) in self.limits.iter().enumerate().filter(|(_, l)| l.debit != 0 || l.usage != 0) {
+            let (t, c, p) = (format!("#t{i}"), format!("#c{i}"), format!("#p{i}"));
+            ex.name(&t, &keys::battr(l.name, "tk")).name(&c, &keys::battr(l.name, "tc"));
+            ex.num(&format!(":u{i}"), l.usage);
+            add.push(format!("{c} :u{i}"));
+            // `#p{i}` is declared only where an expression uses it (DynamoDB refuses unused names).
+            if !matches!(l.guard, Guard::Covers { soft_escape: false, .. }) {
+                ex.name(&p, &keys::battr(l.name, "cp"));
+            }
+            match l.guard {
+                Guard::Seed { start, limit, floor } => {
+                    ex.name(&format!("#a{i}"), &keys::battr(l.name, "ra"))
+                        .name(&format!("#r{i}"), &keys::battr(l.name, "rp"));
+                    ex.num(&format!(":st{i}"), start).num(&format!(":d{i}"), l.debit);
+                    ex.num(&format!(":p{i}"), limit.capacity.0)
+                        .num(&format!(":a{i}"), limit.refill_amount.0)
+                        .num(&format!(":r{i}"), limit.refill_period_ms);
+                    set.push(format!("{t} = if_not_exists({t}, :st{i}) - :d{i}"));
+                    for x in ["p", "a", "r"] {
+                        set.push(format!("#{x}{i} = if_not_exists(#{x}{i}, :{x}{i})"));
+                    }
+                    if let Some(floor) = floor {
+                        ex.num(&format!(":g{i}"), floor);
+                        cond.push(format!("(attribute_not_exists({t}) OR {t} >= :g{i})"));
+                    }
+                    continue;
+                }
+                Guard::Held => cond.push(format!("attribute_exists({p}) AND attribute_exists({t})")),
+                Guard::Covers { floor, soft_escape } => {
+                    ex.num(&format!(":g{i}"), floor);
+                    if soft_escape {
+                        ex.name(&format!("#s{i}"), &keys::battr(l.name, "soft")).num(":now", self.now);
+                        cond.push(format!(
+                            "({t} >= :g{i} OR (#s{i} > :now AND attribute_exists({p}) AND attribute_exists({t})))"
+                        ));
+                    } else {
+                        cond.push(format!("{t} >= :g{i}"));
+                    }
+                }
+            }
+            if l.debit != 0 {
+                ex.num(&format!(":d{i}"), -l.debit);
+                add.push(format!("{t} :d{i}"));
+            }
+        }
+        if add.is_empty() {
+            return None;
+        }
+        if self.under_bypass {
+            ex.name("#byp", "bypass").num(":now", self.now);
+            cond.push("#byp > :now".into());
+        }
+        let mut update = String::new();
+        if !set.is_empty() {
+            update = format!("SET {} ", set.join(", "));
+        }
+        update.push_str(&format!("ADD {}", add.join(", ")));
+        Some(ex.req(pk, update, cond))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::item::n;
+
+    /// DynamoDB refuses a request that declares a name or value no expression uses.
+    fn assert_all_used(req: &UpdateReq) {
+        let text = format!("{} {}", req.update, req.condition.as_deref().unwrap_or(""));
+        let used = |key: &str| {
+            text.match_indices(key)
+                .any(|(at, _)| !text[at + key.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+        };
+        for key in req.names.keys().chain(req.values.keys()) {
+            assert!(used(key), "{key} is declared but unused in {text}");
+        }
+    }
 
     #[test]
     fn one_scheme_for_limits_stamps_ttl_and_owner() {
@@ -371,6 +485,7 @@ mod tests {
             owner: Some(Owner { parent: None, generation: None }),
         };
         let req = write.render("ns/BUCKET#e#r#0".into());
+        assert_all_used(&req);
         assert_eq!(
             req.update,
             "SET #rf = :rf, #p0 = :p0, #a0 = :a0, #r0 = :r0, #t1 = :st1, #c1 = :u1, #cas = :cas \
@@ -395,11 +510,13 @@ mod tests {
         let limit = BucketLimit::from_table(5000, 5000, 60_000);
         let write = Speculative { now: 1500, limits: vec![("hits", 2000, Some(limit))], bypass_shape: false };
         let req = write.render("pk".into());
+        assert_all_used(&req);
         assert_eq!(req.update, "ADD #wt :wd, #wc :wper, #c0 :a0, #t0 :d0");
         let cond = req.condition.expect("conditions");
         assert!(cond.contains("#t0 >= :a0") && cond.contains("#p0 = :pc0 AND #a0 = :pa0 AND #r0 = :pr0"), "{cond}");
         assert_eq!((req.values[":d0"].clone(), req.values[":nows"].clone()), (n(-2000), n(1)));
         let bypass = Speculative { bypass_shape: true, ..write }.render("pk".into());
+        assert_all_used(&bypass);
         assert_eq!(bypass.update, "ADD #wt :wd, #wc :wper, #c0 :a0");
         assert_eq!(
             bypass.condition.as_deref(),
@@ -415,6 +532,7 @@ mod tests {
         let delta = |tk, tc| Delta { name: "rpm", tk, tc, ceiling: Some((10_000, 2)) };
         let credit = Credit { limits: vec![delta(Some(3000), Some(-3000))], vu: Some(None), trim: false };
         let req = credit.render("pk".into()).expect("a write");
+        assert_all_used(&req);
         assert_eq!(req.update, "ADD #t0 :d0, #c0 :u0");
         assert_eq!(
             req.condition.as_deref(),
@@ -422,13 +540,70 @@ mod tests {
         );
         assert_eq!(req.values[":m0"], AttributeValue::N("2000".into()));
         let trimmed = Credit { trim: true, ..credit }.render("pk".into()).expect("a write");
+        assert_all_used(&trimmed);
         assert_eq!(trimmed.update, "SET #vu = :vuz ADD #t0 :d0, #c0 :u0");
         assert_eq!(trimmed.condition.as_deref(), Some("attribute_exists(PK)"));
         // A debit (an adjust consuming more) is never held to the ceiling; bypass leaves tk.
         let debit = Credit { limits: vec![delta(Some(-500), Some(500)), delta(None, Some(1))], vu: None, trim: false };
         let req = debit.render("pk".into()).expect("a write");
+        assert_all_used(&req);
         assert_eq!(req.update, "ADD #t0 :d0, #c0 :u0, #c1 :u1");
         assert_eq!(req.condition.as_deref(), Some("attribute_exists(PK)"));
         assert!(Credit { limits: vec![delta(None, None)], vu: None, trim: false }.render("pk".into()).is_none());
+    }
+
+    #[test]
+    fn a_consumption_is_guarded_per_limit_and_seeds_a_missing_one() {
+        let take = |name, debit, usage, guard| Take { name, debit, usage, guard };
+        let write = Consume {
+            now: 77,
+            limits: vec![
+                take("rpm", 2000, 2000, Guard::Covers { floor: 2000, soft_escape: false }),
+                take("tpm", 500, 500, Guard::Held),
+                take("hits", 1000, 1000, Guard::Covers { floor: 1500, soft_escape: true }),
+                take("idle", 0, 0, Guard::Held),
+            ],
+            under_bypass: false,
+        };
+        let req = write.render("pk".into()).expect("a write");
+        assert_all_used(&req);
+        assert_eq!(req.update, "ADD #c0 :u0, #t0 :d0, #c1 :u1, #t1 :d1, #c2 :u2, #t2 :d2");
+        assert_eq!(
+            req.condition.as_deref(),
+            Some(
+                "attribute_exists(PK) AND #t0 >= :g0 AND attribute_exists(#p1) AND attribute_exists(#t1) AND \
+                 (#t2 >= :g2 OR (#s2 > :now AND attribute_exists(#p2) AND attribute_exists(#t2)))"
+            )
+        );
+        assert_eq!((req.values[":d0"].clone(), req.values[":g2"].clone()), (n(-2000), n(1500)));
+        assert_eq!(req.names["#s2"], "b_hits_soft");
+        let limit = BucketLimit::from_table(5000, 5000, 60_000);
+        let seed = Consume {
+            now: 77,
+            limits: vec![take("hits", 1000, 1000, Guard::Seed { start: 5000, limit, floor: Some(1000) })],
+            under_bypass: false,
+        };
+        let req = seed.render("pk".into()).expect("a write");
+        assert_all_used(&req);
+        assert_eq!(
+            req.update,
+            "SET #t0 = if_not_exists(#t0, :st0) - :d0, #p0 = if_not_exists(#p0, :p0), \
+             #a0 = if_not_exists(#a0, :a0), #r0 = if_not_exists(#r0, :r0) ADD #c0 :u0"
+        );
+        assert_eq!(
+            req.condition.as_deref(),
+            Some("attribute_exists(PK) AND (attribute_not_exists(#t0) OR #t0 >= :g0)")
+        );
+        assert_eq!(req.values[":d0"], n(1000));
+        let bypassed = Consume { now: 77, limits: vec![take("hits", 0, 3000, Guard::Held)], under_bypass: true };
+        let req = bypassed.render("pk".into()).expect("a write");
+        assert_all_used(&req);
+        assert_eq!(req.update, "ADD #c0 :u0");
+        assert_eq!(
+            req.condition.as_deref(),
+            Some("attribute_exists(PK) AND attribute_exists(#p0) AND attribute_exists(#t0) AND #byp > :now")
+        );
+        let nothing = Consume { now: 77, limits: vec![take("hits", 0, 0, Guard::Held)], under_bypass: true };
+        assert!(nothing.render("pk".into()).is_none());
     }
 }

@@ -8,10 +8,9 @@ use std::collections::HashMap;
 use zael_core::bucket::EpochMillis;
 use zael_core::store::StoreError;
 
-use super::super::Inner;
-use super::super::expr::Ex;
 use super::super::request::{parse, unavailable};
-use super::super::write::{Balance, LimitWrite, Owner, ShardWrite, StampTo, StampWrite};
+use super::super::write::{Balance, Consume, Guard, LimitWrite, Owner, ShardWrite, StampTo, StampWrite, Take};
+use super::super::{BucketId, Inner};
 use super::slow::{Meta, SidePlan};
 use crate::db::{DbError, Transact, Update, UpdateReq};
 use crate::item::{Item, NewBucket, NewLimit, n, new_bucket_item, s};
@@ -49,24 +48,7 @@ impl Inner {
                     let update = tx_update(&self.db.table, self.normal_update(p, now)).map_err(build)?;
                     items.push(TransactWriteItem::builder().update(update).build());
                 }
-                None => {
-                    let put = Put::builder()
-                        .table_name(&self.db.table)
-                        .set_item(Some(self.new_item(p, now)))
-                        .condition_expression("attribute_not_exists(PK)")
-                        .build()
-                        .map_err(build)?;
-                    items.push(TransactWriteItem::builder().put(put).build());
-                    let (condition, values) = meta_condition(p.meta.as_ref());
-                    let check = ConditionCheck::builder()
-                        .table_name(&self.db.table)
-                        .set_key(Some(key(keys::pk_entity(&p.side.id.ns, &p.side.id.entity), keys::SK_META)))
-                        .condition_expression(condition)
-                        .set_expression_attribute_values((!values.is_empty()).then_some(values))
-                        .build()
-                        .map_err(build)?;
-                    items.push(TransactWriteItem::builder().condition_check(check).build());
-                }
+                None => items.extend(self.create_shard(&p.side.id, self.new_item(p, now), p.meta.as_ref())?),
             }
         }
         items.extend(extra);
@@ -79,6 +61,32 @@ impl Inner {
             Err(DbError::Conflict) => Ok(false),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    /// Shape (a) of a new shard: the `Put` of `item` under `attribute_not_exists(PK)` and the
+    /// ConditionCheck on its owner's META as read (`None`: absent), for one TransactWriteItems.
+    pub(in super::super) fn create_shard(
+        &self,
+        id: &BucketId,
+        item: Item,
+        meta: Option<&Meta>,
+    ) -> Result<[TransactWriteItem; 2], StoreError> {
+        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Unavailable(format!("building a create: {e}"));
+        let put = Put::builder()
+            .table_name(&self.db.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(PK)")
+            .build()
+            .map_err(build)?;
+        let (condition, values) = meta_condition(meta);
+        let check = ConditionCheck::builder()
+            .table_name(&self.db.table)
+            .set_key(Some(key(keys::pk_entity(&id.ns, &id.entity), keys::SK_META)))
+            .condition_expression(condition)
+            .set_expression_attribute_values((!values.is_empty()).then_some(values))
+            .build()
+            .map_err(build)?;
+        Ok([TransactWriteItem::builder().put(put).build(), TransactWriteItem::builder().condition_check(check).build()])
     }
 
     /// Shape (b): refill every limit from its stored parameters, debit the requested ones,
@@ -202,26 +210,14 @@ impl Inner {
         let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Unavailable(format!("building a retry: {e}"));
         let mut requests = Vec::new();
         for p in plans {
-            let mut ex = Ex::default();
-            let mut add = Vec::new();
-            let mut cond = vec!["attribute_exists(PK)".to_owned()];
-            for (i, l) in p.plan.limits.iter().filter(|l| l.consumed > 0).enumerate() {
-                ex.name(&format!("#t{i}"), &keys::battr(&l.name, "tk"))
-                    .name(&format!("#c{i}"), &keys::battr(&l.name, "tc"));
-                ex.num(&format!(":d{i}"), -l.consumed).num(&format!(":a{i}"), l.consumed);
-                add.push(format!("#t{i} :d{i}"));
-                add.push(format!("#c{i} :a{i}"));
-                if l.soft {
-                    ex.name(&format!("#p{i}"), &keys::battr(&l.name, "cp"));
-                    cond.push(format!("attribute_exists(#p{i}) AND attribute_exists(#t{i})"));
-                } else {
-                    cond.push(format!("#t{i} >= :a{i}"));
-                }
-            }
-            if add.is_empty() {
-                continue;
-            }
-            requests.push(ex.req(p.side.id.pk(p.plan.shard), format!("ADD {}", add.join(", ")), cond));
+            let limits = p.plan.limits.iter().filter(|l| l.consumed > 0).map(|l| Take {
+                name: &l.name,
+                debit: l.consumed,
+                usage: l.consumed,
+                guard: if l.soft { Guard::Held } else { Guard::Covers { floor: l.consumed, soft_escape: false } },
+            });
+            let write = Consume { now: 0, limits: limits.collect(), under_bypass: false };
+            requests.extend(write.render(p.side.id.pk(p.plan.shard)));
         }
         if requests.is_empty() && extra.is_none() {
             return Ok(true);

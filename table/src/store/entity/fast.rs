@@ -5,26 +5,26 @@
 use rand::Rng;
 use std::sync::Arc;
 use zael_core::acquire;
-use zael_core::bucket::{EpochMillis, Millitokens};
+use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};
 use zael_core::store::{EntityOutcome, LimitReport, StoreError};
 
-use super::super::Inner;
 use super::super::request::{parse, path, unavailable};
 use super::super::sharding::other_shards;
 use super::super::write::{Credit, Delta, Speculative};
+use super::super::{BucketId, Inner};
 use super::Side;
 use crate::db::{DbError, Update};
 use crate::item::BucketImage;
 
 /// How a speculative write went.
-pub(super) enum Fast {
+pub(in super::super) enum Fast {
     Admitted(Landed),
     Failed(Option<BucketImage>),
     Contended,
 }
 
 /// A speculative write that landed.
-pub(super) struct Landed {
+pub(in super::super) struct Landed {
     /// The item after the write.
     pub image: BucketImage,
     /// `tk` was debited: the normal shape (the bypass shape, sent to a bucket known bypassed,
@@ -216,35 +216,52 @@ impl Inner {
         Ok(EntityOutcome::Rejected(rejected))
     }
 
-    /// The speculative UpdateItem of one side: every condition term of §11.2, or the bypass
-    /// shape on a bucket known bypassed (a shape that finds the stamp gone is forgotten and
-    /// sent again in the normal shape). Every image teaches the bypass cache.
+    /// The speculative UpdateItem of one side's requested limits.
     pub(super) async fn speculate_side(&self, side: &Side, shard: i64, now: EpochMillis) -> Result<Fast, StoreError> {
-        let bypass_shape = self.is_bypassed(&side.id);
-        let fast = self.speculate_shape(side, shard, now, bypass_shape).await?;
-        let fast = match fast {
-            Fast::Failed(Some(image)) if bypass_shape && !image.bypass.as_ref().is_some_and(|b| b.live(now.0)) => {
-                self.caches.bypassed.remove(&side.id);
-                self.speculate_shape(side, shard, now, false).await?
-            }
-            other => other,
-        };
+        let limits: Vec<_> = side.declared.iter().map(|(name, amount)| (name.as_str(), *amount, None)).collect();
+        Ok(self.speculate(&side.id, &limits, shard, now).await?.0)
+    }
+
+    /// The speculative UpdateItem on `shard` of bucket `id` (every condition term of §11.2),
+    /// or its bypass shape when the bucket is known bypassed; a bypass shape that finds no
+    /// stamp at all on an item that could take a write is forgotten and sent again in the
+    /// normal shape. Every image teaches the bypass cache. Also says whether the answer is
+    /// the bypass shape's.
+    pub(in super::super) async fn speculate(
+        &self,
+        id: &BucketId,
+        limits: &[(&str, i64, Option<BucketLimit>)],
+        shard: i64,
+        now: EpochMillis,
+    ) -> Result<(Fast, bool), StoreError> {
+        let mut bypass_shape = self.is_bypassed(id);
+        let mut fast = self.speculate_shape(id, limits, shard, now, bypass_shape).await?;
+        if let Fast::Failed(Some(image)) = &fast
+            && bypass_shape
+            && image.bypass.is_none()
+            && !image.disabled
+            && image.unsupported.is_none()
+        {
+            self.caches.bypassed.remove(id);
+            bypass_shape = false;
+            fast = self.speculate_shape(id, limits, shard, now, false).await?;
+        }
         match &fast {
-            Fast::Admitted(Landed { image, .. }) | Fast::Failed(Some(image)) => self.learn_bypass(&side.id, image),
+            Fast::Admitted(Landed { image, .. }) | Fast::Failed(Some(image)) => self.learn_bypass(id, image),
             _ => {}
         }
-        Ok(fast)
+        Ok((fast, bypass_shape))
     }
 
     async fn speculate_shape(
         &self,
-        side: &Side,
+        id: &BucketId,
+        limits: &[(&str, i64, Option<BucketLimit>)],
         shard: i64,
         now: EpochMillis,
         bypass_shape: bool,
     ) -> Result<Fast, StoreError> {
-        let limits = side.declared.iter().map(|(name, amount)| (name.as_str(), *amount, None)).collect();
-        let req = Speculative { now: now.0, limits, bypass_shape }.render(side.id.pk(shard));
+        let req = Speculative { now: now.0, limits: limits.to_vec(), bypass_shape }.render(id.pk(shard));
         match self.db.update(req).await {
             Ok(Update::Done(item)) => Ok(Fast::Admitted(Landed { image: parse(&item)?, debited: !bypass_shape })),
             Ok(Update::ConditionFailed(item)) => Ok(Fast::Failed(item.as_ref().map(parse).transpose()?)),
@@ -350,19 +367,23 @@ impl Inner {
                 ceiling: image.limit(name).map(|l| (l.limit.capacity.0, image.shard_count)),
             })
             .collect();
-        let credit = Credit { limits, vu: Some(image.vu), trim: false };
-        let Some(req) = credit.render(side.id.pk(shard)) else { return };
-        let outcome = match self.db.update(req).await {
-            Ok(Update::ConditionFailed(Some(_))) => {
-                // Over the ceiling or changed meanwhile: credit anyway and force a slow pass to clamp.
-                let trimmed = Credit { trim: true, ..credit }.render(side.id.pk(shard)).expect("a credit");
-                self.db.update(trimmed).await.map(|_| ())
-            }
-            other => other.map(|_| ()),
-        };
+        let outcome = self.send_credit(side.id.pk(shard), Credit { limits, vu: Some(image.vu), trim: false }).await;
         path("entity_refund");
         if let Err(e) = outcome {
             tracing::warn!(error = ?e, entity = %side.id.entity, resource = %side.id.resource, "refund failed; the bucket under-admits until it refills");
+        }
+    }
+
+    /// Sends `credit`; one that fails its ceiling or `vu` pin on an item still there is sent
+    /// again trimmed (credited anyway, the next acquire's slow pass clamps it, §11.10).
+    pub(in super::super) async fn send_credit(&self, pk: String, credit: Credit<'_>) -> Result<(), DbError> {
+        let Some(req) = credit.render(pk.clone()) else { return Ok(()) };
+        match self.db.update(req).await? {
+            Update::ConditionFailed(Some(_)) => match (Credit { trim: true, ..credit }).render(pk) {
+                Some(trimmed) => self.db.update(trimmed).await.map(|_| ()),
+                None => Ok(()),
+            },
+            _ => Ok(()),
         }
     }
 }

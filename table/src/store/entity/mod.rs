@@ -27,6 +27,7 @@ use crate::item::BucketImage;
 use crate::keys;
 pub(crate) use commit::tx_update;
 pub(crate) use config::{Access, Level, Resolved, StoredLimit};
+pub(super) use fast::{Fast, Landed};
 pub(super) use slow::Slow;
 pub(super) use slow::bucket_read;
 
