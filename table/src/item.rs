@@ -4,7 +4,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 
 use crate::keys::{self, WCU, WCU_CAPACITY, WCU_PERIOD_MS};
-use zael_core::bucket::BucketLimit;
+use zael_core::bucket::{BucketLimit, BucketState, EpochMillis, Millitokens};
 
 /// A DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
@@ -161,11 +161,20 @@ impl BucketImage {
         self.limits.iter().find(|l| l.name == name)
     }
 
+    /// Limit `name` on this shard at `now`: its balance with `put_back` millitokens (what the
+    /// write that returned this image debited) added, refilled at the shard's share, and the
+    /// share's capacity; `None` when the item lacks the limit.
+    pub fn shard_balance(&self, name: &str, put_back: i64, now: EpochMillis) -> Option<(BucketState, Millitokens)> {
+        let l = self.limit(name)?;
+        let share = l.limit.shard_share(self.shard_count);
+        let state = crate::plan::project(l.tk.saturating_add(put_back), self.rf, &share, now);
+        Some((state, share.capacity))
+    }
+
     /// `wcu` refilled to `now` admits one more write (§11.4 step 3).
     pub fn wcu_would_refill(&self, now: i64) -> bool {
         self.limit(WCU).is_some_and(|w| {
-            crate::plan::project(w.tk, self.rf, &w.limit, zael_core::bucket::EpochMillis(now)).tokens.0
-                >= keys::WCU_PER_WRITE
+            crate::plan::project(w.tk, self.rf, &w.limit, EpochMillis(now)).tokens.0 >= keys::WCU_PER_WRITE
         })
     }
 }

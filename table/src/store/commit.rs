@@ -236,16 +236,16 @@ impl Inner {
             Ok(Update::ConditionFailed(None)) | Err(DbError::Conflict) => Ok(Step::Replan(Some(count))),
             Ok(Update::ConditionFailed(Some(item))) => {
                 let image = parse(&item)?;
-                let Some(hits) = image.limit(LIMIT_NAME) else { return Ok(Step::Replan(Some(count))) };
+                let Some((p, cap)) = image.shard_balance(LIMIT_NAME, 0, cx.now) else {
+                    return Ok(Step::Replan(Some(count)));
+                };
                 if image.disabled || image.yaml_unsupported().is_some() || image.bypass.is_some() {
                     return Ok(Step::Replan(Some(image.shard_count)));
                 }
                 // Rejected: every strict charge fails; debt charges are still recorded.
                 path("slow_retry_reject");
                 self.remember(cx, shard, &image);
-                let share = hits.limit.shard_share(image.shard_count);
-                let p = plan::project(hits.tk, image.rf, &share, cx.now);
-                let rejected = plan::reject_all(p.tokens.0, p.refilled_at, share.capacity.0, cx.charges);
+                let rejected = plan::reject_all(p.tokens.0, p.refilled_at, cap.0, cx.charges);
                 let mut outcomes = rejected.outcomes.clone();
                 if rejected.debt > 0 {
                     outcomes = self.debit(cx, shard, &rejected).await?.unwrap_or(outcomes);

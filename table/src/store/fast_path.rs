@@ -124,14 +124,12 @@ impl Inner {
         }
         path(if bypass_shape || bypass_live { "fast_bypass" } else { "fast_admit" });
         metrics::counter!(m::FAST_ADMITS).increment(1);
-        let Some(hits) = image.limit(LIMIT_NAME) else {
+        let Some((before, cap)) = image.shard_balance(LIMIT_NAME, debited, cx.now) else {
             let plan = plan::decide(0, cx.now, 0, cx.charges, Admission::Bypass);
             return Ok(Decided::new(plan.outcomes, image.shard_count));
         };
-        let share = hits.limit.shard_share(image.shard_count);
-        let before = plan::project(hits.tk.saturating_add(debited), image.rf, &share, cx.now);
         let admission = if bypass_shape || bypass_live { Admission::Bypass } else { Admission::Soft };
-        let plan = plan::decide(before.tokens.0, before.refilled_at, share.capacity.0, cx.charges, admission);
+        let plan = plan::decide(before.tokens.0, before.refilled_at, cap.0, cx.charges, admission);
         Ok(Decided::new(plan.outcomes, image.shard_count))
     }
 

@@ -30,9 +30,8 @@ impl Inner {
         } else {
             Admission::Enforced
         };
-        let share = hits.limit.shard_share(image.shard_count);
-        let projected = plan::project(hits.tk, image.rf, &share, cx.now);
-        let plan = plan::decide(projected.tokens.0, projected.refilled_at, share.capacity.0, cx.charges, admission);
+        let Some((p, cap)) = image.shard_balance(LIMIT_NAME, 0, cx.now) else { return Ok(None) };
+        let plan = plan::decide(p.tokens.0, p.refilled_at, cap.0, cx.charges, admission);
         if plan.all_admitted || plan.guard.is_some() {
             return Ok(None);
         }
@@ -75,18 +74,13 @@ impl Inner {
         image: &BucketImage,
         debited: i64,
     ) -> Option<Vec<ChargeOutcome>> {
-        let hits = image.limit(LIMIT_NAME)?;
-        let share = hits.limit.shard_share(image.shard_count);
-        let before = plan::project(hits.tk.saturating_add(debited), image.rf, &share, cx.now);
+        let (before, _) = image.shard_balance(LIMIT_NAME, debited, cx.now)?;
         Some(plan.replay(before.tokens.0, before.refilled_at))
     }
 
     pub(super) fn disabled(&self, cx: &Ctx<'_>, image: &BucketImage) -> Decided {
         path("disabled");
-        let balance = image.limit(LIMIT_NAME).map_or(0, |h| {
-            let share = h.limit.shard_share(image.shard_count);
-            plan::project(h.tk, image.rf, &share, cx.now).tokens.0
-        });
+        let balance = image.shard_balance(LIMIT_NAME, 0, cx.now).map_or(0, |(p, _)| p.tokens.0);
         let plan = plan::decide(balance, cx.now, 0, cx.charges, Admission::Disabled);
         Decided::new(plan.outcomes, image.shard_count)
     }

@@ -5,9 +5,8 @@
 use rand::Rng;
 use zael_core::store::StoreError;
 
-use super::expr::Ex;
 use super::request::{Ctx, Decided, hits_attr, parse, path, unavailable};
-use super::write::{Consume, Guard, Take};
+use super::write::{Consume, Guard, StampRemoval, Take};
 use super::{Inner, LIMIT_NAME};
 use crate::db::{DbError, Update};
 use crate::item::{BucketImage, StampRead};
@@ -61,10 +60,7 @@ impl Inner {
         shard: i64,
         image: &BucketImage,
     ) -> Result<Step, StoreError> {
-        let balance = image.limit(LIMIT_NAME).map_or(0, |h| {
-            let share = h.limit.shard_share(image.shard_count);
-            plan::project(h.tk, image.rf, &share, cx.now).tokens.0
-        });
+        let balance = image.shard_balance(LIMIT_NAME, 0, cx.now).map_or(0, |(p, _)| p.tokens.0);
         let plan = plan::decide(balance, cx.now, 0, cx.charges, Admission::Bypass);
         if image.limit(LIMIT_NAME).is_none() || plan.consumed() == 0 {
             path("slow_bypass");
@@ -91,20 +87,10 @@ impl Inner {
         soft: Option<&StampRead>,
         bypass: Option<&StampRead>,
     ) {
-        let mut ex = Ex::default();
-        let mut remove = Vec::new();
-        let mut cond = vec!["attribute_exists(PK)".to_owned()];
-        if let Some(st) = soft {
-            ex.name("#bo0", &hits_attr("soft")).val(":bsr0", st.raw.clone());
-            remove.push("#bo0");
-            cond.push("#bo0 = :bsr0".into());
-        }
-        if let Some(b) = bypass {
-            ex.name("#byp", "bypass").val(":bypr", b.raw.clone());
-            remove.push("#byp");
-            cond.push("#byp = :bypr".into());
-        }
-        let req = ex.req(cx.pk(shard), format!("REMOVE {}", remove.join(", ")), cond);
+        let soft = soft.map(|st| (hits_attr("soft"), &st.raw));
+        let bypass = bypass.map(|b| ("bypass".to_owned(), &b.raw));
+        let write = StampRemoval { stamps: soft.into_iter().chain(bypass).collect() };
+        let Some(req) = write.render(cx.pk(shard)) else { return };
         if let Err(e) = self.db.update(req).await {
             tracing::debug!(error = ?e, "expired stamp removal failed");
         }

@@ -10,6 +10,7 @@
 //!   changed, self-trimming at the shard's ceiling (§11.10).
 //! * [`Consume`]: consumption alone, no refill (§11.6 c): the slow path's retry after a lost
 //!   race, a rejected rule's debt, a bypassed bucket's usage.
+//! * [`StampRemoval`]: expired stamps removed after a rejection, pinned as read.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use zael_core::bucket::BucketLimit;
@@ -198,25 +199,7 @@ impl ShardWrite<'_> {
                 set.extend([format!("#p{i} = :p{i}"), format!("#a{i} = :a{i}"), format!("#r{i} = :r{i}")]);
             }
         }
-        for (i, st) in self.stamps.iter().enumerate() {
-            let x = format!("#x{i}");
-            ex.name(&x, &st.attr);
-            match st.to {
-                StampTo::Keep => {}
-                StampTo::Set(deadline) => {
-                    ex.num(&format!(":xs{i}"), deadline);
-                    set.push(format!("{x} = :xs{i}"));
-                }
-                StampTo::Remove => remove.push(x.clone()),
-            }
-            match st.read {
-                Some(v) => {
-                    ex.val(&format!(":xr{i}"), v.clone());
-                    cond.push(format!("{x} = :xr{i}"));
-                }
-                None => cond.push(format!("attribute_not_exists({x})")),
-            }
-        }
+        render_stamps(&mut ex, &self.stamps, &mut set, &mut remove, &mut cond);
         match self.ttl {
             Some(ttl) => {
                 ex.num(":ttl", ttl);
@@ -339,6 +322,59 @@ impl Credit<'_> {
             }
         }
         Some(ex.req(pk, update, cond))
+    }
+}
+
+/// The stamps' clauses (`#x{i}`): each set or removed, pinned on its value as read.
+fn render_stamps(
+    ex: &mut Ex,
+    stamps: &[StampWrite<'_>],
+    set: &mut Vec<String>,
+    remove: &mut Vec<String>,
+    cond: &mut Vec<String>,
+) {
+    for (i, st) in stamps.iter().enumerate() {
+        let x = format!("#x{i}");
+        ex.name(&x, &st.attr);
+        match st.to {
+            StampTo::Keep => {}
+            StampTo::Set(deadline) => {
+                ex.num(&format!(":xs{i}"), deadline);
+                set.push(format!("{x} = :xs{i}"));
+            }
+            StampTo::Remove => remove.push(x.clone()),
+        }
+        match st.read {
+            Some(v) => {
+                ex.val(&format!(":xr{i}"), v.clone());
+                cond.push(format!("{x} = :xr{i}"));
+            }
+            None => cond.push(format!("attribute_not_exists({x})")),
+        }
+    }
+}
+
+/// Expired stamps removed, nothing else: what a rejected pass owes the stamps it read
+/// expired (the library's clean-up), pinned on each as read.
+pub(super) struct StampRemoval<'a> {
+    /// Each stamp's attribute and its value as read.
+    pub stamps: Vec<(String, &'a AttributeValue)>,
+}
+
+impl StampRemoval<'_> {
+    /// The `UpdateItem` on `pk`, or `None` without a stamp to remove.
+    pub(super) fn render(&self, pk: String) -> Option<UpdateReq> {
+        if self.stamps.is_empty() {
+            return None;
+        }
+        let stamps: Vec<StampWrite<'_>> = (self.stamps.iter())
+            .map(|(attr, read)| StampWrite { attr: attr.clone(), to: StampTo::Remove, read: Some(read) })
+            .collect();
+        let mut ex = Ex::default();
+        let (mut set, mut remove) = (Vec::new(), Vec::new());
+        let mut cond = vec!["attribute_exists(PK)".to_owned()];
+        render_stamps(&mut ex, &stamps, &mut set, &mut remove, &mut cond);
+        Some(ex.req(pk, format!("REMOVE {}", remove.join(", ")), cond))
     }
 }
 
@@ -550,6 +586,20 @@ mod tests {
         assert_eq!(req.update, "ADD #t0 :d0, #c0 :u0, #c1 :u1");
         assert_eq!(req.condition.as_deref(), Some("attribute_exists(PK)"));
         assert!(Credit { limits: vec![delta(None, None)], vu: None, trim: false }.render("pk".into()).is_none());
+    }
+
+    #[test]
+    fn a_stamp_removal_removes_each_stamp_as_read_and_nothing_without_one() {
+        let (bypass, soft) = (n(900), n(1200));
+        let removal = StampRemoval { stamps: vec![("bypass".into(), &bypass), ("b_rpm_soft".into(), &soft)] };
+        let req = removal.render("pk".into()).expect("a write");
+        assert_all_used(&req);
+        assert_eq!(req.update, "REMOVE #x0, #x1");
+        assert_eq!(req.condition.as_deref(), Some("attribute_exists(PK) AND #x0 = :xr0 AND #x1 = :xr1"));
+        assert_eq!((req.names["#x0"].as_str(), req.names["#x1"].as_str()), ("bypass", "b_rpm_soft"));
+        assert_eq!((req.values[":xr0"].clone(), req.values[":xr1"].clone()), (n(900), n(1200)));
+        assert_eq!(req.names.len() + req.values.len(), 4);
+        assert!(StampRemoval { stamps: Vec::new() }.render("pk".into()).is_none());
     }
 
     #[test]
