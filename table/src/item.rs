@@ -161,14 +161,12 @@ impl BucketImage {
         self.limits.iter().find(|l| l.name == name)
     }
 
-    /// Limit `name` on this shard at `now`: its balance with `put_back` millitokens (what the
-    /// write that returned this image debited) added, refilled at the shard's share, and the
-    /// share's capacity; `None` when the item lacks the limit.
-    pub fn shard_balance(&self, name: &str, put_back: i64, now: EpochMillis) -> Option<(BucketState, Millitokens)> {
-        let l = self.limit(name)?;
+    /// Limit `l` (one of this image's) on this shard at `now`: its balance with `put_back`
+    /// millitokens (what the write that returned this image debited) added, refilled at the
+    /// shard's share, and the share's capacity.
+    pub fn shard_balance(&self, l: &LimitImage, put_back: i64, now: EpochMillis) -> (BucketState, Millitokens) {
         let share = l.limit.shard_share(self.shard_count);
-        let state = crate::plan::project(l.tk.saturating_add(put_back), self.rf, &share, now);
-        Some((state, share.capacity))
+        (crate::plan::project(l.tk.saturating_add(put_back), self.rf, &share, now), share.capacity)
     }
 
     /// `wcu` refilled to `now` admits one more write (§11.4 step 3).

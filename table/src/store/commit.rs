@@ -120,9 +120,7 @@ impl Inner {
         let soft_fix: Option<&StampRead> = hits.and_then(|h| h.soft.as_ref()).filter(|st| !st.live(now));
         let bypass_fix: Option<&StampRead> = image.bypass.as_ref().filter(|b| !b.live(now));
         if !plan.writes() {
-            if soft_fix.is_some() || bypass_fix.is_some() {
-                self.fix_stamps(cx, shard, soft_fix, bypass_fix).await;
-            }
+            self.fix_stamps(cx, shard, soft_fix, bypass_fix).await;
             path("slow_reject");
             self.remember(cx, shard, &image);
             return Ok(Step::Done(Decided::new(plan.outcomes, if hits.is_some() { sc } else { seed_count })));
@@ -236,15 +234,14 @@ impl Inner {
             Ok(Update::ConditionFailed(None)) | Err(DbError::Conflict) => Ok(Step::Replan(Some(count))),
             Ok(Update::ConditionFailed(Some(item))) => {
                 let image = parse(&item)?;
-                let Some((p, cap)) = image.shard_balance(LIMIT_NAME, 0, cx.now) else {
-                    return Ok(Step::Replan(Some(count)));
-                };
+                let Some(hits) = image.limit(LIMIT_NAME) else { return Ok(Step::Replan(Some(count))) };
                 if image.disabled || image.yaml_unsupported().is_some() || image.bypass.is_some() {
                     return Ok(Step::Replan(Some(image.shard_count)));
                 }
                 // Rejected: every strict charge fails; debt charges are still recorded.
                 path("slow_retry_reject");
                 self.remember(cx, shard, &image);
+                let (p, cap) = image.shard_balance(hits, 0, cx.now);
                 let rejected = plan::reject_all(p.tokens.0, p.refilled_at, cap.0, cx.charges);
                 let mut outcomes = rejected.outcomes.clone();
                 if rejected.debt > 0 {

@@ -124,10 +124,11 @@ impl Inner {
         }
         path(if bypass_shape || bypass_live { "fast_bypass" } else { "fast_admit" });
         metrics::counter!(m::FAST_ADMITS).increment(1);
-        let Some((before, cap)) = image.shard_balance(LIMIT_NAME, debited, cx.now) else {
+        let Some(hits) = image.limit(LIMIT_NAME) else {
             let plan = plan::decide(0, cx.now, 0, cx.charges, Admission::Bypass);
             return Ok(Decided::new(plan.outcomes, image.shard_count));
         };
+        let (before, cap) = image.shard_balance(hits, debited, cx.now);
         let admission = if bypass_shape || bypass_live { Admission::Bypass } else { Admission::Soft };
         let plan = plan::decide(before.tokens.0, before.refilled_at, cap.0, cx.charges, admission);
         Ok(Decided::new(plan.outcomes, image.shard_count))

@@ -30,7 +30,7 @@ impl Inner {
         } else {
             Admission::Enforced
         };
-        let Some((p, cap)) = image.shard_balance(LIMIT_NAME, 0, cx.now) else { return Ok(None) };
+        let (p, cap) = image.shard_balance(hits, 0, cx.now);
         let plan = plan::decide(p.tokens.0, p.refilled_at, cap.0, cx.charges, admission);
         if plan.all_admitted || plan.guard.is_some() {
             return Ok(None);
@@ -74,13 +74,13 @@ impl Inner {
         image: &BucketImage,
         debited: i64,
     ) -> Option<Vec<ChargeOutcome>> {
-        let (before, _) = image.shard_balance(LIMIT_NAME, debited, cx.now)?;
+        let (before, _) = image.shard_balance(image.limit(LIMIT_NAME)?, debited, cx.now);
         Some(plan.replay(before.tokens.0, before.refilled_at))
     }
 
     pub(super) fn disabled(&self, cx: &Ctx<'_>, image: &BucketImage) -> Decided {
         path("disabled");
-        let balance = image.shard_balance(LIMIT_NAME, 0, cx.now).map_or(0, |(p, _)| p.tokens.0);
+        let balance = image.limit(LIMIT_NAME).map_or(0, |h| image.shard_balance(h, 0, cx.now).0.tokens.0);
         let plan = plan::decide(balance, cx.now, 0, cx.charges, Admission::Disabled);
         Decided::new(plan.outcomes, image.shard_count)
     }

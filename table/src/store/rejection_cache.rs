@@ -33,10 +33,8 @@ impl Inner {
         let mut count = self.cached_count(&cx.id);
         let mut best: Option<(i64, Plan)> = None;
         for (shard, image) in entries {
-            if !image.limit(LIMIT_NAME).is_some_and(|h| cx.params_match(h)) {
-                continue;
-            }
-            let Some((p, cap)) = image.shard_balance(LIMIT_NAME, 0, cx.now) else { continue };
+            let Some(h) = image.limit(LIMIT_NAME).filter(|h| cx.params_match(h)) else { continue };
+            let (p, cap) = image.shard_balance(h, 0, cx.now);
             let plan = plan::decide(p.tokens.0, p.refilled_at, cap.0, cx.charges, Admission::Enforced);
             if plan.outcomes.iter().any(|o| o.admitted) {
                 continue;
@@ -82,10 +80,8 @@ impl Inner {
         if !self.rejection_cache {
             return;
         }
-        let Some((p, _)) = image.shard_balance(LIMIT_NAME, 0, cx.now) else {
-            return self.caches.rejections.forget(&cx.id, shard);
-        };
-        let balance = p.tokens.0;
+        let Some(h) = image.limit(LIMIT_NAME) else { return self.caches.rejections.forget(&cx.id, shard) };
+        let balance = image.shard_balance(h, 0, cx.now).0.tokens.0;
         let largest = cx.charges.iter().filter(|c| !c.allow_debt).map(plan::need).max().unwrap_or(0);
         if balance < largest.max(Millitokens::from_tokens(1).0) {
             self.caches.rejections.remember(&cx.id, shard, image.clone());

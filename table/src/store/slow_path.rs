@@ -60,9 +60,10 @@ impl Inner {
         shard: i64,
         image: &BucketImage,
     ) -> Result<Step, StoreError> {
-        let balance = image.shard_balance(LIMIT_NAME, 0, cx.now).map_or(0, |(p, _)| p.tokens.0);
+        let hits = image.limit(LIMIT_NAME);
+        let balance = hits.map_or(0, |h| image.shard_balance(h, 0, cx.now).0.tokens.0);
         let plan = plan::decide(balance, cx.now, 0, cx.charges, Admission::Bypass);
-        if image.limit(LIMIT_NAME).is_none() || plan.consumed() == 0 {
+        if hits.is_none() || plan.consumed() == 0 {
             path("slow_bypass");
             return Ok(Step::Done(Decided::new(plan.outcomes, image.shard_count)));
         }
@@ -79,7 +80,8 @@ impl Inner {
         }
     }
 
-    /// Removes expired stamps a rejected pass found, pinned on the stamps as read.
+    /// Removes expired stamps a rejected pass found, pinned on the stamps as read; no request
+    /// without one. A failure is logged and left for the next pass.
     pub(super) async fn fix_stamps(
         &self,
         cx: &Ctx<'_>,
