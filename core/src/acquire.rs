@@ -91,10 +91,14 @@ pub struct LimitPlan {
     pub consumed: i64,
     /// Millitokens an admission adds to `tc` (the requested amount, under bypass too).
     pub usage: i64,
-    /// Metered, never a reason to reject.
+    /// The lowest balance, as refilled to the decision's instant and before this request's
+    /// debit, under which the admission stays valid: what a store's write must still find
+    /// (`None`: nothing to keep, the limit is soft, bypassed or not requested).
+    pub guard: Option<Millitokens>,
+    /// Metered, never a reason to reject; the bucket carries a live soft stamp for it after
+    /// the write (the config says soft, or the config lacks the limit and its stamp is live:
+    /// a stamp is kept, never set, for a limit the config does not know).
     pub soft: bool,
-    /// The config says soft: the bucket carries a live soft stamp for the limit.
-    pub stamp_soft: bool,
     /// The bucket holds other parameters than [`LimitPlan::limit`]: the write syncs them.
     pub resync: bool,
 }
@@ -146,8 +150,8 @@ pub fn plan_side<'a>(input: SideInput<'a, '_>, now: EpochMillis) -> SidePlan<'a>
             start: held.state.refilled(&share, now),
             consumed: 0,
             usage: 0,
+            guard: None,
             soft: config.map_or(held.soft_stamp, |c| c.soft),
-            stamp_soft: config.is_some_and(|c| c.soft),
         });
     }
     for c in input.config {
@@ -163,8 +167,8 @@ pub fn plan_side<'a>(input: SideInput<'a, '_>, now: EpochMillis) -> SidePlan<'a>
             start: BucketState::full(&share, now),
             consumed: 0,
             usage: 0,
+            guard: None,
             soft: c.soft,
-            stamp_soft: c.soft,
             resync: false,
         });
     }
@@ -172,6 +176,7 @@ pub fn plan_side<'a>(input: SideInput<'a, '_>, now: EpochMillis) -> SidePlan<'a>
         if let Some(l) = limits.iter_mut().find(|l| l.name == *name) {
             l.consumed = if bypass { 0 } else { *amount };
             l.usage = *amount;
+            l.guard = (!bypass && !l.soft).then_some(Millitokens(*amount));
         }
     }
     SidePlan {
@@ -312,7 +317,9 @@ mod tests {
             plan.limits.iter().map(|l| (l.name.as_str(), l.read.map(|r| r.0), l.start.tokens.0, l.consumed)).collect();
         assert_eq!(rows, [("rpm", Some(1000), 2000, 2000), ("old", Some(0), 500, 0), ("tpm", None, 100_000, 30_000)]);
         assert_eq!((plan.limits[0].refill(), plan.limits[0].after()), (1000, Millitokens(0)));
-        assert!(plan.limits[2].soft && plan.limits[2].stamp_soft);
+        assert!(plan.limits[2].soft);
+        let guards: Vec<_> = plan.limits.iter().map(|l| l.guard).collect();
+        assert_eq!(guards, [Some(Millitokens(2000)), None, None], "a soft or unrequested limit keeps nothing");
         let judged = decide(&[plan], EpochMillis(6000));
         assert!(judged.admitted);
         assert_eq!(judged.reports.iter().map(|r| r.tokens.0).collect::<Vec<_>>(), [0, 70_000]);
@@ -369,6 +376,7 @@ mod tests {
         };
         let plan = plan_side(input, EpochMillis(0));
         assert_eq!((plan.limits[0].start.tokens.0, plan.limits[0].consumed, plan.limits[0].usage), (5000, 0, 1000));
+        assert_eq!(plan.limits[0].guard, None, "a bypassed admission keeps nothing");
         let judged = decide(&[plan], EpochMillis(0));
         assert!(judged.admitted && judged.reports[0].bypass);
         assert_eq!(judged.reports[0].tokens.0, 5000);

@@ -4,26 +4,30 @@
 use zael_core::store::StoreError;
 
 use super::entity::{Access, StoredLimit, bucket_read};
-use super::request::{Ctx, Decided, hits_attr, parse, path, unavailable};
+use super::planned;
+use super::request::{Ctx, Decided, parse, path, unavailable};
 use super::slow_path::Step;
-use super::write::{Balance, Consume, Guard, LimitWrite, ShardWrite, StampTo, StampWrite, Take};
+use super::write::Consume;
 use super::{Inner, LIMIT_NAME};
 use crate::db::{DbError, Transact, Update};
 use crate::item::{BucketImage, NewBucket, NewLimit, StampRead, new_bucket_item};
 use crate::plan::{self, Admission, Plan};
-use zael_core::acquire::{self, Params, SideInput};
+use zael_core::acquire::{self, Params, SideInput, SidePlan};
+use zael_core::bucket::Millitokens;
 
 impl Inner {
     /// Shape (a): the complete item under `attribute_not_exists(PK)` with the ConditionCheck
     /// on the (absent) META, in one TransactWriteItems.
     pub(super) async fn create(&self, cx: &Ctx<'_>, shard: i64, count: i64) -> Result<Step, StoreError> {
-        let share = cx.limit.shard_share(count);
-        let cap = share.capacity.0;
+        let config = rule_limit(cx, false);
+        let mut side = acquire::plan_side(rule_input(cx, &config, shard, None, count), cx.now);
+        let cap = side.limits[0].start.tokens.0;
         let plan = plan::decide(cap, cx.now, cap, cx.charges, Admission::Enforced);
         if !plan.writes() {
             path("slow_reject");
             return Ok(Step::Done(Decided::new(plan.outcomes, count)));
         }
+        charge_rule(&mut side, &plan, Admission::Enforced);
         let ttl = plan::ttl_epoch(cx.now, &[plan::recovery_secs(&cx.limit)]);
         let bucket = NewBucket {
             ns: &cx.id.ns,
@@ -34,14 +38,10 @@ impl Inner {
             rf: cx.now.0,
             ttl: Some(ttl),
         };
+        let rule = &side.limits[0];
         let item = new_bucket_item(
             &bucket,
-            &[NewLimit {
-                name: LIMIT_NAME,
-                tk: cap.saturating_sub(plan.consumed()),
-                limit: cx.limit,
-                tc: plan.consumed(),
-            }],
+            &[NewLimit { name: LIMIT_NAME, tk: rule.after().0, limit: rule.limit, tc: rule.usage }],
         );
         let created = BucketImage::parse(&item).ok();
         let items = self.create_shard(&cx.id, item, None)?.to_vec();
@@ -65,7 +65,7 @@ impl Inner {
                 }
                 if failed(0) {
                     // Another writer created this shard: consumption-only retry on it.
-                    return self.retry(cx, shard, &plan, Admission::Enforced, None, count).await;
+                    return self.retry(cx, shard, &plan, &side, count).await;
                 }
                 Err(StoreError::Unavailable(format!("bucket create cancelled: {codes:?}")))
             }
@@ -99,86 +99,27 @@ impl Inner {
         let admission = if soft_live { Admission::Soft } else { Admission::Enforced };
         // Every limit of the item planned by the engine, the rule's own with the YAML parameters
         // (seeded, when missing, at the share of the larger of the two counts), the others with
-        // their stored ones.
-        let config = [StoredLimit { name: LIMIT_NAME.to_owned(), limit: cx.limit, soft: false }];
-        let input = SideInput {
-            entity: &cx.id.entity,
-            config: &config,
-            requested: &[],
-            access: Access::Enforced,
-            shard,
-            bucket: Some(bucket_read(&image, cx.now)),
-            new_shard_count: count,
-            params: Params::Config,
-        };
-        let side = acquire::plan_side(input, cx.now);
+        // their stored ones; the rule's charges decided in order on its balance.
+        let config = rule_limit(cx, soft_live);
+        let mut side = acquire::plan_side(rule_input(cx, &config, shard, Some(&image), count), cx.now);
         let seed_count = sc.max(count);
         let rule = side.limits.iter().find(|l| l.name == LIMIT_NAME).expect("the rule's limit is planned");
-        let (share, balance, refilled_at, refill) =
-            (rule.share, rule.start.tokens.0, rule.start.refilled_at, rule.refill());
-        let plan = plan::decide(balance, refilled_at, share.capacity.0, cx.charges, admission);
-        let soft_fix: Option<&StampRead> = hits.and_then(|h| h.soft.as_ref()).filter(|st| !st.live(now));
-        let bypass_fix: Option<&StampRead> = image.bypass.as_ref().filter(|b| !b.live(now));
+        let plan =
+            plan::decide(rule.start.tokens.0, rule.start.refilled_at, rule.share.capacity.0, cx.charges, admission);
         if !plan.writes() {
+            let soft_fix: Option<&StampRead> = hits.and_then(|h| h.soft.as_ref()).filter(|st| !st.live(now));
+            let bypass_fix: Option<&StampRead> = image.bypass.as_ref().filter(|b| !b.live(now));
             self.fix_stamps(cx, shard, soft_fix, bypass_fix).await;
             path("slow_reject");
             self.remember(cx, shard, &image);
             return Ok(Step::Done(Decided::new(plan.outcomes, if hits.is_some() { sc } else { seed_count })));
         }
-
-        let debit = plan.tk_debit(admission);
         if rule.resync {
             // Param sync (§9.7) folded into this rf-locked write: the YAML limit wins.
             path("param_sync");
         }
-        // The rule's limit debited (or seeded); every other limit on the item carried: refilled
-        // with its stored parameters and written back under the same lock, never gated.
-        let limits: Vec<LimitWrite<'_>> = side
-            .limits
-            .iter()
-            .map(|l| match l.read {
-                Some(read) if l.name == LIMIT_NAME => LimitWrite {
-                    name: LIMIT_NAME,
-                    balance: Balance::Add {
-                        delta: refill.saturating_sub(debit),
-                        usage: plan.consumed(),
-                        at_least: plan.guard.map(|guard| (guard.saturating_sub(refill), true)),
-                        at_most: (refill > 0).then_some(read.0),
-                    },
-                    params: l.resync.then_some(cx.limit),
-                },
-                // Seed (§11.5): the limit is missing from this item.
-                None => LimitWrite {
-                    name: LIMIT_NAME,
-                    balance: Balance::Seed { tk: balance.saturating_sub(debit), usage: plan.consumed() },
-                    params: Some(cx.limit),
-                },
-                Some(read) => {
-                    let r = l.refill();
-                    let balance =
-                        Balance::Add { delta: r, usage: 0, at_least: None, at_most: (r > 0).then_some(read.0) };
-                    LimitWrite { name: &l.name, balance, params: None }
-                }
-            })
-            .collect();
-        let horizons: Vec<f64> = side.limits.iter().map(|l| plan::recovery_secs(&l.limit)).collect();
-        let mut stamps = Vec::new();
-        if let Some(st) = soft_fix {
-            stamps.push(StampWrite { attr: hits_attr("soft"), to: StampTo::Remove, read: Some(&st.raw) });
-        }
-        if let Some(b) = bypass_fix {
-            stamps.push(StampWrite { attr: "bypass".into(), to: StampTo::Remove, read: Some(&b.raw) });
-        }
-        let write = ShardWrite {
-            now,
-            rf: (now.max(image.rf), image.rf),
-            limits,
-            ttl: Some(plan::ttl_epoch(cx.now, &horizons)),
-            vu: image.vu,
-            stamps,
-            cascade: None,
-            owner: None,
-        };
+        let debit = charge_rule(&mut side, &plan, admission);
+        let write = planned::update(&side, &image, cx.now, true, true);
         let req = write.render(cx.pk(shard));
         match self.db.update(req).await {
             Ok(Update::Done(item)) => {
@@ -190,38 +131,29 @@ impl Inner {
                 Ok(Step::Done(Decided::new(outcomes, written.shard_count)))
             }
             Ok(Update::ConditionFailed(_)) | Err(DbError::Conflict) => {
-                let seed = if hits.is_none() { Some(balance) } else { None };
-                self.retry(cx, shard, &plan, admission, seed, if hits.is_some() { sc } else { seed_count }).await
+                self.retry(cx, shard, &plan, &side, if hits.is_some() { sc } else { seed_count }).await
             }
             Err(e) => Err(unavailable(e)),
         }
     }
 
-    /// Shape (c): consumption only, no refill, no stamps; a failure is a rejection built
-    /// from the `ALL_OLD` image. `seed` is the starting balance of a limit the item lacked.
+    /// Shape (c): consumption only, no refill, no stamps ([`planned::takes`] of `side`, which
+    /// carries the plan's debit); a failure is a rejection built from the `ALL_OLD` image.
     async fn retry(
         &self,
         cx: &Ctx<'_>,
         shard: i64,
         plan: &Plan,
-        admission: Admission,
-        seed: Option<i64>,
+        side: &SidePlan<'_>,
         count: i64,
     ) -> Result<Step, StoreError> {
-        let debit = plan.tk_debit(admission);
-        if plan.consumed() == 0 {
+        let write = Consume { now: cx.now.0, limits: planned::takes(side, true), under_bypass: false };
+        let Some(req) = write.render(cx.pk(shard)) else {
             // Only check-only charges were admitted: nothing to write without the refill.
             path("slow_retry");
             return Ok(Step::Done(Decided::new(plan.outcomes.clone(), count)));
-        }
-        let guard = match (seed, plan.guard) {
-            (Some(start), floor) => Guard::Seed { start, limit: cx.limit, floor },
-            (None, Some(floor)) => Guard::Covers { floor, soft_escape: true },
-            (None, None) => Guard::Held,
         };
-        let take = Take { name: LIMIT_NAME, debit, usage: plan.consumed(), guard };
-        let write = Consume { now: cx.now.0, limits: vec![take], under_bypass: false };
-        let req = write.render(cx.pk(shard)).expect("a consumption");
+        let debit = side.limits.iter().find(|l| l.name == LIMIT_NAME).map_or(0, |l| l.consumed);
         match self.db.update(req).await {
             Ok(Update::Done(item)) => {
                 path("slow_retry");
@@ -252,4 +184,44 @@ impl Inner {
             Err(e) => Err(unavailable(e)),
         }
     }
+}
+
+/// A YAML rule's one limit as the engine's config: its YAML parameters, soft while its item's
+/// `b_hits_soft` stamp is live.
+fn rule_limit(cx: &Ctx<'_>, soft: bool) -> [StoredLimit; 1] {
+    [StoredLimit { name: LIMIT_NAME.to_owned(), limit: cx.limit, soft }]
+}
+
+/// The engine's input for a YAML rule's bucket shard (`image`; `None`: not there), nothing
+/// requested: the rule's charges are decided in order by [`plan::decide`], then
+/// [`charge_rule`].
+fn rule_input<'a>(
+    cx: &'a Ctx<'_>,
+    config: &'a [StoredLimit],
+    shard: i64,
+    image: Option<&'a BucketImage>,
+    count: i64,
+) -> SideInput<'a, 'a> {
+    SideInput {
+        entity: &cx.id.entity,
+        config,
+        requested: &[],
+        access: Access::Enforced,
+        shard,
+        bucket: image.map(|image| bucket_read(image, cx.now)),
+        new_shard_count: count,
+        params: Params::Config,
+    }
+}
+
+/// Puts the charges' decision on the rule's limit of `side`: its debit, its usage and the
+/// guard under which the admitted charges stay valid. Returns the debit.
+fn charge_rule(side: &mut SidePlan<'_>, plan: &Plan, admission: Admission) -> i64 {
+    let debit = plan.tk_debit(admission);
+    if let Some(rule) = side.limits.iter_mut().find(|l| l.name == LIMIT_NAME) {
+        rule.consumed = debit;
+        rule.usage = plan.consumed();
+        rule.guard = plan.guard.map(Millitokens);
+    }
+    debit
 }

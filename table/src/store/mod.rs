@@ -26,6 +26,7 @@ mod expr;
 mod fast_path;
 mod learning;
 pub(crate) mod lease;
+mod planned;
 mod reject;
 mod rejection_cache;
 mod request;

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use zael_core::bucket::EpochMillis;
 use zael_core::store::StoreError;
 
+use super::super::planned;
 use super::super::request::{parse, unavailable};
-use super::super::write::{Balance, Consume, Guard, LimitWrite, Owner, ShardWrite, StampTo, StampWrite, Take};
+use super::super::write::{Consume, Owner};
 use super::super::{BucketId, Inner};
 use super::slow::{Meta, SidePlan};
 use crate::db::{DbError, Transact, Update, UpdateReq};
@@ -93,66 +94,10 @@ impl Inner {
     /// restamp the owner, under the `rf` lock (§11.6).
     fn normal_update(&self, p: &SidePlan<'_>, now: EpochMillis) -> UpdateReq {
         let image = p.image.as_ref().expect("an existing item");
-        let limits = p
-            .plan
-            .limits
-            .iter()
-            .map(|l| {
-                let balance = match l.read {
-                    Some(read) => {
-                        let refill = l.refill();
-                        Balance::Add {
-                            delta: refill.saturating_sub(l.consumed),
-                            usage: l.usage,
-                            at_least: (l.consumed > refill && !l.soft).then_some((l.consumed - refill, false)),
-                            at_most: (refill > 0).then_some(read.0),
-                        }
-                    }
-                    None => Balance::Seed { tk: l.after().0, usage: l.usage },
-                };
-                LimitWrite { name: &l.name, balance, params: l.read.is_none().then_some(l.limit) }
-            })
-            .collect();
-        // Stamps follow the config (§8.6): a soft limit keeps a live `b_{n}_soft`, a hard one
-        // none; `bypass` while the walk says so. Each change is pinned on the stamp as read.
-        let deadline = keys::stamp_deadline(now.0);
-        let mut stamps = Vec::new();
-        for l in p.plan.limits.iter().filter(|l| l.name != WCU) {
-            let read = image.limit(&l.name).and_then(|h| h.soft.as_ref());
-            let to = match (l.stamp_soft, read) {
-                (true, Some(st)) if st.live(now.0) => continue,
-                (true, _) => StampTo::Set(deadline),
-                (false, Some(_)) => StampTo::Remove,
-                (false, None) => continue,
-            };
-            stamps.push(StampWrite { attr: keys::battr(&l.name, "soft"), to, read: read.map(|st| &st.raw) });
-        }
-        let bypass_to = match (&image.bypass, p.plan.bypass) {
-            (Some(read), true) if read.live(now.0) => StampTo::Keep,
-            (_, true) => StampTo::Set(deadline),
-            (Some(_), false) => StampTo::Remove,
-            (None, false) => StampTo::Keep,
-        };
-        stamps.push(StampWrite { attr: "bypass".into(), to: bypass_to, read: image.bypass.as_ref().map(|b| &b.raw) });
-        let disabled = AttributeValue::Bool(true);
-        if image.disabled {
-            // A stale stamp (the walk just said enforced): clear it, or the fast path stays shut.
-            stamps.push(StampWrite { attr: "disabled".into(), to: StampTo::Remove, read: Some(&disabled) });
-        }
-        let horizons: Vec<f64> = p.plan.limits.iter().map(|l| plan::recovery_secs(&l.limit)).collect();
-        let write = ShardWrite {
-            now: now.0,
-            rf: (now.0.max(image.rf), image.rf),
-            limits,
-            ttl: p.side.limits.ttl_applies().then(|| plan::ttl_epoch(now, &horizons)),
-            vu: image.vu,
-            stamps,
-            cascade: Some(p.cascade),
-            owner: p
-                .meta
-                .as_ref()
-                .map(|m| Owner { parent: m.parent.as_deref(), generation: m.pgen.zip(m.pinc.as_deref()) }),
-        };
+        let mut write = planned::update(&p.plan, image, now, p.side.limits.ttl_applies(), false);
+        write.cascade = Some(p.cascade);
+        write.owner =
+            p.meta.as_ref().map(|m| Owner { parent: m.parent.as_deref(), generation: m.pgen.zip(m.pinc.as_deref()) });
         write.render(p.side.id.pk(p.plan.shard))
     }
 
@@ -180,7 +125,7 @@ impl Inner {
         let mut item = new_bucket_item(&bucket, &limits);
         item.insert("cascade".into(), AttributeValue::Bool(p.cascade));
         let deadline = keys::stamp_deadline(now.0);
-        for l in p.plan.limits.iter().filter(|l| l.stamp_soft) {
+        for l in p.plan.limits.iter().filter(|l| l.soft && l.name != WCU) {
             item.insert(keys::battr(&l.name, "soft"), n(deadline));
         }
         if p.plan.bypass {
@@ -205,18 +150,13 @@ impl Inner {
     pub(super) async fn retry_consumption(
         &self,
         plans: &[SidePlan<'_>],
+        now: EpochMillis,
         extra: Option<TransactWriteItem>,
     ) -> Result<bool, StoreError> {
         let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Unavailable(format!("building a retry: {e}"));
         let mut requests = Vec::new();
         for p in plans {
-            let limits = p.plan.limits.iter().filter(|l| l.consumed > 0).map(|l| Take {
-                name: &l.name,
-                debit: l.consumed,
-                usage: l.consumed,
-                guard: if l.soft { Guard::Held } else { Guard::Covers { floor: l.consumed, soft_escape: false } },
-            });
-            let write = Consume { now: 0, limits: limits.collect(), under_bypass: false };
+            let write = Consume { now: now.0, limits: planned::takes(&p.plan, false), under_bypass: false };
             requests.extend(write.render(p.side.id.pk(p.plan.shard)));
         }
         if requests.is_empty() && extra.is_none() {

@@ -177,7 +177,7 @@ impl Inner {
             let committed = match self.commit(&plans, now, extra.clone()).await? {
                 true => true,
                 // Lost a race (the rf lock, a concurrent create): consumption only (§11.6 c).
-                false => self.retry_consumption(&plans, extra).await?,
+                false => self.retry_consumption(&plans, now, extra).await?,
             };
             if committed {
                 path(if plans.len() > 1 { "entity_slow_cascade" } else { "entity_slow" });
