@@ -66,13 +66,13 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
 WORKLOADS = os.environ.get(
     "BENCH_WORKLOADS",
-    "first warm rejected entity-warm entity-rejected cascade-first cascade-warm cascade-rejected "
+    "first warm hot rejected entity-warm entity-rejected cascade-first cascade-warm cascade-rejected "
     "lease lease-rollback lease-idempotent",
 ).split()
 # Workloads measured for calls only: their buckets run out of fresh entities.
 CALLS_ONLY = {"cascade-first"}
 STORE_TIMEOUT = os.environ.get("BENCH_STORE_TIMEOUT", "30s")
-CLIENTS = os.environ.get("BENCH_CLIENTS", "zael python").split()
+CLIENTS = os.environ.get("BENCH_CLIENTS", "zael zael-off python").split()
 OUT = BENCH / "out"
 
 ZAEL_CONFIG = f"""
@@ -81,6 +81,8 @@ descriptors:
   - key: first
     rate_limit: {{unit: second, requests_per_unit: {HUGE}}}
   - key: warm
+    rate_limit: {{unit: second, requests_per_unit: {HUGE}}}
+  - key: hot
     rate_limit: {{unit: second, requests_per_unit: {HUGE}}}
   - key: rejected
     rate_limit: {{unit: hour, requests_per_unit: 1}}
@@ -110,6 +112,7 @@ def stored(workload):
 PY_LIMITS = {
     "first": [Limit(name="hits", capacity=HUGE, refill_amount=HUGE, refill_period_seconds=1)],
     "warm": [Limit(name="hits", capacity=HUGE, refill_amount=HUGE, refill_period_seconds=1)],
+    "hot": [Limit(name="hits", capacity=HUGE, refill_amount=HUGE, refill_period_seconds=1)],
     "rejected": [Limit(name="hits", capacity=1, refill_amount=1, refill_period_seconds=3600)],
 }
 
@@ -140,7 +143,7 @@ def log(msg):
 class Zael:
     """zael-server on the table, and an RLS client."""
 
-    def __init__(self, binary, moto, table, tmp):
+    def __init__(self, binary, moto, table, tmp, reservations="on"):
         self.grpc_port, self.http_port = free_port(), free_port()
         config = Path(tmp) / "bench.yaml"
         config.write_text(ZAEL_CONFIG)
@@ -166,6 +169,7 @@ class Zael:
                 "--region", REGION,
                 "--store-timeout", STORE_TIMEOUT,
                 "--lease-key", "dynamodb-bench-lease-key",
+                "--reservations", reservations,
             ],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -335,12 +339,14 @@ class Values:
             return f"{self.prefix}-new-{self.n}"
         if workload.endswith("warm"):
             return f"{self.prefix}-warm-{worker}"
+        if workload == "hot":
+            return f"{self.prefix}-hot"
         return f"{self.prefix}-exhausted"
 
 
 async def prepare(client, values, workload, workers):
     """Warm buckets / exhaust the rejected one, outside the measurement."""
-    if workload.endswith("warm") or workload.startswith("lease"):
+    if workload.endswith("warm") or workload.startswith("lease") or workload == "hot":
         for w in range(workers):
             await client.decide(workload, values.next(workload, w))
     elif workload.endswith("rejected"):
@@ -419,8 +425,8 @@ async def run_client(name, moto, binary, tmp):
     results = {}
     for workload in WORKLOADS:
         table = await create_table(moto)
-        if name == "zael":
-            zael = Zael(binary, moto, table, tmp)
+        if name.startswith("zael"):
+            zael = Zael(binary, moto, table, tmp, "off" if name == "zael-off" else "on")
             try:
                 results[workload] = await run_workload(name, zael, moto, table, workload)
                 (Path(tmp) / f"zael-metrics-{workload}.txt").write_text(zael.metrics())
@@ -480,7 +486,7 @@ async def main():
     log(f"logs in {tmp}")
     if any(w.startswith("lease") for w in WORKLOADS):
         NATIVE = native_stubs(tmp)
-    binary = zael_binary() if "zael" in CLIENTS else None
+    binary = zael_binary() if any(c.startswith("zael") for c in CLIENTS) else None
     moto = Moto(tmp)
     try:
         results = {}

@@ -41,4 +41,5 @@ pub mod lease;
 pub mod levels;
 pub mod limit_spec;
 pub mod memory;
+pub mod reserve;
 pub mod store;

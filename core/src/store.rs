@@ -308,6 +308,13 @@ pub trait BucketStore: Send + Sync + 'static {
     fn on_unavailable(&self, _namespace: &str) -> Option<OnUnavailable> {
         None
     }
+
+    /// Called once when the server stops, after the last request: gives back what the store
+    /// holds ahead of use (token reservations). Answers the millitokens given back and those
+    /// that could not be. Nothing by default.
+    async fn shutdown(&self) -> (i64, i64) {
+        (0, 0)
+    }
 }
 
 #[cfg(test)]

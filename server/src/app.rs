@@ -16,11 +16,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use zael_api::limiter_server::LimiterServer;
-use zael_core::bucket::EpochMillis;
+use zael_core::bucket::{EpochMillis, Millitokens};
 use zael_core::config::load_path;
 use zael_core::entities::Entities;
 use zael_core::lease::LeaseKey;
 use zael_core::memory::MemoryStore;
+use zael_core::reserve::ReserveOptions;
 use zael_core::store::BucketStore;
 
 /// Health service names Envoy and Kubernetes probes ask for.
@@ -100,6 +101,11 @@ async fn open_store(cli: &Cli) -> anyhow::Result<Arc<dyn BucketStore>> {
                 endpoint_url: cli.endpoint_url.clone(),
                 call_timeout: cli.store_timeout,
                 config_cache_ttl: cli.config_cache_ttl,
+                reservations: (cli.reservations == crate::cli::Reservations::On).then(|| ReserveOptions {
+                    horizon_ms: i64::try_from(cli.reservation_horizon.as_millis()).unwrap_or(i64::MAX).max(1),
+                    min_rate: Millitokens::from_tokens(cli.reservation_min_rate),
+                    max_block: Millitokens::from_tokens(cli.reservation_max_block),
+                }),
                 ..zael_table::DynamoStoreOptions::new(table)
             };
             Arc::new(zael_table::DynamoStore::connect(options).await?)
@@ -116,6 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     let lease_key = lease_key(&cli)?;
     let store = open_store(&cli).await?;
+    let closing = store.clone();
     if cli.store == StoreKind::Dynamodb {
         zael_table::describe_metrics();
     }
@@ -215,6 +222,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match tokio::time::timeout(cli.shutdown_timeout, finished).await {
         Ok(result) => result?,
         Err(_) => tracing::warn!(timeout = ?cli.shutdown_timeout, "in-flight calls did not finish in time; exiting"),
+    }
+    // What the store holds ahead of use goes back before exit (token reservations).
+    match tokio::time::timeout(cli.shutdown_timeout, closing.shutdown()).await {
+        Ok((0, 0)) => {}
+        Ok((returned, stranded)) => tracing::info!(returned, stranded, "reserved tokens given back (millitokens)"),
+        Err(_) => tracing::warn!("giving reserved tokens back timed out; they are stranded until their buckets refill"),
     }
     tracing::info!("stopped");
     Ok(())

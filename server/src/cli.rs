@@ -15,6 +15,15 @@ pub enum StoreKind {
     Dynamodb,
 }
 
+/// Token reservations on the DynamoDB store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Reservations {
+    /// Hot buckets are answered from blocks of tokens debited ahead of use (never over-admits).
+    On,
+    /// One conditional write per decision.
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -123,6 +132,26 @@ pub struct Cli {
     /// Deadline of one store call, retries included; past it the request is answered UNAVAILABLE.
     #[arg(long, env = "ZAEL_STORE_TIMEOUT", default_value = "40ms", value_parser = parse_duration)]
     pub store_timeout: Duration,
+
+    /// Token reservations on hot YAML-rule buckets of `--store dynamodb`: a block of tokens is
+    /// debited from the shared bucket ahead of use and decisions are answered from it in
+    /// memory; unused tokens go back. `off` writes once per decision.
+    #[arg(long, env = "ZAEL_RESERVATIONS", value_enum, default_value = "on")]
+    pub reservations: Reservations,
+
+    /// A reservation block covers this much of the bucket's demand, and goes back unused after
+    /// this long without a decision.
+    #[arg(long, env = "ZAEL_RESERVATION_HORIZON", default_value = "1s", value_parser = parse_duration)]
+    pub reservation_horizon: Duration,
+
+    /// A bucket is reserved once its demand reaches this many tokens per second.
+    #[arg(long, env = "ZAEL_RESERVATION_MIN_RATE", default_value = "50")]
+    pub reservation_min_rate: u64,
+
+    /// The largest reservation block, in tokens (a block is also at most half of the shared
+    /// balance last seen).
+    #[arg(long, env = "ZAEL_RESERVATION_MAX_BLOCK", default_value = "10000")]
+    pub reservation_max_block: u64,
 
     /// How long stored limits (entity rules' config levels) are cached, as the library's
     /// `config_cache_ttl`; `0s` reads them on every acquire.

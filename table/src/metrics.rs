@@ -32,9 +32,18 @@ pub const FAST_ADMITS: &str = "zael_dynamodb_fast_admits_total";
 pub const REJECTION_CACHE_HITS: &str = "zael_dynamodb_rejection_cache_hits_total";
 /// Bucket decisions by `path`: `fast_admit`, `fast_bypass`, `fast_reject`, `cache_reject`,
 /// `slow_create`, `slow_update`, `slow_retry`, `slow_retry_reject`, `slow_reject`,
-/// `slow_bypass`, `disabled`, and the extra writes `debt`, `double`, `param_sync`; and
+/// `slow_bypass`, `disabled`, `reserved` (answered from a token reservation), and the extra writes `debt`, `double`, `param_sync`; and
 /// `unsupported` (answered unavailable).
 pub const PATHS: &str = "zael_dynamodb_decisions_total";
+/// Bucket decisions answered from this server's token reservation, without a request.
+pub const RESERVED_DECISIONS: &str = "zael_reservation_local_decisions_total";
+/// Millitokens taken off shared buckets as reservation blocks.
+pub const RESERVED_TOKENS: &str = "zael_reservation_reserved_millitokens_total";
+/// Millitokens of reservations given back unused.
+pub const RETURNED_TOKENS: &str = "zael_reservation_returned_millitokens_total";
+/// Millitokens of reservations that could not be given back at shutdown (stranded until the
+/// bucket refills).
+pub const STRANDED_TOKENS: &str = "zael_reservation_stranded_millitokens_total";
 /// Buckets that missed the call's deadline.
 pub const TIMEOUTS: &str = "zael_dynamodb_timeouts_total";
 /// Time of one store call (every bucket of one request, concurrently), in seconds, by
@@ -58,6 +67,10 @@ pub fn describe_metrics() {
     );
     describe_counter!(BUCKET_DECISIONS, "Buckets decided by the DynamoDB store.");
     describe_counter!(FAST_ADMITS, "Buckets admitted by one speculative UpdateItem (the fast path).");
+    describe_counter!(RESERVED_DECISIONS, "Bucket decisions answered from a local token reservation.");
+    describe_counter!(RESERVED_TOKENS, "Millitokens taken off shared buckets as reservation blocks.");
+    describe_counter!(RETURNED_TOKENS, "Millitokens of reservations given back unused.");
+    describe_counter!(STRANDED_TOKENS, "Millitokens of reservations not given back at shutdown.");
     describe_counter!(REJECTION_CACHE_HITS, "Buckets rejected from the rejection cache, without a DynamoDB request.");
     describe_counter!(PATHS, "Bucket decisions of the DynamoDB store, by path.");
     describe_counter!(TIMEOUTS, "Buckets that missed the DynamoDB store call's deadline.");

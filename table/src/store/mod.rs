@@ -30,6 +30,7 @@ mod planned;
 mod reject;
 mod rejection_cache;
 mod request;
+mod reserve;
 mod sharding;
 mod slow_path;
 mod system;
@@ -91,6 +92,9 @@ pub struct DynamoStoreOptions {
     /// Answer charges that recent images prove short without a DynamoDB call (each image
     /// trusted for at most 1 s); `false` sends every charge to the table.
     pub rejection_cache: bool,
+    /// Token reservations on hot YAML-rule buckets ([`zael_core::reserve`]); `None` writes
+    /// once per decision. Off here; the server turns them on by default.
+    pub reservations: Option<zael_core::reserve::ReserveOptions>,
 }
 
 impl DynamoStoreOptions {
@@ -105,6 +109,7 @@ impl DynamoStoreOptions {
             namespace_cache_ttl: DEFAULT_NAMESPACE_CACHE_TTL,
             config_cache_ttl: DEFAULT_CONFIG_CACHE_TTL,
             rejection_cache: true,
+            reservations: None,
         }
     }
 }
@@ -159,6 +164,7 @@ struct Inner {
     cache_ttl: Duration,
     caches: Caches,
     rejection_cache: bool,
+    reservations: Option<reserve::Reservations>,
     /// Test hook run between a slow path's read and its commit.
     before_commit: Mutex<Option<CommitHook>>,
 }
@@ -246,9 +252,14 @@ impl DynamoStore {
                 call_timeout: options.call_timeout,
                 cache_ttl: options.namespace_cache_ttl,
                 rejection_cache: options.rejection_cache,
+                reservations: options.reservations.map(reserve::Reservations::new),
                 before_commit: Mutex::new(None),
             }),
         };
+        if let Some(reservations) = &options.reservations {
+            let horizon = Duration::from_millis(u64::try_from(reservations.horizon_ms).unwrap_or(1000));
+            reserve::sweep(Arc::downgrade(&store.inner), horizon);
+        }
         let check = tokio::time::timeout(CONNECT_TIMEOUT.max(options.call_timeout), store.inner.check_version()).await;
         match check {
             Ok(Ok(())) => Ok(store),
@@ -265,6 +276,13 @@ impl DynamoStore {
     /// Charges rejected by the rejection cache so far (without a DynamoDB call).
     pub fn rejection_cache_hits(&self) -> u64 {
         self.inner.caches.rejections.hits()
+    }
+
+    /// Stops taking token reservations and gives every held token back; answers the
+    /// millitokens given back and those that could not be (stranded until their buckets
+    /// refill). Call once, before the process exits.
+    pub async fn close(&self) -> (i64, i64) {
+        self.inner.close_reservations().await
     }
 
     /// The table name.
@@ -350,6 +368,10 @@ impl BucketStore for DynamoStore {
     /// config without it (or no config item) reads as `block`.
     fn on_unavailable(&self, namespace: &str) -> Option<OnUnavailable> {
         self.inner.caches.policies.get(namespace)
+    }
+
+    async fn shutdown(&self) -> (i64, i64) {
+        self.close().await
     }
 }
 
@@ -453,6 +475,11 @@ impl Inner {
             total: plan::total(&request.charges),
             now,
         };
+        // This server's reservation first: tokens it holds are not in the shared balance the
+        // rejection cache judges.
+        if let Some(decided) = self.reserved(&cx).await {
+            return Ok(decided.scaled());
+        }
         let avoid = match self.known_short(&cx) {
             Known::Rejected(decided) => {
                 self.caches.rejections.count_hit();

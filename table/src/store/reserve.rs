@@ -1,0 +1,298 @@
+//! Token reservations of YAML-rule buckets on DynamoDB: the writes behind
+//! [`zael_core::reserve`]'s rules. A block is the fast path's speculative write
+//! ([`super::write::Speculative`], every condition of it, the rule's parameters pinned) for
+//! the block's amount, so the shared bucket is debited before any of it is handed out, and
+//! `tc` counts it as consumed; what goes back unused is the library's self-trimming credit
+//! (`tk` up, `tc` down, never above the shard's ceiling).
+//!
+//! Per bucket, one [`Entry`]: the [`Reserve`] under a short lock (a local answer holds it for
+//! microseconds) and a [`Notify`] for the decisions that wait on a block in flight: concurrent
+//! decisions share one write (single flight). The next block is fetched in the background
+//! when the pool falls below half a horizon of demand, so a steady bucket never waits. A
+//! sweeper gives unused tokens back ([`Reserve::give_back`]), and [`Reservations::close`]
+//! gives everything back on shutdown.
+//!
+//! Not reserved (decided one write per decision as before): buckets with a soft or bypass
+//! stamp, debt and check-only charges, and buckets the store knows bypassed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+use zael_core::bucket::{BucketLimit, BucketState, EpochMillis, Millitokens};
+use zael_core::reserve::{Reserve, ReserveOptions, total};
+
+use super::entity::{Fast, Landed};
+use super::request::{Ctx, Decided, path};
+use super::write::{Credit, Delta};
+use super::{BucketId, Inner, LIMIT_NAME};
+use crate::metrics as m;
+
+/// What a decision the block could not answer does next.
+enum Next<'a> {
+    Wait(tokio::sync::futures::Notified<'a>),
+    Fetch(Millitokens),
+}
+
+/// One bucket's reservation.
+pub(super) struct Entry {
+    /// The rule's parameters the tokens were taken under.
+    limit: BucketLimit,
+    state: Mutex<Reserve>,
+    fetched: Notify,
+}
+
+/// Every reservation of the store.
+pub(super) struct Reservations {
+    pub(super) options: ReserveOptions,
+    entries: Mutex<HashMap<BucketId, Arc<Entry>>>,
+    /// Entries replaced by a rule change, given back in full by the next sweep.
+    retired: Mutex<Vec<(BucketId, Arc<Entry>)>>,
+    closed: AtomicBool,
+}
+
+impl Reservations {
+    pub(super) fn new(options: ReserveOptions) -> Reservations {
+        Reservations {
+            options,
+            entries: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The bucket's entry for the rule's parameters `limit` (a changed rule retires the old one).
+    fn entry(&self, id: &BucketId, limit: BucketLimit, now: EpochMillis) -> Arc<Entry> {
+        let mut entries = self.entries.lock().expect("lock");
+        if let Some(entry) = entries.get(id).filter(|e| e.limit == limit) {
+            return entry.clone();
+        }
+        let share = limit.shard_share(1);
+        let entry = Arc::new(Entry { limit, state: Mutex::new(Reserve::new(share, now)), fetched: Notify::new() });
+        if let Some(old) = entries.insert(id.clone(), entry.clone()) {
+            self.retired.lock().expect("lock").push((id.clone(), old));
+        }
+        entry
+    }
+
+    /// Every entry, with those retired (`true`: give back in full).
+    fn all(&self) -> Vec<(BucketId, Arc<Entry>, bool)> {
+        let mut all: Vec<_> =
+            self.entries.lock().expect("lock").iter().map(|(id, e)| (id.clone(), e.clone(), false)).collect();
+        all.extend(self.retired.lock().expect("lock").iter().map(|(id, e)| (id.clone(), e.clone(), true)));
+        all
+    }
+}
+
+impl Inner {
+    /// A decision answered from this server's reservation of the bucket, taking a block first
+    /// when the bucket is hot and nothing is held; `None` sends it down the per-decision path.
+    pub(super) async fn reserved(self: &Arc<Self>, cx: &Ctx<'_>) -> Option<Decided> {
+        let reservations = self.reservations.as_ref()?;
+        if reservations.closed.load(Ordering::Relaxed) || !Reserve::servable(cx.charges) || self.is_bypassed(&cx.id) {
+            return None;
+        }
+        let options = reservations.options;
+        let entry = reservations.entry(&cx.id, cx.limit, cx.now);
+        let need = total(cx.charges);
+        entry.state.lock().expect("lock").demand.record(need, cx.now);
+        for attempt in 0..3 {
+            let next = {
+                let mut state = entry.state.lock().expect("lock");
+                if let Some(served) = state.serve(cx.charges, cx.now, &options) {
+                    if let Some(amount) = served.prefetch {
+                        state.fetching = true;
+                        let (inner, id, entry) = (self.clone(), cx.id.clone(), entry.clone());
+                        tokio::spawn(async move { inner.fetch(&id, &entry, amount).await });
+                    }
+                    metrics::counter!(m::RESERVED_DECISIONS).increment(1);
+                    path("reserved");
+                    return Some(Decided::new(served.outcomes, state.shard_count));
+                }
+                if attempt == 2 {
+                    return None;
+                }
+                if state.fetching {
+                    Next::Wait(entry.fetched.notified())
+                } else {
+                    let amount = state.block(need, cx.now, &options)?;
+                    state.fetching = true;
+                    Next::Fetch(amount)
+                }
+            };
+            match next {
+                // Another decision's block write is in flight: wait for it, not longer than a call.
+                Next::Wait(notified) => {
+                    let _ = tokio::time::timeout(self.call_timeout, notified).await;
+                }
+                Next::Fetch(amount) => self.fetch(&cx.id, &entry, amount).await,
+            }
+        }
+        None
+    }
+
+    /// Takes a block of `amount` for the bucket: one speculative write; whatever it answers,
+    /// the waiters are woken.
+    async fn fetch(&self, id: &BucketId, entry: &Entry, amount: Millitokens) {
+        let now = EpochMillis::now();
+        let Some(reservations) = self.reservations.as_ref().filter(|r| !r.closed.load(Ordering::Relaxed)) else {
+            entry.state.lock().expect("lock").fetching = false;
+            entry.fetched.notify_waiters();
+            return;
+        };
+        let options = reservations.options;
+        let (shard, _) = self.select_shard(id, &[]);
+        let limits = [(LIMIT_NAME, amount.0, Some(entry.limit))];
+        let mut failed_seen = None;
+        let landed = match self.speculate(id, &limits, shard, now).await {
+            Ok((Fast::Admitted(landed), false)) => Some(landed),
+            Ok((Fast::Admitted(landed), true)) => {
+                // The bypass shape counted `tc` only: take the count back, reserve nothing.
+                self.give(id, shard, &landed.image, amount, false).await;
+                None
+            }
+            Ok((Fast::Failed(Some(image)), _)) => {
+                // The shard as it is: the next block is sized from it.
+                failed_seen = usable(&Landed { image, debited: false });
+                None
+            }
+            _ => None,
+        };
+        let refused_landing = {
+            let mut state = entry.state.lock().expect("lock");
+            state.fetching = false;
+            match landed.as_ref().and_then(usable) {
+                Some((seen, share, count)) => {
+                    self.learn_count(id, count);
+                    self.caches.rejections.forget(id, shard);
+                    state.took(amount, (shard, count, share), seen, now);
+                    metrics::counter!(m::RESERVED_TOKENS).increment(u64::try_from(amount.0).unwrap_or(0));
+                    None
+                }
+                None => {
+                    state.refused(now, &options);
+                    // Sized from the shard as it is once nothing is held (while tokens are held,
+                    // answers stay on the balance this server's blocks were carved from).
+                    if let Some((seen, share, count)) = failed_seen.filter(|_| state.held.0 == 0) {
+                        (state.seen, state.share, state.shard_count) = (seen, share, count);
+                    }
+                    landed
+                }
+            }
+        };
+        if let Some(landed) = refused_landing {
+            // Landed on a stamped shard: the whole block goes back at once.
+            self.give(id, shard, &landed.image, amount, true).await;
+        }
+        entry.fetched.notify_waiters();
+    }
+
+    /// Gives `amount` back to `shard`: to `tk` when `tokens`, always off `tc`.
+    async fn give(
+        &self,
+        id: &BucketId,
+        shard: i64,
+        image: &crate::item::BucketImage,
+        amount: Millitokens,
+        tokens: bool,
+    ) {
+        let ceiling = image.limit(LIMIT_NAME).map(|l| (l.limit.capacity.0, image.shard_count));
+        let limits = vec![Delta { name: LIMIT_NAME, tk: tokens.then_some(amount.0), tc: Some(-amount.0), ceiling }];
+        if let Err(e) = self.send_credit(id.pk(shard), Credit { limits, vu: None, trim: false }).await {
+            tracing::warn!(error = ?e, resource = %id.resource, "returning reserved tokens failed");
+        }
+    }
+
+    /// Gives back what the sweeper's rules say (all of it when `everything`); returns the
+    /// millitokens given back and those that could not be.
+    pub(super) async fn give_back(&self, everything: bool) -> (i64, i64) {
+        let Some(reservations) = self.reservations.as_ref() else { return (0, 0) };
+        let now = EpochMillis::now();
+        let mut returns = Vec::new();
+        for (id, entry, retired) in reservations.all() {
+            let mut state = entry.state.lock().expect("lock");
+            let back = if everything || retired {
+                std::mem::take(&mut state.held)
+            } else {
+                state.give_back(now, &reservations.options)
+            };
+            if back.0 > 0 {
+                returns.push((id, state.shard, back, entry.limit, state.shard_count));
+            } else if !retired && !state.fetching && now.0 - state.last_use.0 > 10 * reservations.options.horizon_ms {
+                drop(state);
+                let mut entries = reservations.entries.lock().expect("lock");
+                if entries.get(&id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                    entries.remove(&id);
+                }
+            }
+        }
+        // A retired entry is done once empty and no block write of it is in flight.
+        reservations.retired.lock().expect("lock").retain(|(_, e)| {
+            let state = e.state.lock().expect("lock");
+            state.fetching || state.held.0 > 0
+        });
+        let sent = futures_util::future::join_all(returns.into_iter().map(|(id, shard, back, limit, count)| async move {
+            let limits = vec![Delta {
+                name: LIMIT_NAME,
+                tk: Some(back.0),
+                tc: Some(-back.0),
+                ceiling: Some((limit.capacity.0, count)),
+            }];
+            let result = self.send_credit(id.pk(shard), Credit { limits, vu: None, trim: false }).await;
+            if let Err(e) = &result {
+                tracing::warn!(error = ?e, resource = %id.resource, "returning reserved tokens failed; stranded until the bucket refills");
+            }
+            (back.0, result.is_ok())
+        }))
+        .await;
+        let returned: i64 = sent.iter().filter(|(_, ok)| *ok).map(|(b, _)| *b).sum();
+        let stranded: i64 = sent.iter().filter(|(_, ok)| !*ok).map(|(b, _)| *b).sum();
+        metrics::counter!(m::RETURNED_TOKENS).increment(u64::try_from(returned).unwrap_or(0));
+        (returned, stranded)
+    }
+
+    /// Stops reserving and gives every held token back.
+    pub(super) async fn close_reservations(&self) -> (i64, i64) {
+        let Some(reservations) = self.reservations.as_ref() else { return (0, 0) };
+        reservations.closed.store(true, Ordering::Relaxed);
+        // Block writes in flight land first (none starts once closed), so their tokens go back too.
+        let deadline = tokio::time::Instant::now() + self.call_timeout.max(Duration::from_secs(1));
+        while reservations.all().iter().any(|(_, e, _)| e.state.lock().expect("lock").fetching)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (returned, stranded) = self.give_back(true).await;
+        metrics::counter!(m::STRANDED_TOKENS).increment(u64::try_from(stranded).unwrap_or(0));
+        (returned, stranded)
+    }
+}
+
+/// The shard's balance after a landed block and the share it is of, when the shard carries
+/// no stamp that changes how it admits (soft, bypass).
+fn usable(landed: &Landed) -> Option<(BucketState, BucketLimit, i64)> {
+    let image = &landed.image;
+    let hits = image.limit(LIMIT_NAME)?;
+    if image.bypass.is_some() || hits.soft.is_some() {
+        return None;
+    }
+    let share = hits.limit.shard_share(image.shard_count);
+    Some((BucketState { tokens: Millitokens(hits.tk), refilled_at: EpochMillis(image.rf) }, share, image.shard_count))
+}
+
+/// Starts the sweeper: every half horizon, unused tokens go back; it stops with the store.
+pub(super) fn sweep(inner: Weak<Inner>, horizon: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval((horizon / 2).max(Duration::from_millis(10)));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.reservations.as_ref().is_some_and(|r| r.closed.load(Ordering::Relaxed)) {
+                return;
+            }
+            inner.give_back(false).await;
+        }
+    });
+}

@@ -1,0 +1,157 @@
+//! Token reservations on YAML-rule buckets (DynamoStoreOptions::reservations) against moto and
+//! the Python library: never more admitted than the bucket allows, every token accounted for
+//! in `tk` and `tc`, unused tokens given back.
+
+mod common;
+
+use common::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use zael_core::bucket::{BucketLimit, Millitokens};
+use zael_core::reserve::ReserveOptions;
+use zael_table::DynamoStore;
+
+/// Refill is negligible over a test's run time.
+fn per_day(n: u64) -> BucketLimit {
+    BucketLimit::per_period(n, n, 86_400)
+}
+
+fn reserving(horizon_ms: i64) -> ReserveOptions {
+    ReserveOptions { horizon_ms, min_rate: Millitokens::from_tokens(5), max_block: Millitokens::from_tokens(10_000) }
+}
+
+async fn reserving_store(table: &str, horizon_ms: i64) -> DynamoStore {
+    store_with(zael_table::DynamoStoreOptions { reservations: Some(reserving(horizon_ms)), ..options(table) }).await
+}
+
+async fn balance_and_usage(table: &str, pk: &str) -> (i64, i64) {
+    let item = get_item(table, pk).await.expect("bucket");
+    (num(&item, "b_hits_tk"), num(&item, "b_hits_tc"))
+}
+
+#[tokio::test]
+async fn two_reserving_stores_and_the_library_never_admit_more_than_the_bucket_allows() {
+    const CAPACITY: u64 = 400;
+    let table = table_name("reserve-hammer");
+    let out = oracle(&["setup".into(), table.clone(), "tenant".into()]).await;
+    let ns = out.split('"').nth(3).expect("namespace id").to_owned();
+    let pk = format!("{ns}/BUCKET#hot#api#0");
+    let stores = [reserving_store(&table, 1000).await, reserving_store(&table, 1000).await];
+    let one = request("tenant", "hot", "api", per_day(CAPACITY), &[strict(1)]);
+    // Create the bucket full (a check-only charge is never reserved), so every writer starts
+    // from the same item.
+    let check = request("tenant", "hot", "api", per_day(CAPACITY), &[strict(0)]);
+    assert_eq!(admitted(&charge_one(&stores[0], &check, now()).await), [true]);
+
+    let cap = CAPACITY.to_string();
+    let args: Vec<String> = ["hammer", &table, "tenant", "hot", "api", &cap, &cap, "86400", "150", "8"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let python = tokio::spawn(async move { oracle(&args).await });
+    // Start once the library is writing (its fast path debits wcu; the create did not).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while num(&get_item(&table, &pk).await.expect("bucket"), "b_wcu_tc") == 0 {
+        assert!(Instant::now() < deadline, "the library never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let admits = Arc::new(AtomicUsize::new(0));
+    let decisions = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for store in &stores {
+        for _ in 0..16 {
+            let (store, one, admits, decisions) = (store.clone(), one.clone(), admits.clone(), decisions.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..30 {
+                    decisions.fetch_add(1, Ordering::Relaxed);
+                    if charge_one(&store, &one, now()).await[0].admitted {
+                        admits.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let out = python.await.expect("python");
+    let py: usize = out.trim_start_matches("{\"admitted\": ").trim_end_matches('}').parse().expect("count");
+    let rust = admits.load(Ordering::Relaxed);
+    let writes: u64 = stores.iter().map(|s| s.calls().update_item + s.calls().transact_write_items).sum();
+    eprintln!(
+        "admitted: zael {rust} with {writes} writes for {} decisions, library {py}",
+        decisions.load(Ordering::Relaxed)
+    );
+    assert!(rust + py <= CAPACITY as usize, "zael {rust} + library {py} > {CAPACITY}");
+    assert!(py > 0 && rust > 0, "both sides admitted");
+    assert!(writes < rust as u64 / 2, "decisions were answered from blocks: {writes} writes for {rust} admits");
+    // Every reserved token given back: the bucket holds exactly what nobody was admitted.
+    for store in &stores {
+        let (_, stranded) = store.close().await;
+        assert_eq!(stranded, 0);
+    }
+    let (tk, tc) = balance_and_usage(&table, &pk).await;
+    let admitted = (rust + py) as i64 * 1000;
+    assert_eq!(tc, admitted, "tc counts what was admitted");
+    assert!((CAPACITY as i64 * 1000 - admitted..=CAPACITY as i64 * 1000 - admitted + 100).contains(&tk), "tk {tk}");
+}
+
+#[tokio::test]
+async fn local_answers_are_honest_and_unused_tokens_go_back_when_demand_stops() {
+    const CAPACITY: u64 = 1000;
+    let table = table_name("reserve-return");
+    let ns = setup(&table, &["ns"]).await.remove(0);
+    let pk = format!("{ns}/BUCKET#idle#api#0");
+    let store = reserving_store(&table, 200).await;
+    let one = request("ns", "idle", "api", per_day(CAPACITY), &[strict(1)]);
+    let before = store.calls();
+    for i in 1..=100_i64 {
+        let outcome = charge_one(&store, &one, now()).await.remove(0);
+        assert!(outcome.admitted);
+        // What the per-decision path would answer: the capacity less every admission so far
+        // (plus at most a few millitokens of refill).
+        let exact = (CAPACITY as i64 - i) * 1000;
+        assert!((exact..exact + 50).contains(&outcome.tokens.0), "decision {i}: {} vs {exact}", outcome.tokens.0);
+    }
+    let writes = store.calls().update_item - before.update_item;
+    assert!(writes < 50, "a block answered most decisions: {writes} UpdateItems for 100");
+    let (tk, tc) = balance_and_usage(&table, &pk).await;
+    assert!(tc >= 100_000, "a block is counted as consumed while held: tc {tc}");
+    assert_eq!(tk + tc, CAPACITY as i64 * 1000, "nothing lost while held");
+    // A horizon without a decision: the sweeper gives everything unused back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (tk, tc) = balance_and_usage(&table, &pk).await;
+        if tc == 100_000 {
+            assert!((900_000..900_100).contains(&tk), "tk {tk}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "unused tokens never came back: tk {tk} tc {tc}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn closing_gives_every_held_token_back_and_writes_per_decision_after() {
+    const CAPACITY: u64 = 1000;
+    let table = table_name("reserve-close");
+    let ns = setup(&table, &["ns"]).await.remove(0);
+    let pk = format!("{ns}/BUCKET#close#api#0");
+    let store = reserving_store(&table, 60_000).await;
+    let one = request("ns", "close", "api", per_day(CAPACITY), &[strict(1)]);
+    for _ in 0..40 {
+        assert!(charge_one(&store, &one, now()).await[0].admitted);
+    }
+    let (_, tc) = balance_and_usage(&table, &pk).await;
+    assert!(tc > 40_000, "a block is held: tc {tc}");
+    let (returned, stranded) = store.close().await;
+    // Everything held, a block still in flight at the close included.
+    assert!(returned >= tc - 40_000 && stranded == 0, "returned {returned}, stranded {stranded}");
+    let (tk, after) = balance_and_usage(&table, &pk).await;
+    assert_eq!(after, 40_000);
+    assert!((960_000..960_100).contains(&tk), "tk {tk}");
+    let before = store.calls().update_item;
+    assert!(charge_one(&store, &one, now()).await[0].admitted);
+    assert_eq!(store.calls().update_item - before, 1, "closed: one write per decision");
+}
