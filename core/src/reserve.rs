@@ -11,7 +11,8 @@
 //!   balance and goes to the store). What is admitted locally was debited before.
 //! - **Bounded under-admission**: a block is at most what the demand uses in one horizon, and
 //!   at most half of the shared balance last seen, so that near an empty bucket blocks shrink
-//!   until they are worth less than two decisions, when the server writes per decision again.
+//!   until they are worth less than [`MIN_BLOCK_DECISIONS`] decisions, when the server writes
+//!   per decision again.
 //!   Unused tokens go back when the demand stops for a horizon, when the pool holds more than
 //!   two horizons of demand, and on shutdown. A crashed server strands at most what it held,
 //!   until the bucket refills.
@@ -52,6 +53,10 @@ pub struct Demand {
 }
 
 const SECOND: i64 = 1000;
+
+/// The smallest block, in decisions: below it (a bucket near empty) the server writes once per
+/// decision, so that what one server holds unused while another rejects stays a few tokens.
+pub const MIN_BLOCK_DECISIONS: i64 = 8;
 
 impl Demand {
     fn roll(&mut self, now: EpochMillis) {
@@ -164,14 +169,15 @@ impl Reserve {
     }
 
     /// The block to take now for a decision needing `need`, or `None` when the bucket is not
-    /// hot, is cooling off, or a block would be worth less than two such decisions.
+    /// hot, is cooling off, or a block would be worth less than [`MIN_BLOCK_DECISIONS`] such
+    /// decisions.
     pub fn block(&self, need: Millitokens, now: EpochMillis, options: &ReserveOptions) -> Option<Millitokens> {
         if now < self.cold_until || self.demand.rate(now) < options.min_rate {
             return None;
         }
         let half_seen = Millitokens(self.seen.refilled(&self.share, now).tokens.0.max(0) / 2);
         let block = self.want(now, options).max(need).min(options.max_block).min(half_seen);
-        (block.0 >= need.0.saturating_mul(2)).then_some(block)
+        (block.0 >= need.0.saturating_mul(MIN_BLOCK_DECISIONS)).then_some(block)
     }
 
     /// A block of `amount` landed on `shard` of `shard_count`, whose share is `share`, leaving
@@ -252,8 +258,8 @@ mod tests {
         // Never more than half of the shared balance last seen.
         r.seen = BucketState { tokens: t(100), refilled_at: EpochMillis(999) };
         assert_eq!(r.block(t(1), EpochMillis(999), &options), Some(t(50)));
-        // Worth less than two decisions: per decision again.
-        r.seen = BucketState { tokens: t(3), refilled_at: EpochMillis(999) };
+        // Worth less than eight decisions: per decision again.
+        r.seen = BucketState { tokens: t(15), refilled_at: EpochMillis(999) };
         assert_eq!(r.block(t(1), EpochMillis(999), &options), None);
         r.seen = BucketState { tokens: t(500), refilled_at: EpochMillis(999) };
         r.refused(EpochMillis(999), &options);
