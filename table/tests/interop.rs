@@ -3,9 +3,6 @@
 mod common;
 
 use common::*;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 use zael_core::bucket::{BucketLimit, Millitokens};
 
 /// 10 per day: refill is negligible over a test's run time (a token per 2.4 hours).
@@ -108,42 +105,10 @@ async fn library_and_zael_together_never_admit_more_than_the_capacity() {
     assert_eq!(admitted(&charge_one(&store, &check, now()).await), [true]);
     let pk = format!("{ns}/BUCKET#hot#api#0");
 
-    let cap = CAPACITY.to_string();
-    let args: Vec<String> = ["hammer", &table, "tenant", "hot", "api", &cap, &cap, "86400", "150", "8"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let python = tokio::spawn(async move { oracle(&args).await });
-
-    // Start once the library is writing (its fast path debits wcu; zael's create did not).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let item = get_item(&table, &pk).await.expect("bucket");
-        if num(&item, "b_wcu_tc") > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the library never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let admits = Arc::new(AtomicUsize::new(0));
+    let python = library_hammer(&table, &pk, CAPACITY).await;
     let one = request("tenant", "hot", "api", per_day(CAPACITY), &[strict(1)]);
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let (store, one, admits) = (store.clone(), one.clone(), admits.clone());
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..10 {
-                if charge_one(&store, &one, now()).await[0].admitted {
-                    admits.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    let out = python.await.expect("python");
-    let py: usize = out.trim_start_matches("{\"admitted\": ").trim_end_matches('}').parse().expect("count");
-    let rust = admits.load(Ordering::Relaxed);
+    let rust = charge_concurrently(std::slice::from_ref(&store), 16, 10, &one).await;
+    let py = python.await.expect("python");
     eprintln!("admitted: zael {rust}, library {py}");
     assert_eq!(rust + py, CAPACITY as usize, "zael {rust} + library {py}");
     assert!(py > 0);

@@ -44,45 +44,11 @@ async fn two_reserving_stores_and_the_library_never_admit_more_than_the_bucket_a
     let check = request("tenant", "hot", "api", per_day(CAPACITY), &[strict(0)]);
     assert_eq!(admitted(&charge_one(&stores[0], &check, now()).await), [true]);
 
-    let cap = CAPACITY.to_string();
-    let args: Vec<String> = ["hammer", &table, "tenant", "hot", "api", &cap, &cap, "86400", "150", "8"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let python = tokio::spawn(async move { oracle(&args).await });
-    // Start once the library is writing (its fast path debits wcu; the create did not).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while num(&get_item(&table, &pk).await.expect("bucket"), "b_wcu_tc") == 0 {
-        assert!(Instant::now() < deadline, "the library never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let admits = Arc::new(AtomicUsize::new(0));
-    let decisions = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for store in &stores {
-        for _ in 0..16 {
-            let (store, one, admits, decisions) = (store.clone(), one.clone(), admits.clone(), decisions.clone());
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..30 {
-                    decisions.fetch_add(1, Ordering::Relaxed);
-                    if charge_one(&store, &one, now()).await[0].admitted {
-                        admits.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    let out = python.await.expect("python");
-    let py: usize = out.trim_start_matches("{\"admitted\": ").trim_end_matches('}').parse().expect("count");
-    let rust = admits.load(Ordering::Relaxed);
+    let python = library_hammer(&table, &pk, CAPACITY).await;
+    let rust = charge_concurrently(&stores, 16, 30, &one).await;
+    let py = python.await.expect("python");
     let writes: u64 = stores.iter().map(|s| s.calls().update_item + s.calls().transact_write_items).sum();
-    eprintln!(
-        "admitted: zael {rust} with {writes} writes for {} decisions, library {py}",
-        decisions.load(Ordering::Relaxed)
-    );
+    eprintln!("admitted: zael {rust} with {writes} writes for {} decisions, library {py}", 2 * 16 * 30);
     assert!(rust + py <= CAPACITY as usize, "zael {rust} + library {py} > {CAPACITY}");
     assert!(py > 0 && rust > 0, "both sides admitted");
     assert!(writes < rust as u64 / 2, "decisions were answered from blocks: {writes} writes for {rust} admits");

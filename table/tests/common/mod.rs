@@ -244,3 +244,46 @@ pub async fn oracle(args: &[String]) -> String {
     );
     String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
 }
+
+/// Starts the oracle's `hammer` (150 acquires of one token, 8 at a time) on `tenant/hot/api`
+/// with `capacity` a day, and returns once the library is writing (its fast path debits `wcu`,
+/// which a zael create does not); the task answers how many it admitted.
+pub async fn library_hammer(table: &str, pk: &str, capacity: u64) -> tokio::task::JoinHandle<usize> {
+    let cap = capacity.to_string();
+    let args: Vec<String> = ["hammer", table, "tenant", "hot", "api", &cap, &cap, "86400", "150", "8"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let python = tokio::spawn(async move {
+        let out = oracle(&args).await;
+        out.trim_start_matches("{\"admitted\": ").trim_end_matches('}').parse().expect("count")
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get_item(table, pk).await.is_none_or(|item| num(&item, "b_wcu_tc") == 0) {
+        assert!(Instant::now() < deadline, "the library never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    python
+}
+
+/// `tasks` concurrent tasks on each store, each charging `req` `calls` times; the admissions.
+pub async fn charge_concurrently(stores: &[DynamoStore], tasks: usize, calls: usize, req: &BucketRequest) -> usize {
+    let admits = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut running = Vec::new();
+    for store in stores {
+        for _ in 0..tasks {
+            let (store, req, admits) = (store.clone(), req.clone(), admits.clone());
+            running.push(tokio::spawn(async move {
+                for _ in 0..calls {
+                    if charge_one(&store, &req, now()).await[0].admitted {
+                        admits.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    for t in running {
+        t.await.expect("task");
+    }
+    admits.load(Ordering::Relaxed)
+}
