@@ -29,12 +29,6 @@ use super::write::{Credit, Delta};
 use super::{BucketId, Inner, LIMIT_NAME};
 use crate::metrics as m;
 
-/// What a decision the block could not answer does next.
-enum Next<'a> {
-    Wait(tokio::sync::futures::Notified<'a>),
-    Fetch(Millitokens),
-}
-
 /// One bucket's reservation.
 pub(super) struct Entry {
     /// The rule's parameters the tokens were taken under.
@@ -98,13 +92,12 @@ impl Inner {
         let need = total(cx.charges);
         entry.state.lock().expect("lock").demand.record(need, cx.now);
         for attempt in 0..3 {
-            let next = {
+            let fetched = {
                 let mut state = entry.state.lock().expect("lock");
                 if let Some(served) = state.serve(cx.charges, cx.now, &options) {
                     if let Some(amount) = served.prefetch {
                         state.fetching = true;
-                        let (inner, id, entry) = (self.clone(), cx.id.clone(), entry.clone());
-                        tokio::spawn(async move { inner.fetch(&id, &entry, amount).await });
+                        self.spawn_fetch(&cx.id, &entry, amount);
                     }
                     metrics::counter!(m::RESERVED_DECISIONS).increment(1);
                     path("reserved");
@@ -113,23 +106,27 @@ impl Inner {
                 if attempt == 2 {
                     return None;
                 }
-                if state.fetching {
-                    Next::Wait(entry.fetched.notified())
-                } else {
+                // Registered before the write starts, so its wake-up cannot be missed.
+                let fetched = entry.fetched.notified();
+                if !state.fetching {
                     let amount = state.block(need, cx.now, &options)?;
                     state.fetching = true;
-                    Next::Fetch(amount)
+                    self.spawn_fetch(&cx.id, &entry, amount);
                 }
+                fetched
             };
-            match next {
-                // Another decision's block write is in flight: wait for it, not longer than a call.
-                Next::Wait(notified) => {
-                    let _ = tokio::time::timeout(self.call_timeout, notified).await;
-                }
-                Next::Fetch(amount) => self.fetch(&cx.id, &entry, amount).await,
-            }
+            // One block write in flight for the bucket (this decision's or another's): wait for
+            // it, not longer than a call. The write runs on its own task, so a decision that
+            // gives up (its deadline) never leaves the bucket waiting on a write nobody sends.
+            let _ = tokio::time::timeout(self.call_timeout, fetched).await;
         }
         None
+    }
+
+    /// Takes a block on a task of its own ([`Inner::fetch`]).
+    fn spawn_fetch(self: &Arc<Self>, id: &BucketId, entry: &Arc<Entry>, amount: Millitokens) {
+        let (inner, id, entry) = (self.clone(), id.clone(), entry.clone());
+        tokio::spawn(async move { inner.fetch(&id, &entry, amount).await });
     }
 
     /// Takes a block of `amount` for the bucket: one speculative write; whatever it answers,
