@@ -429,7 +429,7 @@ async def run_client(name, moto, binary, tmp):
             zael = Zael(binary, moto, table, tmp, "off" if name == "zael-off" else "on")
             try:
                 results[workload] = await run_workload(name, zael, moto, table, workload)
-                (Path(tmp) / f"zael-metrics-{workload}.txt").write_text(zael.metrics())
+                (Path(tmp) / f"{name}-metrics-{workload}.txt").write_text(zael.metrics())
             finally:
                 zael.stop()
         else:
