@@ -82,6 +82,13 @@ pub fn total(charges: &[Charge]) -> i64 {
     sat(charges.iter().map(|c| i128::from(need(c))).sum())
 }
 
+/// Whether every charge is strict and of at least one token: what a balance alone decides
+/// (a debt charge must reach the table, a check-only one passes at a balance of 0), so a
+/// cached image may reject it and a reservation block may admit it.
+pub fn strict_tokens(charges: &[Charge]) -> bool {
+    charges.iter().all(|c| !c.allow_debt && c.cost >= 1)
+}
+
 /// Decides `charges` in order against `balance` (already refilled to the decision instant),
 /// each seeing the balance the previous one left, like `BucketState::charge_all`.
 ///

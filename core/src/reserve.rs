@@ -137,13 +137,13 @@ impl Reserve {
 
     /// Whether `charges` can be answered from a block at all (strict, at least a token each).
     pub fn servable(charges: &[Charge]) -> bool {
-        !charges.is_empty() && charges.iter().all(|c| !c.allow_debt && c.cost >= 1)
+        !charges.is_empty() && crate::charges::strict_tokens(charges)
     }
 
     /// Answers `charges` from the block when it covers them all; `None` sends the decision to
     /// the store. The caller records the decision's demand first, once ([`Demand::record`]).
     pub fn serve(&mut self, charges: &[Charge], now: EpochMillis, options: &ReserveOptions) -> Option<Served> {
-        let need = total(charges);
+        let need = Millitokens(crate::charges::total(charges));
         if !Reserve::servable(charges) || self.held < need {
             return None;
         }
@@ -207,11 +207,6 @@ impl Reserve {
         self.held = self.held - back;
         back
     }
-}
-
-/// Millitokens of `charges`.
-pub fn total(charges: &[Charge]) -> Millitokens {
-    Millitokens(charges.iter().map(|c| Millitokens::from_tokens(c.cost).0).fold(0, i64::saturating_add))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! rule's charges is core's (`zael_core::charges`), re-exported here for the store.
 
 use zael_core::bucket::{BucketLimit, EpochMillis};
-pub(crate) use zael_core::charges::{Admission, Plan, decide, need, project, reject_all, total};
+pub(crate) use zael_core::charges::{Admission, Plan, decide, need, project, reject_all, strict_tokens, total};
 
 use crate::keys::TTL_MULTIPLIER;
 

@@ -22,7 +22,7 @@ impl Inner {
     /// when every shard has a trusted image, under the YAML parameters, on which refill up to
     /// now still leaves every charge rejected.
     pub(super) fn known_short(&self, cx: &Ctx<'_>) -> Known {
-        if !self.rejection_cache || !cx.charges.iter().all(|c| !c.allow_debt && c.cost >= 1) {
+        if !self.rejection_cache || !plan::strict_tokens(cx.charges) {
             return Known::Short(Vec::new());
         }
         let entries = self.caches.rejections.trusted(&cx.id, cx.now.0);

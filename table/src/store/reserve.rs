@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 use zael_core::bucket::{BucketLimit, BucketState, EpochMillis, Millitokens};
-use zael_core::reserve::{Reserve, ReserveOptions, total};
+use zael_core::reserve::{Reserve, ReserveOptions};
 
 use super::entity::{Fast, Landed};
 use super::request::{Ctx, Decided, path};
@@ -89,7 +89,7 @@ impl Inner {
         }
         let options = reservations.options;
         let entry = reservations.entry(&cx.id, cx.limit, cx.now);
-        let need = total(cx.charges);
+        let need = Millitokens(crate::plan::total(cx.charges));
         entry.state.lock().expect("lock").demand.record(need, cx.now);
         for attempt in 0..3 {
             let fetched = {
