@@ -9,13 +9,13 @@
 //! microseconds) and a [`Notify`] for the decisions that wait on a block in flight: concurrent
 //! decisions share one write (single flight). The next block is fetched in the background
 //! when the pool falls below half a horizon of demand, so a steady bucket never waits. A
-//! sweeper gives unused tokens back ([`Reserve::give_back`]), and [`Reservations::close`]
-//! gives everything back on shutdown.
+//! sweeper gives unused tokens back ([`Reserve::give_back`]), and
+//! [`Inner::close_reservations`] gives everything back on shutdown.
 //!
 //! Not reserved (decided one write per decision as before): buckets with a soft or bypass
 //! stamp, debt and check-only charges, and buckets the store knows bypassed.
 
-use std::collections::HashMap;
+use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -23,10 +23,11 @@ use tokio::sync::Notify;
 use zael_core::bucket::{BucketLimit, BucketState, EpochMillis, Millitokens};
 use zael_core::reserve::{Reserve, ReserveOptions};
 
-use super::entity::{Fast, Landed};
+use super::entity::Fast;
 use super::request::{Ctx, Decided, path};
 use super::write::{Credit, Delta};
 use super::{BucketId, Inner, LIMIT_NAME};
+use crate::item::BucketImage;
 use crate::metrics as m;
 
 /// One bucket's reservation.
@@ -40,7 +41,7 @@ pub(super) struct Entry {
 /// Every reservation of the store.
 pub(super) struct Reservations {
     pub(super) options: ReserveOptions,
-    entries: Mutex<HashMap<BucketId, Arc<Entry>>>,
+    entries: DashMap<BucketId, Arc<Entry>>,
     /// Entries replaced by a rule change, given back in full by the next sweep.
     retired: Mutex<Vec<(BucketId, Arc<Entry>)>>,
     closed: AtomicBool,
@@ -50,7 +51,7 @@ impl Reservations {
     pub(super) fn new(options: ReserveOptions) -> Reservations {
         Reservations {
             options,
-            entries: Mutex::new(HashMap::new()),
+            entries: DashMap::new(),
             retired: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         }
@@ -58,13 +59,12 @@ impl Reservations {
 
     /// The bucket's entry for the rule's parameters `limit` (a changed rule retires the old one).
     fn entry(&self, id: &BucketId, limit: BucketLimit, now: EpochMillis) -> Arc<Entry> {
-        let mut entries = self.entries.lock().expect("lock");
-        if let Some(entry) = entries.get(id).filter(|e| e.limit == limit) {
+        if let Some(entry) = self.entries.get(id).filter(|e| e.limit == limit) {
             return entry.clone();
         }
         let share = limit.shard_share(1);
         let entry = Arc::new(Entry { limit, state: Mutex::new(Reserve::new(share, now)), fetched: Notify::new() });
-        if let Some(old) = entries.insert(id.clone(), entry.clone()) {
+        if let Some(old) = self.entries.insert(id.clone(), entry.clone()) {
             self.retired.lock().expect("lock").push((id.clone(), old));
         }
         entry
@@ -72,8 +72,7 @@ impl Reservations {
 
     /// Every entry, with those retired (`true`: give back in full).
     fn all(&self) -> Vec<(BucketId, Arc<Entry>, bool)> {
-        let mut all: Vec<_> =
-            self.entries.lock().expect("lock").iter().map(|(id, e)| (id.clone(), e.clone(), false)).collect();
+        let mut all: Vec<_> = self.entries.iter().map(|e| (e.key().clone(), e.value().clone(), false)).collect();
         all.extend(self.retired.lock().expect("lock").iter().map(|(id, e)| (id.clone(), e.clone(), true)));
         all
     }
@@ -90,10 +89,12 @@ impl Inner {
         let options = reservations.options;
         let entry = reservations.entry(&cx.id, cx.limit, cx.now);
         let need = Millitokens(crate::plan::total(cx.charges));
-        entry.state.lock().expect("lock").demand.record(need, cx.now);
         for attempt in 0..3 {
             let fetched = {
                 let mut state = entry.state.lock().expect("lock");
+                if attempt == 0 {
+                    state.demand.record(need, cx.now);
+                }
                 if let Some(served) = state.serve(cx.charges, cx.now, &options) {
                     if let Some(amount) = served.prefetch {
                         state.fetching = true;
@@ -146,12 +147,12 @@ impl Inner {
             Ok((Fast::Admitted(landed), false)) => Some(landed),
             Ok((Fast::Admitted(landed), true)) => {
                 // The bypass shape counted `tc` only: take the count back, reserve nothing.
-                self.give(id, shard, &landed.image, amount, false).await;
+                self.give(id, shard, ceiling(&landed.image), amount, false).await;
                 None
             }
             Ok((Fast::Failed(Some(image)), _)) => {
                 // The shard as it is: the next block is sized from it.
-                failed_seen = usable(&Landed { image, debited: false });
+                failed_seen = usable(&image);
                 None
             }
             _ => None,
@@ -159,7 +160,7 @@ impl Inner {
         let refused_landing = {
             let mut state = entry.state.lock().expect("lock");
             state.fetching = false;
-            match landed.as_ref().and_then(usable) {
+            match landed.as_ref().and_then(|l| usable(&l.image)) {
                 Some((seen, share, count)) => {
                     self.learn_count(id, count);
                     self.caches.rejections.forget(id, shard);
@@ -180,25 +181,28 @@ impl Inner {
         };
         if let Some(landed) = refused_landing {
             // Landed on a stamped shard: the whole block goes back at once.
-            self.give(id, shard, &landed.image, amount, true).await;
+            self.give(id, shard, ceiling(&landed.image), amount, true).await;
         }
         entry.fetched.notify_waiters();
     }
 
-    /// Gives `amount` back to `shard`: to `tk` when `tokens`, always off `tc`.
+    /// Gives `amount` back to `shard`: to `tk` when `tokens` (never above the shard's ceiling,
+    /// `ceiling` = the limit's capacity and the shard count it was taken under), always off `tc`.
+    /// Whether it was written.
     async fn give(
         &self,
         id: &BucketId,
         shard: i64,
-        image: &crate::item::BucketImage,
+        ceiling: Option<(i64, i64)>,
         amount: Millitokens,
         tokens: bool,
-    ) {
-        let ceiling = image.limit(LIMIT_NAME).map(|l| (l.limit.capacity.0, image.shard_count));
+    ) -> bool {
         let limits = vec![Delta { name: LIMIT_NAME, tk: tokens.then_some(amount.0), tc: Some(-amount.0), ceiling }];
-        if let Err(e) = self.send_credit(id.pk(shard), Credit { limits, vu: None, trim: false }).await {
-            tracing::warn!(error = ?e, resource = %id.resource, "returning reserved tokens failed");
+        let result = self.send_credit(id.pk(shard), Credit { limits, vu: None, trim: false }).await;
+        if let Err(e) = &result {
+            tracing::warn!(error = ?e, resource = %id.resource, "returning reserved tokens failed; stranded until the bucket refills");
         }
+        result.is_ok()
     }
 
     /// Gives back what the sweeper's rules say (all of it when `everything`); returns the
@@ -218,10 +222,7 @@ impl Inner {
                 returns.push((id, state.shard, back, entry.limit, state.shard_count));
             } else if !retired && !state.fetching && now.0 - state.last_use.0 > 10 * reservations.options.horizon_ms {
                 drop(state);
-                let mut entries = reservations.entries.lock().expect("lock");
-                if entries.get(&id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
-                    entries.remove(&id);
-                }
+                reservations.entries.remove_if(&id, |_, e| Arc::ptr_eq(e, &entry));
             }
         }
         // A retired entry is done once empty and no block write of it is in flight.
@@ -229,20 +230,11 @@ impl Inner {
             let state = e.state.lock().expect("lock");
             state.fetching || state.held.0 > 0
         });
-        let sent = futures_util::future::join_all(returns.into_iter().map(|(id, shard, back, limit, count)| async move {
-            let limits = vec![Delta {
-                name: LIMIT_NAME,
-                tk: Some(back.0),
-                tc: Some(-back.0),
-                ceiling: Some((limit.capacity.0, count)),
-            }];
-            let result = self.send_credit(id.pk(shard), Credit { limits, vu: None, trim: false }).await;
-            if let Err(e) = &result {
-                tracing::warn!(error = ?e, resource = %id.resource, "returning reserved tokens failed; stranded until the bucket refills");
-            }
-            (back.0, result.is_ok())
-        }))
-        .await;
+        let sent =
+            futures_util::future::join_all(returns.into_iter().map(|(id, shard, back, limit, count)| async move {
+                (back.0, self.give(&id, shard, Some((limit.capacity.0, count)), back, true).await)
+            }))
+            .await;
         let returned: i64 = sent.iter().filter(|(_, ok)| *ok).map(|(b, _)| *b).sum();
         let stranded: i64 = sent.iter().filter(|(_, ok)| !*ok).map(|(b, _)| *b).sum();
         metrics::counter!(m::RETURNED_TOKENS).increment(u64::try_from(returned).unwrap_or(0));
@@ -266,16 +258,21 @@ impl Inner {
     }
 }
 
-/// The shard's balance after a landed block and the share it is of, when the shard carries
-/// no stamp that changes how it admits (soft, bypass).
-fn usable(landed: &Landed) -> Option<(BucketState, BucketLimit, i64)> {
-    let image = &landed.image;
+/// A shard image's balance (after a landed block, or as a refused one found it), the share it
+/// is of and the shard count, when the shard carries no stamp that changes how it admits
+/// (soft, bypass).
+fn usable(image: &BucketImage) -> Option<(BucketState, BucketLimit, i64)> {
     let hits = image.limit(LIMIT_NAME)?;
     if image.bypass.is_some() || hits.soft.is_some() {
         return None;
     }
     let share = hits.limit.shard_share(image.shard_count);
     Some((BucketState { tokens: Millitokens(hits.tk), refilled_at: EpochMillis(image.rf) }, share, image.shard_count))
+}
+
+/// The ceiling a credit to `image`'s shard keeps under: its limit's capacity and shard count.
+fn ceiling(image: &BucketImage) -> Option<(i64, i64)> {
+    image.limit(LIMIT_NAME).map(|l| (l.limit.capacity.0, image.shard_count))
 }
 
 /// Starts the sweeper: every half horizon, unused tokens go back; it stops with the store.
