@@ -249,7 +249,7 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Result<Plan, Req
     };
     for (index, (descriptor, rule)) in request.descriptors.iter().zip(rules).enumerate() {
         let cost = descriptor.hits_addend.unwrap_or(request_cost);
-        let (limited, resource, allow_debt) = match (descriptor.limit_override, rule) {
+        let (limited, resource, allow_debt, reserve) = match (descriptor.limit_override, rule) {
             (Some(o), rule) => {
                 // An override shares the bucket of the config limit on the same entries and
                 // unit, so the dynamic limit and the configured one count together.
@@ -264,7 +264,7 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Result<Plan, Req
                     rule: "override".into(),
                     detailed_metric: false,
                 };
-                (limited, resource, false)
+                (limited, resource, false, rule.is_none_or(|r| r.reserve))
             }
             (None, None) => {
                 plan.slots.push(Slot::NoLimit);
@@ -298,7 +298,7 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Result<Plan, Req
                         rule: rule.path.clone(),
                         detailed_metric: rule.detailed_metric,
                     };
-                    (limited, rule.resource.clone(), rule.allow_debt)
+                    (limited, rule.resource.clone(), rule.allow_debt, rule.reserve)
                 }
             },
         };
@@ -315,10 +315,11 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Result<Plan, Req
         let bucket = match plan.buckets.iter().position(|b| b.key == key) {
             Some(i) => {
                 plan.buckets[i].charges.push(charge);
+                plan.buckets[i].reserve &= reserve;
                 i
             }
             None => {
-                plan.buckets.push(BucketRequest { key, limit: limited.bucket_limit, charges: vec![charge] });
+                plan.buckets.push(BucketRequest { key, limit: limited.bucket_limit, charges: vec![charge], reserve });
                 plan.buckets.len() - 1
             }
         };

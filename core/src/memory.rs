@@ -511,6 +511,7 @@ mod tests {
             key: BucketKey { namespace: "ns".into(), resource: "r".into(), entity: entity.into() },
             limit: BucketLimit::per_period(capacity, capacity, 86_400),
             charges: vec![Charge { cost, allow_debt: false }],
+            reserve: true,
         }
     }
 

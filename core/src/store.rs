@@ -27,6 +27,9 @@ pub struct BucketRequest {
     pub limit: BucketLimit,
     /// Charges in request order.
     pub charges: Vec<Charge>,
+    /// Whether a store may answer the charges from a token reservation (the rule's
+    /// `reserve:`, default true); `false` charges the shared bucket on every decision.
+    pub reserve: bool,
 }
 
 /// One acquire of an entity rule: the stored limits of `entity` on `resource` in

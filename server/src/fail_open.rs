@@ -84,6 +84,7 @@ mod tests {
             key: BucketKey { namespace: "ns".into(), resource: "r".into(), entity: entity.into() },
             limit: BucketLimit::per_period(7, 7, 60),
             charges: vec![Charge { cost: 1, allow_debt: false }; charges],
+            reserve: true,
         }
     }
 

@@ -51,7 +51,9 @@ async fn two_reserving_stores_and_the_library_never_admit_more_than_the_bucket_a
     eprintln!("admitted: zael {rust} with {writes} writes for {} decisions, library {py}", 2 * 16 * 30);
     assert!(rust + py <= CAPACITY as usize, "zael {rust} + library {py} > {CAPACITY}");
     assert!(py > 0 && rust > 0, "both sides admitted");
-    assert!(writes < rust as u64 / 2, "decisions were answered from blocks: {writes} writes for {rust} admits");
+    // Off, every admission is a write of its own; fewer writes than admissions means blocks
+    // answered. (How few is a benchmark's figure: it depends on moto's speed under load.)
+    assert!(writes < rust as u64, "decisions were answered from blocks: {writes} writes for {rust} admits");
     // Every reserved token given back: the bucket holds exactly what nobody was admitted.
     for store in &stores {
         let (_, stranded) = store.close().await;
@@ -126,6 +128,30 @@ async fn closing_gives_every_held_token_back_and_writes_per_decision_after() {
     let before = store.calls().update_item;
     assert!(charge_one(&store, &one, now()).await[0].admitted);
     assert_eq!(store.calls().update_item - before, 1, "closed: one write per decision");
+}
+
+#[tokio::test]
+async fn a_rule_with_reserve_false_writes_every_decision_on_a_reserving_store() {
+    const CAPACITY: u64 = 1000;
+    let table = table_name("reserve-off-rule");
+    let ns = setup(&table, &["ns"]).await.remove(0);
+    let pk = format!("{ns}/BUCKET#exact#api#0");
+    let store = reserving_store(&table, 60_000).await;
+    let one = zael_core::store::BucketRequest {
+        reserve: false,
+        ..request("ns", "exact", "api", per_day(CAPACITY), &[strict(1)])
+    };
+    let before = store.calls();
+    for i in 1..=40_i64 {
+        let outcome = charge_one(&store, &one, now()).await.remove(0);
+        assert!(outcome.admitted);
+        // Nothing held: the bucket as written is the balance answered.
+        assert_eq!(balance_and_usage(&table, &pk).await.1, i * 1000);
+    }
+    let after = store.calls();
+    // The first use reads and creates the bucket (3 calls); then one write per decision.
+    assert_eq!(after.update_item + after.transact_write_items - before.update_item - before.transact_write_items, 41);
+    assert_eq!(store.close().await, (0, 0), "nothing was reserved");
 }
 
 /// Hammers `bucket` from two stores (8 tasks each) until `until`; the admissions.

@@ -142,10 +142,11 @@ async fn local_stack_limits_through_envoy_and_aggregates_usage() {
         );
     }
     let r = get(envoy, "/", &[("x-user", "alice")]).await;
-    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(r.status, 429, "{r:?}\n{}", log_tail());
     assert_eq!(r.header("x-envoy-ratelimited").as_deref(), Some("true"));
     assert_eq!(r.header("x-ratelimit-limit").as_deref(), Some("5, 5;w=60;name=\"per-user\""));
-    assert_eq!(get(envoy, "/", &[("x-user", "bob")]).await.status, 200);
+    let r = get(envoy, "/", &[("x-user", "bob")]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", log_tail());
 
     // Entity rule (examples/entities/llm.yaml) on the limits init.sh stored: rpm 5 for key-1.
     for _ in 0..5 {
@@ -153,9 +154,15 @@ async fn local_stack_limits_through_envoy_and_aggregates_usage() {
         assert_eq!(r.status, 200, "{r:?}\n{}", log_tail());
     }
     let r = get(envoy, "/llm/", &[("x-api-key", "key-1"), ("x-model", "gpt-4"), ("x-tokens", "100")]).await;
-    assert_eq!((r.status, r.header("x-ratelimit-limit")), (429, Some("5, 5;w=60;name=\"rpm\"".to_owned())), "{r:?}");
+    assert_eq!(
+        (r.status, r.header("x-ratelimit-limit")),
+        (429, Some("5, 5;w=60;name=\"rpm\"".to_owned())),
+        "{r:?}\n{}",
+        log_tail()
+    );
     // No stored limits for this key at any level: admitted, nothing to report.
-    assert_eq!(get(envoy, "/llm/", &[("x-api-key", "key-9"), ("x-model", "gpt-4")]).await.status, 200);
+    let r = get(envoy, "/llm/", &[("x-api-key", "key-9"), ("x-model", "gpt-4")]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", log_tail());
 
     // The aggregator turns key-1's five admitted requests (100 tokens each) into snapshots.
     let endpoint = format!("http://127.0.0.1:{}", ports[0]);
@@ -175,12 +182,15 @@ async fn local_stack_limits_through_envoy_and_aggregates_usage() {
 
     // SIGTERM stops every component.
     stack.terminate();
-    let status = tokio::time::timeout(Duration::from_secs(30), stack.child.wait()).await.expect("exits on SIGTERM");
-    assert_eq!(status.expect("the script's status").code(), Some(143), "the TERM trap's exit code");
+    let status = tokio::time::timeout(Duration::from_secs(30), stack.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("no exit within 30 s of SIGTERM\n{}", log_tail()));
+    let code = status.expect("the script's status").code();
+    assert_eq!(code, Some(143), "the TERM trap's exit code\n{}", log_tail());
     for port in [ports[0], ports[1], ports[3], ports[4]] {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            assert!(Instant::now() < deadline, "port {port} still open after the stack stopped");
+            assert!(Instant::now() < deadline, "port {port} still open after the stack stopped\n{}", log_tail());
             std::thread::sleep(Duration::from_millis(100));
         }
     }

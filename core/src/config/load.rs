@@ -225,6 +225,9 @@ impl Builder<'_, '_> {
             if raw.allow_debt && raw.rate_limit.is_none() && raw.entity.is_none() {
                 self.report.warn(format!("{at}: allow_debt has no effect without a rate_limit"));
             }
+            if raw.reserve.is_some() && raw.rate_limit.is_none() && raw.entity.is_none() {
+                self.report.warn(format!("{at}: reserve has no effect without a rate_limit"));
+            }
             let children = self.level(&raw.descriptors, &format!("{at}.descriptors"), &path, &segments);
             let node = Node { rule, children };
             let nodes = level.keys.entry(key).or_insert_with(KeyNodes::default);
@@ -318,6 +321,7 @@ impl Builder<'_, '_> {
             shadow_mode: raw.shadow_mode,
             allow_debt: raw.allow_debt,
             detailed_metric: raw.detailed_metric,
+            reserve: raw.reserve.unwrap_or(true),
             resource: rule_resource(segments).into(),
             path: path.into(),
         })
@@ -409,6 +413,7 @@ impl Builder<'_, '_> {
             shadow_mode: raw.shadow_mode,
             allow_debt: false,
             detailed_metric: raw.detailed_metric,
+            reserve: raw.reserve.unwrap_or(true),
             resource: rule_resource(segments).into(),
             path: path.into(),
         })
@@ -442,6 +447,19 @@ mod tests {
         assert_eq!(&*d.namespace, "tenant-a");
         let rule = d.lookup([("k", "x")]).unwrap();
         assert_eq!(rule.limit, RuleLimit::Limited { unit: Unit::Minute, requests_per_unit: 5, burst: Some(10) });
+    }
+
+    #[test]
+    fn reserve_is_on_unless_a_rule_turns_it_off() {
+        let cfg = parse_domain(
+            "r.yaml",
+            "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 5}\n  - key: b\n    reserve: false\n    rate_limit: {unit: second, requests_per_unit: 5}\n  - key: c\n    reserve: true\n    rate_limit: {unit: second, requests_per_unit: 5}\n  - key: d\n    reserve: false\n",
+        )
+        .unwrap();
+        let d = cfg.domain("d").unwrap();
+        let reserve = |k: &str| d.lookup([(k, "x")]).unwrap().reserve;
+        assert_eq!((reserve("a"), reserve("b"), reserve("c")), (true, false, true));
+        assert_eq!(cfg.warnings(), ["r.yaml: descriptors[3]: reserve has no effect without a rate_limit"]);
     }
 
     #[test]

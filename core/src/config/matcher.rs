@@ -107,6 +107,9 @@ pub struct Rule {
     pub shadow_mode: bool,
     pub allow_debt: bool,
     pub detailed_metric: bool,
+    /// Whether the DynamoDB store may serve this rule's buckets from token reservations
+    /// (`reserve: false` turns them off for the rule; default on).
+    pub reserve: bool,
     /// The zae-limiter resource of this rule's buckets (see `keys::rule_resource`).
     pub resource: Arc<str>,
     /// The node's place in the config, e.g. `user/path=%2Fapi*` (the `rule` metric label).

@@ -28,6 +28,9 @@ pub(super) struct DescriptorNode {
     pub allow_debt: bool,
     #[serde(default)]
     pub detailed_metric: bool,
+    /// zael extension: `false` keeps the rule's buckets off token reservations (one store
+    /// write per decision).
+    pub reserve: Option<bool>,
     // Accepted for compatibility, not implemented yet: a warning is logged when set.
     #[serde(default)]
     pub quota_mode: bool,

@@ -39,6 +39,9 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 1, name: old-limit}
   - key: new
     rate_limit: {unit: minute, requests_per_unit: 10, name: new-limit, replaces: [{name: old-limit}]}
+  - key: exact
+    reserve: false
+    rate_limit: {unit: minute, requests_per_unit: 10}
 "#;
 
 struct Harness {
@@ -217,6 +220,30 @@ fn override_shares_the_bucket_of_the_rule_with_the_same_unit() {
     let p = plan(&h.config, &req(&[with_unit(Unit::Hour)])).unwrap();
     assert_eq!(&*p.bucket_requests()[0].key.resource, "override::hour");
     assert_eq!(h.run(&req(&[with_unit(Unit::Hour)]), false).statuses[0].limit_remaining, 9);
+}
+
+#[test]
+fn reserve_false_reaches_the_store_with_the_rules_buckets_and_their_overrides() {
+    let h = Harness::new();
+    let flags = |descriptors: &[Descriptor<'_>]| {
+        let p = plan(&h.config, &req(descriptors)).unwrap();
+        p.bucket_requests().iter().map(|b| (b.key.resource.to_string(), b.reserve)).collect::<Vec<_>>()
+    };
+    let exact_override = |unit| Descriptor {
+        entries: vec![("exact", "a")],
+        limit_override: Some(LimitOverride { requests_per_unit: 20, unit }),
+        hits_addend: None,
+    };
+    assert_eq!(
+        flags(&[desc(&[("user", "a")]), desc(&[("exact", "a")])]),
+        [("user".to_owned(), true), ("exact".to_owned(), false)]
+    );
+    // An override on the rule's descriptor keeps the rule's choice, in the rule's bucket or its
+    // own; an override no rule matches may reserve.
+    assert_eq!(flags(&[exact_override(Unit::Minute)]), [("exact".to_owned(), false)]);
+    assert_eq!(flags(&[exact_override(Unit::Hour)]), [("override::hour".to_owned(), false)]);
+    let unmatched = Descriptor { entries: vec![("nobody", "a")], ..exact_override(Unit::Hour) };
+    assert_eq!(flags(&[unmatched]), [("override::hour".to_owned(), true)]);
 }
 
 #[test]

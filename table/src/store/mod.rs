@@ -476,8 +476,10 @@ impl Inner {
             now,
         };
         // This server's reservation first: tokens it holds are not in the shared balance the
-        // rejection cache judges.
-        if let Some(decided) = self.reserved(&cx).await {
+        // rejection cache judges. A rule with `reserve: false` always goes to the table.
+        if request.reserve
+            && let Some(decided) = self.reserved(&cx).await
+        {
             return Ok(decided.scaled());
         }
         let avoid = match self.known_short(&cx) {

@@ -13,7 +13,8 @@
 //! [`Inner::close_reservations`] gives everything back on shutdown.
 //!
 //! Not reserved (decided one write per decision as before): buckets with a soft or bypass
-//! stamp, debt and check-only charges, and buckets the store knows bypassed.
+//! stamp, debt and check-only charges, buckets the store knows bypassed, and rules with
+//! `reserve: false` ([`zael_core::store::BucketRequest::reserve`]).
 
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

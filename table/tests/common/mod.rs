@@ -120,6 +120,7 @@ pub fn request(ns: &str, entity: &str, resource: &str, limit: BucketLimit, charg
         key: BucketKey { namespace: ns.into(), resource: resource.into(), entity: entity.to_owned() },
         limit,
         charges: charges.to_vec(),
+        reserve: true,
     }
 }
 
