@@ -5,7 +5,10 @@
 //!
 //! * fast-path ratio: `FAST_ADMITS / BUCKET_DECISIONS`;
 //! * DynamoDB requests per decision: `sum(REQUESTS) / BUCKET_DECISIONS`;
-//! * rejection-cache share: `REJECTION_CACHE_HITS / BUCKET_DECISIONS`.
+//! * rejection-cache share: `REJECTION_CACHE_HITS / BUCKET_DECISIONS`;
+//! * store writes per decision (what token reservations bring down):
+//!   `REQUESTS{operation=~"UpdateItem|TransactWriteItems"} / BUCKET_DECISIONS`;
+//! * reservation share: `RESERVED_DECISIONS / BUCKET_DECISIONS`.
 
 use metrics::{describe_counter, describe_histogram};
 
@@ -85,7 +88,16 @@ pub fn describe_metrics() {
         "Time of one entity acquire of the DynamoDB store (the entity and its parent), by result."
     );
     // Present from the start, so ratios and alerts see zeros rather than gaps.
-    for name in [BUCKET_DECISIONS, FAST_ADMITS, REJECTION_CACHE_HITS, TIMEOUTS] {
+    for name in [
+        BUCKET_DECISIONS,
+        FAST_ADMITS,
+        REJECTION_CACHE_HITS,
+        TIMEOUTS,
+        RESERVED_DECISIONS,
+        RESERVED_TOKENS,
+        RETURNED_TOKENS,
+        STRANDED_TOKENS,
+    ] {
         metrics::counter!(name).increment(0);
     }
 }

@@ -152,6 +152,8 @@ async fn the_store_metrics_are_exposed() {
     assert_eq!(m.type_of("zael_dynamodb_request_duration_seconds").as_deref(), Some("histogram"), "{}", m.text);
     assert!(m.text.contains("# HELP zael_dynamodb_fast_admits_total"), "described at start-up\n{}", m.text);
     assert!(m.has_family("zael_store_fail_open_total"), "{}", m.text);
+    // Present at zero before any reservation: dashboards see zeros, not gaps.
+    assert_eq!(m.get("zael_reservation_stranded_millitokens_total", &[]), Some(0.0), "{}", m.text);
 }
 
 const POLICY: &str = r#"
@@ -228,6 +230,9 @@ domain: reserved
 descriptors:
   - key: k
     rate_limit: {unit: day, requests_per_unit: 1000, name: daily}
+  - key: exact
+    reserve: false
+    rate_limit: {unit: day, requests_per_unit: 1000, name: daily}
 "#;
 
 /// A hot bucket is answered from a reservation block (far fewer DynamoDB writes than
@@ -251,6 +256,20 @@ async fn reserved_tokens_go_back_on_sigterm() {
     let m = a.metrics().await;
     let local = m.get_or_zero("zael_reservation_local_decisions_total", &[]);
     assert!(local >= 40.0, "decisions answered from a block: {local}");
+    // A rule with `reserve: false` on the same server: every decision its own write (the
+    // first creates the bucket), none answered locally.
+    let paths = |m: &zael_tests::metrics::Metrics| {
+        ["slow_create", "fast_admit", "reserved"]
+            .map(|p| m.get_or_zero("zael_dynamodb_decisions_total", &[("path", p)]))
+    };
+    let before = paths(&m);
+    for i in 1..=20 {
+        let r = a.should(req("reserved", vec![desc(&[("exact", "x")])])).await;
+        assert_response(&r, Code::Ok, &[ok(1000, Unit::Day, "daily", 1000 - i)]);
+    }
+    let m = a.metrics().await;
+    let after = paths(&m);
+    assert_eq!([after[0] - before[0], after[1] - before[1], after[2] - before[2]], [1.0, 19.0, 0.0], "{}", m.text);
     a.signal(libc::SIGTERM);
     let status = a.wait_exit(Duration::from_secs(20)).await.expect("exits");
     assert!(status.success(), "{}", a.log_tail());
