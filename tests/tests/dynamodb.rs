@@ -1,7 +1,8 @@
 //! `zael-server --store dynamodb` against moto: the shared black-box scenarios
 //! (`zael_tests::scenarios`) on a fresh table each, then what only a shared store shows: two
-//! servers on one bucket, the store's metrics, and `on_unavailable`. (moto going away and
-//! coming back: `dynamodb_faults.rs`.)
+//! servers on one bucket (with and without token reservations, with the Python library), the
+//! store's metrics, and `on_unavailable`. (moto going away and coming back:
+//! `dynamodb_faults.rs`.)
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
@@ -282,4 +283,91 @@ async fn reserved_tokens_go_back_on_sigterm() {
         .await;
     let check = b.should(req("reserved", vec![desc(&[("k", "hot")]).hits(0)])).await;
     assert_response(&check, Code::Ok, &[ok(1000, Unit::Day, "daily", 940)]);
+}
+
+const CONTENDED: &str = r#"
+domain: contended
+descriptors:
+  - key: k
+    rate_limit: {unit: day, requests_per_unit: 400, name: daily}
+"#;
+
+/// Two zael-server processes with token reservations and the Python library (its own
+/// acquires, 4 at a time) on one bucket: together never more than its 400 tokens, blocks
+/// answered decisions, and after both servers stop (giving back what they held) the bucket
+/// holds exactly what nobody was admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_reserving_servers_and_the_library_share_one_bucket_exactly() {
+    const CAPACITY: u32 = 400;
+    let (table, _) = moto().table(&["contended"]).await;
+    let endpoint = moto().endpoint();
+    let reserving = || {
+        Server::builder().file("c.yaml", CONTENDED).dynamodb(&endpoint, &table).args([
+            "--reservation-min-rate",
+            "5",
+            "--reservation-horizon",
+            "1s",
+        ])
+    };
+    let (mut a, mut b) = (reserving().start().await, reserving().start().await);
+    let checker = Server::builder()
+        .file("c.yaml", CONTENDED)
+        .dynamodb(&endpoint, &table)
+        .args(["--reservations", "off"])
+        .start()
+        .await;
+    let check = || req("contended", vec![desc(&[("k", "hot")]).hits(0)]);
+    // The library's bucket for the rule: entity `k:hot`, resource `k`, limit `hits`.
+    let python = tokio::spawn(async move {
+        let args = ["hammer", &table, "contended", "k:hot", "k", "400", "400", "86400", "300", "4"];
+        let out = moto().run_script("table/tests/py/oracle.py", &args).await;
+        out.trim().trim_start_matches("{\"admitted\": ").trim_end_matches('}').parse::<u32>().expect("a count")
+    });
+    // The servers start once the library has admitted (its first acquire creates the bucket).
+    let started = poll_until(Duration::from_secs(60), Duration::from_millis(50), || async {
+        let r = checker.call(check()).await.ok()?;
+        (r.statuses[0].limit_remaining < CAPACITY).then_some(())
+    })
+    .await;
+    assert!(started.is_some(), "the library never admitted\n{}", moto().log_tail());
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let mut client = RateLimitServiceClient::new(if i % 2 == 0 { a.new_channel() } else { b.new_channel() });
+        tasks.push(tokio::spawn(async move {
+            let (mut admitted, mut errors) = (0_u32, Vec::new());
+            for _ in 0..60 {
+                match client.should_rate_limit(req("contended", vec![desc(&[("k", "hot")])])).await {
+                    Ok(r) if r.get_ref().overall_code == Code::Ok as i32 => admitted += 1,
+                    Ok(r) => assert_response(r.get_ref(), Code::OverLimit, &[over(CAPACITY, Unit::Day, "daily")]),
+                    Err(e) => errors.push(format!("{:?}: {}", e.code(), e.message())),
+                }
+            }
+            (admitted, errors)
+        }));
+    }
+    let mut zael = 0;
+    for t in tasks {
+        let (admitted, errors) = t.await.expect("task");
+        assert!(errors.is_empty(), "gRPC errors: {errors:?}");
+        zael += admitted;
+    }
+    let library = python.await.expect("the library's hammer");
+    eprintln!("admitted: zael {zael} of 480, library {library} of 300");
+    assert!(zael + library <= CAPACITY, "over-admission: zael {zael} + library {library} > {CAPACITY}");
+    assert!(zael > 0 && library > 0, "both sides admitted: zael {zael}, library {library}");
+    let mut local = 0.0;
+    for s in [&a, &b] {
+        local += s.metrics().await.get_or_zero("zael_reservation_local_decisions_total", &[]);
+    }
+    assert!(local > 0.0, "no decision was answered from a block");
+    for s in [&mut a, &mut b] {
+        s.signal(libc::SIGTERM);
+        let status = s.wait_exit(Duration::from_secs(20)).await.expect("exits on SIGTERM");
+        assert!(status.success(), "{}", s.log_tail());
+        assert!(!s.logs().contains("panicked"), "{}", s.log_tail());
+    }
+    // Every block given back: the bucket holds exactly what was not admitted (refill over the
+    // test is a fraction of a token: 400 a day is one per 216 s).
+    let r = checker.should(check()).await;
+    assert_response(&r, Code::Ok, &[ok(CAPACITY, Unit::Day, "daily", CAPACITY - zael - library)]);
 }
