@@ -292,8 +292,8 @@ descriptors:
     rate_limit: {unit: day, requests_per_unit: 400, name: daily}
 "#;
 
-/// Two zael-server processes with token reservations and the Python library (its own
-/// acquires, 4 at a time) on one bucket: together never more than its 400 tokens, blocks
+/// Two zael-server processes with token reservations, 16 clients each, and the Python library
+/// (its own acquires, 4 at a time) on one bucket: together never more than its 400 tokens, blocks
 /// answered decisions, and after both servers stop (giving back what they held) the bucket
 /// holds exactly what nobody was admitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -331,11 +331,11 @@ async fn two_reserving_servers_and_the_library_share_one_bucket_exactly() {
     .await;
     assert!(started.is_some(), "the library never admitted\n{}", moto().log_tail());
     let mut tasks = Vec::new();
-    for i in 0..8 {
+    for i in 0..32 {
         let mut client = RateLimitServiceClient::new(if i % 2 == 0 { a.new_channel() } else { b.new_channel() });
         tasks.push(tokio::spawn(async move {
             let (mut admitted, mut errors) = (0_u32, Vec::new());
-            for _ in 0..60 {
+            for _ in 0..30 {
                 match client.should_rate_limit(req("contended", vec![desc(&[("k", "hot")])])).await {
                     Ok(r) if r.get_ref().overall_code == Code::Ok as i32 => admitted += 1,
                     Ok(r) => assert_response(r.get_ref(), Code::OverLimit, &[over(CAPACITY, Unit::Day, "daily")]),
@@ -352,7 +352,7 @@ async fn two_reserving_servers_and_the_library_share_one_bucket_exactly() {
         zael += admitted;
     }
     let library = python.await.expect("the library's hammer");
-    eprintln!("admitted: zael {zael} of 480, library {library} of 300");
+    eprintln!("admitted: zael {zael} of 960, library {library} of 300");
     assert!(zael + library <= CAPACITY, "over-admission: zael {zael} + library {library} > {CAPACITY}");
     assert!(zael > 0 && library > 0, "both sides admitted: zael {zael}, library {library}");
     let mut local = 0.0;
