@@ -12,6 +12,7 @@
 //! * [`levels`]: the config levels: stored limits, resolution and access;
 //! * [`limit_spec`]: the `name:rate[/period][:burst]` limit syntax of the CLI and the
 //!   entities file;
+//! * [`pressure`]: which buckets a store bounded in memory forgets first;
 //! * [`store`]: the trait every bucket store implements, and [`memory`], the embedded one.
 //!
 //! ```
@@ -41,5 +42,6 @@ pub mod lease;
 pub mod levels;
 pub mod limit_spec;
 pub mod memory;
+pub mod pressure;
 pub mod reserve;
 pub mod store;

@@ -3,7 +3,8 @@
 //! **YAML-rule buckets** live in a sharded concurrent map; each is updated under its shard's
 //! lock, so concurrent requests never over-admit. A bucket that has refilled to full is
 //! equivalent to one that does not exist, so [`MemoryStore::evict_full`] drops those; memory
-//! is bounded by the buckets that are still refilling.
+//! is bounded by the buckets that are still refilling, and by [`BucketBound`]: at the bound,
+//! the buckets whose loss admits the least go first ([`crate::pressure`], `memory/bound.rs`).
 //!
 //! **Entities** ([`MemoryStore::with_entities`], the `--entities` file, [`crate::entities`])
 //! have their own buckets: one per (namespace, entity, resource), holding every resolved limit
@@ -19,25 +20,49 @@ use crate::bucket::{BucketLimit, BucketState, ChargeOutcome, EpochMillis, Millit
 use crate::entities::{Access, Entities, Namespace, StoredLimit};
 use crate::keys::{BucketKey, is_valid_entity_id, is_valid_resource};
 use crate::lease::{Lease, LeaseChange, LeaseState, Verdict};
+use crate::pressure::{BucketBound, Use};
 use crate::store::{
     BucketRequest, BucketStore, EntityOutcome, EntityRequest, LeaseChanged, LeaseOpened, LeaseRequest, LimitOverride,
     LimitReport, OnUnavailable, StoreError,
 };
+pub use bound::Pressure;
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+mod bound;
 
 #[derive(Debug)]
 struct Slot {
     state: BucketState,
     /// The limit of the last charge, used to tell when the bucket is full again.
     limit: BucketLimit,
+    /// The last charge, and how many there were.
+    used: Use,
+}
+
+impl Slot {
+    fn charge(&mut self, request: &BucketRequest, now: EpochMillis) -> Vec<ChargeOutcome> {
+        self.limit = request.limit;
+        self.used = self.used.again(now);
+        self.state.charge_all(&request.limit, now, &request.charges)
+    }
 }
 
 /// In-process buckets.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     buckets: DashMap<BucketKey, Slot>,
+    /// YAML-rule buckets held or being inserted: what the bound is checked against.
+    live: AtomicUsize,
+    bound: BucketBound,
+    /// Buckets dropped because they refilled to full, and under the bound's pressure (with
+    /// the new keys decided but not kept), and the loss of the latter in millitokens.
+    refilled_dropped: AtomicU64,
+    pressure_dropped: AtomicU64,
+    pressure_lost: AtomicI64,
     entities: Entities,
     /// An `--entities` file was given.
     has_entities: bool,
@@ -206,9 +231,14 @@ impl MemoryStore {
     /// has expired; returns how many buckets. An entity bucket goes only when every limit
     /// of it is full and no live lease names it.
     pub fn evict_full(&self, now: EpochMillis) -> usize {
-        let before = self.buckets.len();
-        self.buckets.retain(|_, slot| slot.state.refilled(&slot.limit, now).tokens < slot.limit.capacity);
-        let mut dropped = before.saturating_sub(self.buckets.len());
+        let mut dropped = 0;
+        self.buckets.retain(|_, slot| {
+            let keep = slot.state.refilled(&slot.limit, now).tokens < slot.limit.capacity;
+            dropped += usize::from(!keep);
+            keep
+        });
+        self.live.fetch_sub(dropped, Ordering::AcqRel);
+        self.refilled_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
         let mut held = self.held();
         held.leases.retain(|_, r| !r.lease.expired(now));
         let pinned: HashSet<EntityBucketId> = held
@@ -225,18 +255,29 @@ impl MemoryStore {
         dropped
     }
 
-    /// Applies one bucket's charges atomically.
+    /// Applies one bucket's charges atomically. A new key while the store holds as many
+    /// buckets as its bound allows is decided as a new bucket and not kept.
     pub fn charge_bucket(&self, request: &BucketRequest, now: EpochMillis) -> Vec<ChargeOutcome> {
         if let Some(mut slot) = self.buckets.get_mut(&request.key) {
-            slot.limit = request.limit;
-            return slot.state.charge_all(&request.limit, now, &request.charges);
+            return slot.charge(request, now);
         }
-        let mut slot = self
-            .buckets
-            .entry(request.key.clone())
-            .or_insert_with(|| Slot { state: BucketState::full(&request.limit, now), limit: request.limit });
-        slot.limit = request.limit;
-        slot.state.charge_all(&request.limit, now, &request.charges)
+        if !self.take_room() {
+            return self.decide_unkept(request, now);
+        }
+        match self.buckets.entry(request.key.clone()) {
+            Entry::Occupied(mut held) => {
+                // Another request inserted it first: the room taken is not needed.
+                self.live.fetch_sub(1, Ordering::AcqRel);
+                held.get_mut().charge(request, now)
+            }
+            Entry::Vacant(place) => {
+                let full = BucketState::full(&request.limit, now);
+                let mut slot = Slot { state: full, limit: request.limit, used: Use::first(now) };
+                let outcomes = slot.state.charge_all(&request.limit, now, &request.charges);
+                place.insert(slot);
+                outcomes
+            }
+        }
     }
 
     fn namespace(&self, namespace: &str) -> Result<&Namespace, StoreError> {

@@ -16,11 +16,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use zael_api::limiter_server::LimiterServer;
-use zael_core::bucket::{EpochMillis, Millitokens};
+use zael_core::bucket::Millitokens;
 use zael_core::config::load_path;
 use zael_core::entities::Entities;
 use zael_core::lease::LeaseKey;
 use zael_core::memory::MemoryStore;
+use zael_core::pressure::BucketBound;
 use zael_core::reserve::ReserveOptions;
 use zael_core::store::BucketStore;
 
@@ -66,28 +67,20 @@ fn lease_key(cli: &Cli) -> anyhow::Result<LeaseKey> {
     }
 }
 
-async fn open_store(cli: &Cli) -> anyhow::Result<Arc<dyn BucketStore>> {
+/// The store of `--store`, and the embedded one again when it is that (its bound's metrics).
+async fn open_store(cli: &Cli) -> anyhow::Result<(Arc<dyn BucketStore>, Option<Arc<MemoryStore>>)> {
     Ok(match cli.store {
         StoreKind::Memory => {
-            let store = Arc::new(match &cli.entities {
+            let store = match &cli.entities {
                 Some(path) => {
                     let entities = Entities::load(path).map_err(|e| anyhow::anyhow!("invalid --entities file: {e}"))?;
                     MemoryStore::with_entities(entities)
                 }
                 None => MemoryStore::new(),
-            });
-            let evicting = store.clone();
-            let every = cli.evict_interval;
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let store = evicting.clone();
-                    let _ = tokio::task::spawn_blocking(move || store.evict_full(EpochMillis::now())).await;
-                }
-            });
-            store
+            };
+            let store = Arc::new(store.with_bound(BucketBound { max: cli.max_buckets }));
+            crate::memory_upkeep::spawn(store.clone(), cli.evict_interval);
+            (store.clone(), Some(store))
         }
         StoreKind::Dynamodb => {
             if cli.entities.is_some() {
@@ -108,7 +101,7 @@ async fn open_store(cli: &Cli) -> anyhow::Result<Arc<dyn BucketStore>> {
                 }),
                 ..zael_table::DynamoStoreOptions::new(table)
             };
-            Arc::new(zael_table::DynamoStore::connect(options).await?)
+            (Arc::new(zael_table::DynamoStore::connect(options).await?), None)
         }
     })
 }
@@ -121,7 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         StoreKind::Dynamodb => "dynamodb",
     })?;
     let lease_key = lease_key(&cli)?;
-    let store = open_store(&cli).await?;
+    let (store, memory) = open_store(&cli).await?;
     let closing = store.clone();
     if cli.store == StoreKind::Dynamodb {
         zael_table::describe_metrics();
@@ -198,7 +191,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
 
-    let http_state = Arc::new(HttpState { limiter, prometheus, readiness: readiness.clone() });
+    let http_state = Arc::new(HttpState { limiter, prometheus, readiness: readiness.clone(), memory });
     let http = tokio::spawn(
         axum::serve(http_listener, crate::http::router(http_state))
             .with_graceful_shutdown(stopped(stop_rx))

@@ -117,6 +117,14 @@ pub struct Cli {
     #[arg(long, env = "ZAEL_EVICT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub evict_interval: Duration,
 
+    /// The most YAML-rule buckets the embedded store keeps (about 220 bytes each). Above seven
+    /// eighths of it, a background trim forgets the buckets whose loss admits the least
+    /// (closest to full, not hot) down to three quarters; a new key at the bound is decided
+    /// as a new bucket and not kept.
+    #[arg(long, env = "ZAEL_MAX_BUCKETS", default_value_t = zael_core::pressure::BucketBound::DEFAULT.max,
+          value_parser = parse_max_buckets)]
+    pub max_buckets: usize,
+
     /// DynamoDB table (the zae-limiter stack name) of `--store dynamodb`.
     #[arg(long, env = "ZAEL_TABLE", required_if_eq("store", "dynamodb"))]
     pub table: Option<String>,
@@ -181,6 +189,15 @@ fn parse_on_unavailable(text: &str) -> Result<OnUnavailable, String> {
 }
 
 /// Parses `250ms`, `2s`, `1m` or a plain number of seconds.
+/// `--max-buckets`: a count of at least 8, so the watermarks are distinct.
+fn parse_max_buckets(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 8 => Ok(n),
+        Ok(n) => Err(format!("{n} is too small: at least 8 buckets")),
+        Err(_) => Err(format!("'{text}' is not a number of buckets")),
+    }
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, scale_ms) = if let Some(n) = text.strip_suffix("ms") {
@@ -208,6 +225,13 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn max_buckets() {
+        assert_eq!(parse_max_buckets("1000"), Ok(1000));
+        assert_eq!(parse_max_buckets("7"), Err("7 is too small: at least 8 buckets".to_owned()));
+        assert_eq!(parse_max_buckets("many"), Err("'many' is not a number of buckets".to_owned()));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use zael_core::memory::MemoryStore;
 
 /// Whether the server should receive traffic.
 #[derive(Default)]
@@ -23,6 +24,8 @@ pub struct HttpState {
     pub limiter: Arc<RateLimiter>,
     pub prometheus: PrometheusHandle,
     pub readiness: Arc<Readiness>,
+    /// The embedded store, whose bound `/metrics` reports.
+    pub memory: Option<Arc<MemoryStore>>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -45,6 +48,9 @@ async fn healthcheck(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    if let Some(store) = &state.memory {
+        crate::metrics::publish_memory(&store.pressure());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.prometheus.render()).into_response()
 }
 

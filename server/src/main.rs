@@ -7,6 +7,7 @@ mod config_watch;
 mod fail_open;
 mod http;
 mod limiter_api;
+mod memory_upkeep;
 mod metrics;
 mod protojson;
 mod reflection;

@@ -1,6 +1,6 @@
 //! Metric names, descriptions and the Prometheus recorder, in one place.
 
-use metrics::{Counter, Histogram, counter, describe_counter, describe_histogram, histogram};
+use metrics::{Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, RwLock};
@@ -34,6 +34,17 @@ pub const API_CALLS: &str = "zael_api_calls_total";
 /// Time to answer a native API call, in seconds, by `method`.
 pub const API_DURATION: &str = "zael_api_call_duration_seconds";
 
+/// The embedded store's YAML-rule buckets held (gauge).
+pub const MEMORY_BUCKETS: &str = "zael_memory_buckets";
+/// The most it keeps, `--max-buckets` (gauge).
+pub const MEMORY_BUCKET_BOUND: &str = "zael_memory_bucket_bound";
+/// Buckets it dropped, by `reason`: `refilled` (full again, nothing lost), `pressure` (the
+/// bound: trimmed, or a new key decided and not kept).
+pub const MEMORY_DROPPED: &str = "zael_memory_buckets_dropped_total";
+/// What the buckets dropped under pressure could admit beyond the exact answers, at most
+/// (the sum of capacity less balance), in millitokens.
+pub const MEMORY_LOST: &str = "zael_memory_dropped_millitokens_total";
+
 /// Domain label for requests naming a domain the config does not have, so clients cannot
 /// create unbounded label values.
 pub const UNKNOWN_DOMAIN: &str = "_unknown";
@@ -61,6 +72,13 @@ pub fn install(store: &'static str) -> anyhow::Result<PrometheusHandle> {
     describe_counter!(FAIL_OPEN, "Charges admitted without the store (it failed) under on_unavailable = allow.");
     describe_counter!(API_CALLS, "Native API calls (zael.limiter.v1), by method and gRPC code.");
     describe_histogram!(API_DURATION, metrics::Unit::Seconds, "Time to answer a native API call, by method.");
+    describe_gauge!(MEMORY_BUCKETS, "YAML-rule buckets the embedded store holds.");
+    describe_gauge!(MEMORY_BUCKET_BOUND, "The most YAML-rule buckets the embedded store keeps (--max-buckets).");
+    describe_counter!(MEMORY_DROPPED, "Buckets the embedded store dropped, by reason (refilled, pressure).");
+    describe_counter!(
+        MEMORY_LOST,
+        "Millitokens the buckets dropped under pressure could admit beyond the exact answers, at most."
+    );
     // Present from the start, so dashboards and alerts see zeros rather than gaps.
     metrics::counter!(CONFIG_LOADS, "result" => "error").absolute(0);
     metrics::counter!(STORE_ERRORS, "store" => store).absolute(0);
@@ -170,3 +188,13 @@ impl DecisionMetrics {
 /// The process-wide decision metrics (the Prometheus recorder is process-wide too).
 pub static DECISION_METRICS: LazyLock<DecisionMetrics> =
     LazyLock::new(|| DecisionMetrics { domains: RwLock::default() });
+
+/// Publishes the embedded store's bound ([`zael_core::memory::Pressure`]); called before each
+/// render of `/metrics`, so the figures are as of the scrape.
+pub fn publish_memory(p: &zael_core::memory::Pressure) {
+    gauge!(MEMORY_BUCKETS).set(p.live as f64);
+    gauge!(MEMORY_BUCKET_BOUND).set(p.bound.max as f64);
+    counter!(MEMORY_DROPPED, "reason" => "refilled").absolute(p.refilled_dropped);
+    counter!(MEMORY_DROPPED, "reason" => "pressure").absolute(p.pressure_dropped);
+    counter!(MEMORY_LOST).absolute(u64::try_from(p.pressure_lost.0).unwrap_or(0));
+}
