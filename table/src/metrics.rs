@@ -47,6 +47,9 @@ pub const RETURNED_TOKENS: &str = "zael_reservation_returned_millitokens_total";
 /// Millitokens of reservations that could not be given back at shutdown (stranded until the
 /// bucket refills).
 pub const STRANDED_TOKENS: &str = "zael_reservation_stranded_millitokens_total";
+/// Decisions on a near-empty bucket that waited for this server's decisions already at the
+/// table (one wait each time; most are then rejected by the rejection cache).
+pub const NEAR_EMPTY_WAITS: &str = "zael_dynamodb_near_empty_waits_total";
 /// Buckets that missed the call's deadline.
 pub const TIMEOUTS: &str = "zael_dynamodb_timeouts_total";
 /// Time of one store call (every bucket of one request, concurrently), in seconds, by
@@ -76,6 +79,7 @@ pub fn describe_metrics() {
     describe_counter!(STRANDED_TOKENS, "Millitokens of reservations not given back at shutdown.");
     describe_counter!(REJECTION_CACHE_HITS, "Buckets rejected from the rejection cache, without a DynamoDB request.");
     describe_counter!(PATHS, "Bucket decisions of the DynamoDB store, by path.");
+    describe_counter!(NEAR_EMPTY_WAITS, "Waits of decisions on near-empty buckets for those already at the table.");
     describe_counter!(TIMEOUTS, "Buckets that missed the DynamoDB store call's deadline.");
     describe_histogram!(
         CHARGE_DURATION,
@@ -97,6 +101,7 @@ pub fn describe_metrics() {
         RESERVED_TOKENS,
         RETURNED_TOKENS,
         STRANDED_TOKENS,
+        NEAR_EMPTY_WAITS,
     ] {
         metrics::counter!(name).increment(0);
     }

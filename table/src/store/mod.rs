@@ -26,6 +26,7 @@ mod expr;
 mod fast_path;
 mod learning;
 pub(crate) mod lease;
+mod near_empty;
 mod planned;
 mod reject;
 mod rejection_cache;
@@ -165,6 +166,8 @@ struct Inner {
     caches: Caches,
     rejection_cache: bool,
     reservations: Option<reserve::Reservations>,
+    /// Near-empty buckets' decisions at the table ([`near_empty`]).
+    gates: near_empty::Gates,
     /// Test hook run between a slow path's read and its commit.
     before_commit: Mutex<Option<CommitHook>>,
 }
@@ -253,6 +256,7 @@ impl DynamoStore {
                 cache_ttl: options.namespace_cache_ttl,
                 rejection_cache: options.rejection_cache,
                 reservations: options.reservations.map(reserve::Reservations::new),
+                gates: near_empty::Gates::default(),
                 before_commit: Mutex::new(None),
             }),
         };
@@ -482,15 +486,32 @@ impl Inner {
         {
             return Ok(decided.scaled());
         }
-        let avoid = match self.known_short(&cx) {
-            Known::Rejected(decided) => {
-                self.caches.rejections.count_hit();
-                metrics::counter!(m::REJECTION_CACHE_HITS).increment(1);
-                path("cache_reject");
-                return Ok(decided.scaled());
+        // Near empty, a decision waits for those of this server already at the table when the
+        // refill covers no more of them, then is judged again (`near_empty`).
+        let mut permit = None;
+        let avoid = loop {
+            match self.known_short(&cx) {
+                Known::Rejected(decided) => {
+                    self.caches.rejections.count_hit();
+                    metrics::counter!(m::REJECTION_CACHE_HITS).increment(1);
+                    path("cache_reject");
+                    return Ok(decided.scaled());
+                }
+                Known::Short(shards) => match self.gates.enter(&cx.id, self.near_empty_slots(&cx)) {
+                    None => break shards,
+                    Some(near_empty::Entry::Go(p)) => {
+                        permit = Some(p);
+                        break shards;
+                    }
+                    Some(near_empty::Entry::Wait(waiter)) => {
+                        metrics::counter!(m::NEAR_EMPTY_WAITS).increment(1);
+                        waiter.landed(self.call_timeout).await;
+                    }
+                },
             }
-            Known::Short(shards) => shards,
         };
-        Ok(self.fast(&cx, &avoid).await?.scaled())
+        let decided = self.fast(&cx, &avoid).await;
+        drop(permit);
+        Ok(decided?.scaled())
     }
 }

@@ -53,6 +53,20 @@ impl Inner {
         }
     }
 
+    /// For a single-shard bucket a trusted image showed short, and whose refill since covers
+    /// this request (else [`Inner::known_short`] rejected it): how many such requests the
+    /// refill covers, at least one. `None`: not near empty as far as the cache knows.
+    pub(super) fn near_empty_slots(&self, cx: &Ctx<'_>) -> Option<usize> {
+        if !self.rejection_cache || !plan::strict_tokens(cx.charges) || self.cached_count(&cx.id) != 1 {
+            return None;
+        }
+        let entries = self.caches.rejections.trusted(&cx.id, cx.now.0);
+        let (_, image) = entries.iter().find(|(shard, _)| *shard == 0)?;
+        let h = image.limit(LIMIT_NAME).filter(|h| cx.params_match(h) && image.shard_count == 1)?;
+        let balance = image.shard_balance(h, 0, cx.now).0.tokens.0.max(0);
+        Some(usize::try_from(balance / cx.total.max(1)).unwrap_or(usize::MAX).max(1))
+    }
+
     /// Remembers `shard` as short when `image` shows it cannot give one token (or this
     /// request's largest strict charge) now, and forgets it otherwise. Images with stamps,
     /// unsupported features, other parameters than the YAML's, or a `vu` other than the

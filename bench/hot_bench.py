@@ -1,0 +1,278 @@
+"""Hot-bucket benchmark (issue 14): one YAML-rule bucket offered a paced rate from two
+zael-server processes, with token reservations on and off, and the Python library
+zae-limiter 0.17.0 from two processes, on moto. Run through bench/hot-bench; see
+bench/README.md ("Hot buckets, paced").
+
+Workloads (HOT_WORKLOADS):
+
+* `hot-<R>`: R decisions/s offered in total on one bucket whose allowance (10^9/s) is far
+  above it: every decision should be admitted; the figure is DynamoDB writes per decision.
+* `over-<R>`: R decisions/s offered on one bucket of HOT_OVER_LIMIT/s (capacity the same):
+  admitted should equal the allowance (capacity + refill over the run) whatever the client.
+
+Each (client, workload) runs on a fresh table. Per run: two load processes (one per
+server, or two library processes), each pacing R/2 with at most HOT_IN_FLIGHT calls in
+flight; the moto launcher counts every request from after the warm-up until the servers
+have stopped (so the give-back on SIGTERM is counted); the servers' own
+`zael_decision_duration_seconds` histograms give server-side p50/p99 (bucket bounds).
+"""
+
+import asyncio
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import dynamodb_bench as db  # noqa: E402  (sets the moto credentials)
+from benchlib import Moto  # noqa: E402
+
+SECONDS = float(os.environ.get("HOT_SECONDS", "30"))
+IN_FLIGHT = int(os.environ.get("HOT_IN_FLIGHT", "512"))
+OVER_LIMIT = int(os.environ.get("HOT_OVER_LIMIT", "200"))
+WORKLOADS = os.environ.get("HOT_WORKLOADS", "hot-1000 hot-5000 over-1000").split()
+CLIENTS = os.environ.get("HOT_CLIENTS", "zael-2 zael-2-off python-2").split()
+WRITE_PRICE, READ_PRICE = 0.625, 0.125  # $ per million WRU / RRU (README "Cost")
+WRITES = {"UpdateItem", "PutItem", "TransactWriteItems", "BatchWriteItem", "DeleteItem"}
+
+CONFIG = f"""
+domain: {db.NAMESPACE}
+descriptors:
+  - key: warm
+    rate_limit: {{unit: second, requests_per_unit: {db.HUGE}}}
+  - key: hot
+    rate_limit: {{unit: second, requests_per_unit: {db.HUGE}}}
+  - key: over
+    rate_limit: {{unit: second, requests_per_unit: {OVER_LIMIT}}}
+"""
+
+
+def parse(workload):
+    kind, rate = workload.split("-")
+    return kind, int(rate)
+
+
+def py_limits(kind):
+    per_s = db.HUGE if kind == "hot" else OVER_LIMIT
+    return [db.Limit(name="hits", capacity=per_s, refill_amount=per_s, refill_period_seconds=1)]
+
+
+async def paced(decide, rate, seconds, start_at):
+    """Calls `decide()` at `rate` per second from `start_at` for `seconds`, at most IN_FLIGHT
+    at once (a client that falls behind sends as fast as it can, never in a burst, and stops
+    sending at the end of the run)."""
+    total = int(rate * seconds)
+    slots = asyncio.Semaphore(IN_FLIGHT)
+    stats = {"sent": 0, "admitted": 0, "errors": 0}
+    latencies = []
+
+    async def one():
+        started = time.perf_counter()
+        try:
+            ok = await decide()
+            stats["admitted"] += ok
+            latencies.append(time.perf_counter() - started)
+        except Exception:  # noqa: BLE001 - counted, the run goes on
+            stats["errors"] += 1
+        finally:
+            slots.release()
+
+    tasks = []
+    deadline = start_at + seconds
+    for i in range(total):
+        due = start_at + i / rate
+        delay = due - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        if time.time() > deadline:
+            slots.release()
+            break
+        stats["sent"] += 1
+        tasks.append(asyncio.ensure_future(one()))
+    await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    stats["elapsed"] = time.time() - start_at
+    stats["latencies"] = latencies
+    return stats
+
+
+async def load_zael(port, kind, rate, seconds, start_at):
+    import grpc
+
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = db.rls_pb2_grpc.RateLimitServiceStub(channel)
+    entry = db.ratelimit_pb2.RateLimitDescriptor.Entry(key=kind, value="bucket")
+    request = db.rls_pb2.RateLimitRequest(
+        domain=db.NAMESPACE, descriptors=[db.ratelimit_pb2.RateLimitDescriptor(entries=[entry])]
+    )
+
+    async def decide():
+        response = await stub.ShouldRateLimit(request, timeout=10)
+        return response.overall_code == db.rls_pb2.RateLimitResponse.OK
+
+    try:
+        return await paced(decide, rate, seconds, start_at)
+    finally:
+        await channel.close()
+
+
+async def load_python(endpoint, table, kind, rate, seconds, start_at):
+    repo = await db.Repository.open(db.NAMESPACE, stack=table, region=db.REGION, endpoint_url=endpoint)
+    limiter = db.RateLimiter(repository=repo)
+    limits = py_limits(kind)
+
+    async def decide():
+        try:
+            async with limiter.acquire("py-bucket", kind, {"hits": 1}, limits=limits):
+                return True
+        except db.RateLimitExceeded:
+            return False
+
+    try:
+        return await paced(decide, rate, seconds, start_at)
+    finally:
+        await limiter.close()
+
+
+def load_process(args):
+    """One load process (spawned): runs its paced share and returns its counts."""
+    target, kind, rate, seconds, start_at = args
+    if target[0] == "zael":
+        return asyncio.run(load_zael(target[1], kind, rate, seconds, start_at))
+    return asyncio.run(load_python(target[1], target[2], kind, rate, seconds, start_at))
+
+
+def histogram(texts):
+    """Server-side decision latency: the merged `zael_decision_duration_seconds` buckets of
+    every server, as (p50, p99) bucket upper bounds in ms."""
+    buckets = {}
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith("zael_decision_duration_seconds_bucket"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets[le] = buckets.get(le, 0) + float(line.rsplit(" ", 1)[1])
+    ordered = sorted(((float("inf") if le == "+Inf" else float(le), n) for le, n in buckets.items()))
+    if not ordered or ordered[-1][1] == 0:
+        return None, None
+    total = ordered[-1][1]
+    pick = lambda q: next(le for le, n in ordered if n >= q * total) * 1000  # noqa: E731
+    return pick(0.50), pick(0.99)
+
+
+def quantiles(latencies):
+    latencies = sorted(latencies)
+    if not latencies:
+        return float("nan"), float("nan")
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
+    return pick(0.50), pick(0.99)
+
+
+def warm_up(port, kind):
+    """Decisions outside the measurement: the namespace's resolution, and the bucket's first
+    use (one decision; the over-limit bucket refills it before the run starts)."""
+    stats = asyncio.run(load_zael(port, kind, 1, 1, time.time()))
+    if stats["errors"]:
+        raise SystemExit(f"[hot-bench] warm-up against 127.0.0.1:{port} failed")
+
+
+def run(name, workload, moto, binary, tmp, pool):
+    kind, rate = parse(workload)
+    table = asyncio.run(db.create_table(moto))
+    db.ZAEL_CONFIG = CONFIG
+    servers = []
+    try:
+        if name.startswith("zael"):
+            for n in range(2):
+                sub = Path(tmp) / f"{name}-{workload}-{n}"
+                sub.mkdir()
+                servers.append(db.Zael(binary, moto, table, sub, "off" if name.endswith("-off") else "on"))
+            for s in servers:
+                warm_up(s.grpc_port, kind)
+            targets = [("zael", s.grpc_port) for s in servers]
+        else:
+            targets = [("python", moto.endpoint, table)] * 2
+        moto.counts(reset=True)
+        start_at = time.time() + 2
+        db.log(f"{name}: {workload}: {rate}/s for {SECONDS:g} s")
+        shares = pool.map(load_process, [(t, kind, rate / 2, SECONDS, start_at) for t in targets])
+        texts = [s.metrics() for s in servers]
+    finally:
+        for s in servers:
+            s.stop()
+    counts = moto.counts()
+    decisions = sum(s["sent"] - s["errors"] for s in shares)
+    writes = sum(v for op, v in counts.items() if op in WRITES)
+    reads = sum(v for op, v in counts.items() if op not in WRITES)
+    client_p50, client_p99 = quantiles([x for s in shares for x in s["latencies"]])
+    server_p50, server_p99 = histogram(texts)
+    elapsed = max(s["elapsed"] for s in shares)
+    allowance = db.HUGE if kind == "hot" else OVER_LIMIT + int(OVER_LIMIT * elapsed)
+    per = lambda v: v / decisions if decisions else float("nan")  # noqa: E731
+    return {
+        "offered_per_s": rate,
+        "decisions": decisions,
+        "decisions_per_s": decisions / elapsed,
+        "admitted": sum(s["admitted"] for s in shares),
+        "allowance": allowance,
+        "errors": sum(s["errors"] for s in shares),
+        "writes_per_decision": per(writes),
+        "reads_per_decision": per(reads),
+        "by_op": dict(sorted(counts.items())),
+        "usd_per_million": per(writes) * WRITE_PRICE + per(reads) * READ_PRICE,
+        "client_p50_ms": client_p50,
+        "client_p99_ms": client_p99,
+        "server_p50_ms": server_p50,
+        "server_p99_ms": server_p99,
+    }
+
+
+def report(results):
+    ms = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [
+        "# Hot buckets, paced: zael-server x2 (reservations on / off) vs zae-limiter 0.17.0 x2 on moto",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}. {SECONDS:g} s per run, at most {IN_FLIGHT} "
+        f"calls in flight per load process, over-limit bucket {OVER_LIMIT}/s. Requests counted by the moto "
+        "launcher from after the warm-up until the servers stopped. Server p50/p99: upper bounds of the "
+        "`zael_decision_duration_seconds` buckets. $: requests only, at $0.625/M writes and $0.125/M reads.",
+        "",
+        "| workload | client | offered/s | decisions/s | admitted / allowance | writes / decision | reads / decision "
+        "| $ per million | server p50 / p99 ms | client p50 / p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workload in WORKLOADS:
+        for name in results:
+            r = results[name][workload]
+            allowance = "10⁹/s" if r["allowance"] == db.HUGE else f"{r['allowance']:,}"
+            lines.append(
+                f"| {workload} | {name} | {r['offered_per_s']:,} | {r['decisions_per_s']:,.0f} | "
+                f"{r['admitted']:,} / {allowance} | {r['writes_per_decision']:.4f} | {r['reads_per_decision']:.4f} | "
+                f"{r['usd_per_million']:.4f} | {ms(r['server_p50_ms'])} / {ms(r['server_p99_ms'])} | "
+                f"{r['client_p50_ms']:.2f} / {r['client_p99_ms']:.2f} | {r['errors']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="hot-bench.")
+    db.log(f"logs in {tmp}")
+    binary = db.zael_binary() if any(c.startswith("zael") for c in CLIENTS) else None
+    moto = Moto(tmp)
+    try:
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            results = {name: {w: run(name, w, moto, binary, tmp, pool) for w in WORKLOADS} for name in CLIENTS}
+        text = report(results)
+        db.OUT.mkdir(exist_ok=True)
+        (db.OUT / "hot-results.md").write_text(text)
+        (db.OUT / "hot-results.json").write_text(json.dumps(results, indent=2))
+        print(text)
+    finally:
+        moto.stop()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()

@@ -1,0 +1,59 @@
+//! A burst on a bucket kept over its limit, against moto: the decisions arriving when a token
+//! has refilled do not all race to the table for it (`store/near_empty.rs`); the answer stays
+//! exact and the requests stay a few per refilled token.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use zael_core::bucket::BucketLimit;
+
+#[tokio::test]
+async fn a_burst_on_an_exhausted_bucket_costs_a_few_requests_per_refilled_token() {
+    const BURST: u64 = 300;
+    let table = table_name("near-empty");
+    let ns = setup(&table, &["ns"]).await.remove(0);
+    let pk = format!("{ns}/BUCKET#e#burst#0");
+    let store = store(&table).await;
+    // 5 tokens, 5 more a second.
+    let one = request("ns", "e", "burst", BucketLimit::per_period(5, 5, 1), &[strict(1)]);
+    let started = Instant::now();
+    let mut first = Vec::new();
+    for _ in 0..6 {
+        first.push(charge_one(&store, &one, now()).await.remove(0).admitted);
+    }
+    assert_eq!(first.iter().filter(|a| **a).count(), 5 + usize::from(first[5]), "the capacity, and what refilled");
+    let before = store.calls();
+    // 300 decisions over about 1.5 s, each when it arrives; all of them in flight together
+    // whenever the table is slower than 5 ms.
+    let decisions = (0..BURST).map(|i| {
+        let (store, one) = (&store, &one);
+        async move {
+            tokio::time::sleep(Duration::from_millis(i * 5)).await;
+            try_charge(store, one, now()).await.map(|o| o[0].admitted)
+        }
+    });
+    let answers = futures_util::future::join_all(decisions).await;
+    let elapsed = started.elapsed();
+    let calls = store.calls();
+    let requests = (calls.update_item - before.update_item)
+        + (calls.get_item - before.get_item)
+        + (calls.transact_write_items - before.transact_write_items);
+    let errors = answers.iter().filter(|a| a.is_err()).count();
+    let admitted = answers.iter().filter(|a| matches!(a, Ok(true))).count() + first.iter().filter(|a| **a).count();
+    // The bucket allows its capacity plus 5 a second since the first decision.
+    let allowed = 5 + (elapsed.as_millis() as usize * 5).div_ceil(1000);
+    let item = get_item(&table, &pk).await.expect("bucket");
+    eprintln!(
+        "{admitted} admitted of {allowed} allowed in {elapsed:?}; {requests} requests for {BURST} decisions; tc {}",
+        num(&item, "b_hits_tc")
+    );
+    assert_eq!(errors, 0, "every decision answered");
+    assert!(admitted <= allowed, "{admitted} admitted, the bucket allows {allowed}");
+    assert_eq!(num(&item, "b_hits_tc"), admitted as i64 * 1000, "tc counts exactly what was admitted");
+    // About 8 tokens refill during the burst; each costs a speculative write, a read and a
+    // commit at most, and a rejection between tokens costs nothing. Without the gate every
+    // decision arriving after a refill goes to the table (hundreds of requests here).
+    assert!(requests <= 60, "{requests} requests for {BURST} decisions of about 8 refilled tokens");
+    assert!(admitted >= 5 + 2, "the refill was admitted too: {admitted}");
+}
