@@ -32,8 +32,8 @@ from benchlib import Moto  # noqa: E402
 
 SECONDS = float(os.environ.get("HOT_SECONDS", "30"))
 IN_FLIGHT = int(os.environ.get("HOT_IN_FLIGHT", "512"))
-OVER_LIMIT = int(os.environ.get("HOT_OVER_LIMIT", "200"))
-WORKLOADS = os.environ.get("HOT_WORKLOADS", "hot-1000 hot-5000 over-1000").split()
+OVER_LIMIT = int(os.environ.get("HOT_OVER_LIMIT", "20"))
+WORKLOADS = os.environ.get("HOT_WORKLOADS", "hot-1000 hot-2000 hot-5000 over-1000").split()
 CLIENTS = os.environ.get("HOT_CLIENTS", "zael-2 zael-2-off python-2").split()
 WRITE_PRICE, READ_PRICE = 0.625, 0.125  # $ per million WRU / RRU (README "Cost")
 WRITES = {"UpdateItem", "PutItem", "TransactWriteItems", "BatchWriteItem", "DeleteItem"}
@@ -170,12 +170,18 @@ def quantiles(latencies):
     return pick(0.50), pick(0.99)
 
 
-def warm_up(port, kind):
-    """Decisions outside the measurement: the namespace's resolution, and the bucket's first
-    use (one decision; the over-limit bucket refills it before the run starts)."""
-    stats = asyncio.run(load_zael(port, kind, 1, 1, time.time()))
+def warm_up(port, kind, decisions=1):
+    """Decisions outside the measurement: the namespace's resolution and the bucket's first
+    use; on the over-limit bucket, enough to drain it, so that the run starts from an empty
+    bucket with a fresh `rf` (see "allowance" in bench/README.md)."""
+    stats = asyncio.run(load_zael(port, kind, 1000, decisions / 1000, time.time()))
     if stats["errors"]:
         raise SystemExit(f"[hot-bench] warm-up against 127.0.0.1:{port} failed")
+
+
+async def drain_python(endpoint, table, kind):
+    """The library's counterpart of [`warm_up`] on the over-limit bucket."""
+    await load_python(endpoint, table, kind, 1000, 2 * OVER_LIMIT / 1000, time.time())
 
 
 def run(name, workload, moto, binary, tmp, pool):
@@ -190,15 +196,19 @@ def run(name, workload, moto, binary, tmp, pool):
                 sub.mkdir()
                 servers.append(db.Zael(binary, moto, table, sub, "off" if name.endswith("-off") else "on"))
             for s in servers:
-                warm_up(s.grpc_port, kind)
+                warm_up(s.grpc_port, kind, 2 * OVER_LIMIT if kind == "over" else 1)
             targets = [("zael", s.grpc_port) for s in servers]
         else:
+            if kind == "over":
+                asyncio.run(drain_python(moto.endpoint, table, kind))
             targets = [("python", moto.endpoint, table)] * 2
         moto.counts(reset=True)
-        start_at = time.time() + 2
+        start_at = time.time() + 0.5
         db.log(f"{name}: {workload}: {rate}/s for {SECONDS:g} s")
         shares = pool.map(load_process, [(t, kind, rate / 2, SECONDS, start_at) for t in targets])
         texts = [s.metrics() for s in servers]
+        for n, text in enumerate(texts):  # beside each server's log, for a look afterwards
+            (Path(tmp) / f"{name}-{workload}-{n}" / "metrics.txt").write_text(text)
     finally:
         for s in servers:
             s.stop()
@@ -263,6 +273,7 @@ def main():
     moto = Moto(tmp)
     try:
         with multiprocessing.get_context("spawn").Pool(2) as pool:
+            pool.map(quantiles, [[1.0], [1.0]])  # the load processes started and imported
             results = {name: {w: run(name, w, moto, binary, tmp, pool) for w in WORKLOADS} for name in CLIENTS}
         text = report(results)
         db.OUT.mkdir(exist_ok=True)

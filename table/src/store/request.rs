@@ -59,6 +59,11 @@ impl Decided {
         Decided { outcomes, shard_count }
     }
 
+    /// The shard-level outcomes and the shard count they are of.
+    pub(super) fn parts(&self) -> (&[ChargeOutcome], i64) {
+        (&self.outcomes, self.shard_count)
+    }
+
     /// Balances as estimates of the whole bucket: a shard's balance times the shard count,
     /// so that the server's full-capacity arithmetic gives the shard's own reset time.
     pub(super) fn scaled(self) -> Vec<ChargeOutcome> {

@@ -21,15 +21,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
-use zael_core::bucket::{BucketLimit, BucketState, EpochMillis, Millitokens};
+use zael_core::bucket::{BucketLimit, BucketState, Charge, EpochMillis, Millitokens};
 use zael_core::reserve::{Reserve, ReserveOptions};
+use zael_core::store::StoreError;
 
+use super::classify::Class;
 use super::entity::Fast;
 use super::request::{Ctx, Decided, path};
 use super::write::{Credit, Delta};
 use super::{BucketId, Inner, LIMIT_NAME};
 use crate::item::BucketImage;
 use crate::metrics as m;
+
+/// How many block writes a decision waits on before it goes to the table on its own: enough
+/// for a burst to grow the block from the first second's demand, few enough that a store that
+/// keeps failing block writes sends decisions on to answer per `on_unavailable`.
+const WAIT_ROUNDS: usize = 8;
 
 /// One bucket's reservation.
 pub(super) struct Entry {
@@ -90,10 +97,10 @@ impl Inner {
         let options = reservations.options;
         let entry = reservations.entry(&cx.id, cx.limit, cx.now);
         let need = Millitokens(crate::plan::total(cx.charges));
-        for attempt in 0..3 {
+        for round in 0..=WAIT_ROUNDS {
             let fetched = {
                 let mut state = entry.state.lock().expect("lock");
-                if attempt == 0 {
+                if round == 0 {
                     state.demand.record(need, cx.now);
                 }
                 if let Some(served) = state.serve(cx.charges, cx.now, &options) {
@@ -105,12 +112,14 @@ impl Inner {
                     path("reserved");
                     return Some(Decided::new(served.outcomes, state.shard_count));
                 }
-                if attempt == 2 {
+                if round == WAIT_ROUNDS {
                     return None;
                 }
                 // Registered before the write starts, so its wake-up cannot be missed.
                 let fetched = entry.fetched.notified();
                 if !state.fetching {
+                    // No block when the bucket is not hot, is cooling off after a refusal, or a
+                    // block would not be worth it: the decision goes to the table on its own.
                     let amount = state.block(need, cx.now, &options)?;
                     state.fetching = true;
                     self.spawn_fetch(&cx.id, &entry, amount);
@@ -118,8 +127,12 @@ impl Inner {
                 fetched
             };
             // One block write in flight for the bucket (this decision's or another's): wait for
-            // it, not longer than a call. The write runs on its own task, so a decision that
-            // gives up (its deadline) never leaves the bucket waiting on a write nobody sends.
+            // it, not longer than a call (the caller's deadline bounds every round together).
+            // The write runs on its own task, so a decision that gives up never leaves the
+            // bucket waiting on a write nobody sends. A block too small for every decision
+            // that waited on it is followed by the next one, sized from the demand they all
+            // recorded, and they wait again: under a burst, the decisions share a few writes
+            // rather than each falling through to one of its own.
             let _ = tokio::time::timeout(self.call_timeout, fetched).await;
         }
         None
@@ -131,8 +144,10 @@ impl Inner {
         tokio::spawn(async move { inner.fetch(&id, &entry, amount).await });
     }
 
-    /// Takes a block of `amount` for the bucket: one speculative write; whatever it answers,
-    /// the waiters are woken.
+    /// Takes a block of `amount` for the bucket: one speculative write, or, when that fails
+    /// on a condition a slow pass settles (the stored `tk` not refilled since `rf`, an expired
+    /// `ttl`, the write-unit bucket), the per-decision slow pass for the block ([`Self::slow_block`]);
+    /// whatever it answers, the waiters are woken.
     async fn fetch(&self, id: &BucketId, entry: &Entry, amount: Millitokens) {
         let now = EpochMillis::now();
         let Some(reservations) = self.reservations.as_ref().filter(|r| !r.closed.load(Ordering::Relaxed)) else {
@@ -144,47 +159,113 @@ impl Inner {
         let (shard, _) = self.select_shard(id, &[]);
         let limits = [(LIMIT_NAME, amount.0, Some(entry.limit))];
         let mut failed_seen = None;
-        let landed = match self.speculate(id, &limits, shard, now).await {
-            Ok((Fast::Admitted(landed), false)) => Some(landed),
+        let mut refused = true;
+        let mut stamped = None;
+        let took = match self.speculate(id, &limits, shard, now).await {
+            Ok((Fast::Admitted(landed), false)) => match usable(&landed.image) {
+                Some(seen) => Some((amount, seen)),
+                None => {
+                    stamped = Some(landed);
+                    None
+                }
+            },
             Ok((Fast::Admitted(landed), true)) => {
                 // The bypass shape counted `tc` only: take the count back, reserve nothing.
                 self.give(id, shard, ceiling(&landed.image), amount, false).await;
                 None
             }
-            Ok((Fast::Failed(Some(image)), _)) => {
-                // The shard as it is: the next block is sized from it.
-                failed_seen = usable(&image);
+            Ok((Fast::Failed(Some(image)), _)) => match usable(&image) {
+                Some(_) if self.settled_by_slow_pass(id, entry.limit, &image, now) => {
+                    match self.slow_block(id, entry.limit, shard, image.shard_count, amount, now).await {
+                        Ok(Some(block)) => Some(block),
+                        Ok(None) => None,
+                        Err(_) => {
+                            refused = false;
+                            None
+                        }
+                    }
+                }
+                seen => {
+                    // The shard as it is: the next block is sized from it.
+                    failed_seen = seen;
+                    None
+                }
+            },
+            // No item yet: the per-decision path creates it.
+            Ok((Fast::Failed(None), _)) => None,
+            // The write did not land and says nothing of the shard (an error, a timeout, a
+            // conflict): not a refusal, so the bucket does not cool off; the decisions waiting
+            // try one more block, and past their rounds the store answers them per decision.
+            Ok((Fast::Contended, _)) | Err(_) => {
+                refused = false;
                 None
             }
-            _ => None,
         };
-        let refused_landing = {
+        {
             let mut state = entry.state.lock().expect("lock");
             state.fetching = false;
-            match landed.as_ref().and_then(|l| usable(&l.image)) {
-                Some((seen, share, count)) => {
+            match took {
+                Some((amount, (seen, share, count))) => {
                     self.learn_count(id, count);
                     self.caches.rejections.forget(id, shard);
                     state.took(amount, (shard, count, share), seen, now);
                     metrics::counter!(m::RESERVED_TOKENS).increment(u64::try_from(amount.0).unwrap_or(0));
-                    None
                 }
                 None => {
-                    state.refused(now, &options);
+                    if refused {
+                        state.refused(now, &options);
+                    }
                     // Sized from the shard as it is once nothing is held (while tokens are held,
                     // answers stay on the balance this server's blocks were carved from).
                     if let Some((seen, share, count)) = failed_seen.filter(|_| state.held.0 == 0) {
                         (state.seen, state.share, state.shard_count) = (seen, share, count);
                     }
-                    landed
                 }
             }
-        };
-        if let Some(landed) = refused_landing {
+        }
+        if let Some(landed) = stamped {
             // Landed on a stamped shard: the whole block goes back at once.
             self.give(id, shard, ceiling(&landed.image), amount, true).await;
         }
         entry.fetched.notify_waiters();
+    }
+
+    /// Whether a block's failed speculative write failed only on what a slow pass settles:
+    /// the item is not disabled, stamped or of other parameters ([`Class::Exhausted`]), so the
+    /// shard may well cover the block once refilled to now. Every hot bucket gets there: the
+    /// fast path never refills the stored `tk` nor refreshes `ttl` (7 fill times from the last
+    /// slow pass), so without this a hot bucket would cool off to per-decision writes for a
+    /// horizon every few seconds.
+    fn settled_by_slow_pass(&self, id: &BucketId, limit: BucketLimit, image: &BucketImage, now: EpochMillis) -> bool {
+        let charges = [Charge { cost: 1, allow_debt: false }];
+        let cx = Ctx { id: id.clone(), limit, charges: &charges, total: 1000, now };
+        matches!(self.classify(&cx, Some(image), false), Class::Exhausted { .. })
+    }
+
+    /// A block through the per-decision slow pass (a consistent read, then the rf-locked write
+    /// that refills, refreshes `ttl` and debits, re-planned on a lost race), in whole tokens:
+    /// what it took and the shard after it, or `None` when the shard does not cover it.
+    async fn slow_block(
+        &self,
+        id: &BucketId,
+        limit: BucketLimit,
+        shard: i64,
+        count: i64,
+        amount: Millitokens,
+        now: EpochMillis,
+    ) -> Result<Option<(Millitokens, (BucketState, BucketLimit, i64))>, StoreError> {
+        let tokens = amount.0 / 1000;
+        if tokens <= 0 {
+            return Ok(None);
+        }
+        let charges = [Charge { cost: tokens.unsigned_abs(), allow_debt: false }];
+        let cx = Ctx { id: id.clone(), limit, charges: &charges, total: tokens * 1000, now };
+        let decided = self.slow(&cx, shard, Some(count)).await?;
+        let (outcomes, count) = decided.parts();
+        Ok(outcomes.first().filter(|o| o.admitted).map(|o| {
+            let seen = BucketState { tokens: o.tokens, refilled_at: o.refilled_at };
+            (Millitokens(tokens * 1000), (seen, limit.shard_share(count), count))
+        }))
     }
 
     /// Gives `amount` back to `shard`: to `tk` when `tokens` (never above the shard's ceiling,
