@@ -217,3 +217,40 @@ async fn over_the_limit_reservations_admit_what_the_per_decision_path_admits() {
         assert_eq!(tc, admitted as i64 * 1000, "{entity}: tc counts what was admitted (tk {tk})");
     }
 }
+
+/// Every hot bucket's `ttl` passes (the fast path never refreshes it): the block write that
+/// fails on it goes through the slow pass, which refreshes it, and the bucket keeps being
+/// answered from blocks rather than cooling off to a write per decision.
+#[tokio::test]
+async fn a_block_refused_on_an_expired_ttl_is_taken_through_the_slow_pass() {
+    const CAPACITY: u64 = 5000;
+    let table = table_name("reserve-ttl");
+    let ns = setup(&table, &["ns"]).await.remove(0);
+    let pk = format!("{ns}/BUCKET#ttl#api#0");
+    let store = reserving_store(&table, 1000).await;
+    let one = request("ns", "ttl", "api", per_day(CAPACITY), &[strict(1)]);
+    for _ in 0..20 {
+        assert!(charge_one(&store, &one, now()).await[0].admitted);
+    }
+    let (_, tc) = balance_and_usage(&table, &pk).await;
+    assert!(tc > 20_000, "a block is held: tc {tc}");
+    let now_s = now().0 / 1000;
+    stamp(&table, &pk, &[("ttl", n(now_s - 5))]).await;
+    let before = store.calls();
+    for i in 0..1000 {
+        assert!(charge_one(&store, &one, now()).await[0].admitted, "decision {i}");
+    }
+    let after = store.calls();
+    let writes = after.update_item + after.transact_write_items - before.update_item - before.transact_write_items;
+    eprintln!("{writes} writes for 1000 decisions past the expired ttl");
+    // Cooling off would have sent a horizon's decisions to the table one by one (hundreds).
+    assert!(writes <= 15, "blocks kept answering past the expired ttl: {writes} writes for 1000 decisions");
+    let item = get_item(&table, &pk).await.expect("bucket");
+    assert!(num(&item, "ttl") > now_s, "the slow pass refreshed ttl: {}", num(&item, "ttl"));
+    assert_eq!(store.close().await.1, 0, "nothing stranded");
+    let (tk, tc) = balance_and_usage(&table, &pk).await;
+    assert_eq!(tc, 1020 * 1000, "tc counts what was admitted");
+    // Refill over the run (5,000 a day: about 58 millitokens a second) is all that is added.
+    let full = CAPACITY as i64 * 1000;
+    assert!((full - 1_020_000..=full - 1_020_000 + 2_000).contains(&tk), "tk {tk}");
+}
