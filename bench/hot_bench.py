@@ -9,6 +9,10 @@ Workloads (HOT_WORKLOADS):
   above it: every decision should be admitted; the figure is DynamoDB writes per decision.
 * `over-<R>`: R decisions/s offered on one bucket of HOT_OVER_LIMIT/s (capacity the same):
   admitted should equal the allowance (capacity + refill over the run) whatever the client.
+* `cascade-<R>`: the cascade pair: R decisions/s offered on two children (`pair-1` through
+  one server or library process, `pair-2` through the other) of one parent, stored limits
+  (an entity rule; the library's plain `acquire`) of 10^9/s: every decision charges its child
+  and the shared parent.
 
 Each (client, workload) runs on a fresh table. Per run: two load processes (one per
 server, or two library processes), each pacing R/2 with at most HOT_IN_FLIGHT calls in
@@ -33,7 +37,7 @@ from benchlib import Moto  # noqa: E402
 SECONDS = float(os.environ.get("HOT_SECONDS", "30"))
 IN_FLIGHT = int(os.environ.get("HOT_IN_FLIGHT", "512"))
 OVER_LIMIT = int(os.environ.get("HOT_OVER_LIMIT", "20"))
-WORKLOADS = os.environ.get("HOT_WORKLOADS", "hot-1000 hot-2000 hot-5000 over-1000").split()
+WORKLOADS = os.environ.get("HOT_WORKLOADS", "hot-1000 hot-2000 hot-5000 over-1000 cascade-1000").split()
 CLIENTS = os.environ.get("HOT_CLIENTS", "zael-2 zael-2-off python-2").split()
 WRITE_PRICE, READ_PRICE = 0.625, 0.125  # $ per million WRU / RRU (README "Cost")
 WRITES = {"UpdateItem", "PutItem", "TransactWriteItems", "BatchWriteItem", "DeleteItem"}
@@ -47,6 +51,8 @@ descriptors:
     rate_limit: {{unit: second, requests_per_unit: {db.HUGE}}}
   - key: over
     rate_limit: {{unit: second, requests_per_unit: {OVER_LIMIT}}}
+  - key: cascade
+    entity: {{resource: cascade, consume: {{rpm: 1}}}}
 """
 
 
@@ -99,12 +105,27 @@ async def paced(decide, rate, seconds, start_at):
     return stats
 
 
-async def load_zael(port, kind, rate, seconds, start_at):
+def value_of(kind, n):
+    """The descriptor value (the entity) load process `n` asks for."""
+    return f"pair-{n + 1}" if kind == "cascade" else "bucket"
+
+
+async def create_pair(endpoint, table):
+    """The cascade pair's children, under the bench table's parent `proj` (resource defaults
+    of 10^9/s on `cascade`: dynamodb_bench.create_table)."""
+    repo = await db.Repository.open(db.NAMESPACE, stack=table, region=db.REGION, endpoint_url=endpoint)
+    limiter = db.RateLimiter(repository=repo)
+    for n in range(2):
+        await limiter.create_entity(value_of("cascade", n), parent_id="proj", cascade=True)
+    await limiter.close()
+
+
+async def load_zael(port, kind, rate, seconds, start_at, n=0):
     import grpc
 
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     stub = db.rls_pb2_grpc.RateLimitServiceStub(channel)
-    entry = db.ratelimit_pb2.RateLimitDescriptor.Entry(key=kind, value="bucket")
+    entry = db.ratelimit_pb2.RateLimitDescriptor.Entry(key=kind, value=value_of(kind, n))
     request = db.rls_pb2.RateLimitRequest(
         domain=db.NAMESPACE, descriptors=[db.ratelimit_pb2.RateLimitDescriptor(entries=[entry])]
     )
@@ -119,13 +140,16 @@ async def load_zael(port, kind, rate, seconds, start_at):
         await channel.close()
 
 
-async def load_python(endpoint, table, kind, rate, seconds, start_at):
+async def load_python(endpoint, table, kind, rate, seconds, start_at, n=0):
     repo = await db.Repository.open(db.NAMESPACE, stack=table, region=db.REGION, endpoint_url=endpoint)
     limiter = db.RateLimiter(repository=repo)
     limits = py_limits(kind)
 
     async def decide():
         try:
+            if kind == "cascade":
+                async with limiter.acquire(value_of(kind, n), kind, {"rpm": 1}):
+                    return True
             async with limiter.acquire("py-bucket", kind, {"hits": 1}, limits=limits):
                 return True
         except db.RateLimitExceeded:
@@ -139,10 +163,10 @@ async def load_python(endpoint, table, kind, rate, seconds, start_at):
 
 def load_process(args):
     """One load process (spawned): runs its paced share and returns its counts."""
-    target, kind, rate, seconds, start_at = args
+    target, kind, rate, seconds, start_at, n = args
     if target[0] == "zael":
-        return asyncio.run(load_zael(target[1], kind, rate, seconds, start_at))
-    return asyncio.run(load_python(target[1], target[2], kind, rate, seconds, start_at))
+        return asyncio.run(load_zael(target[1], kind, rate, seconds, start_at, n))
+    return asyncio.run(load_python(target[1], target[2], kind, rate, seconds, start_at, n))
 
 
 def histogram(texts):
@@ -170,11 +194,11 @@ def quantiles(latencies):
     return pick(0.50), pick(0.99)
 
 
-def warm_up(port, kind, decisions=1):
+def warm_up(port, kind, decisions=1, n=0):
     """Decisions outside the measurement: the namespace's resolution and the bucket's first
     use; on the over-limit bucket, enough to drain it, so that the run starts from an empty
     bucket with a fresh `rf` (see "allowance" in bench/README.md)."""
-    stats = asyncio.run(load_zael(port, kind, 1000, decisions / 1000, time.time()))
+    stats = asyncio.run(load_zael(port, kind, 1000, decisions / 1000, time.time(), n))
     if stats["errors"]:
         raise SystemExit(f"[hot-bench] warm-up against 127.0.0.1:{port} failed")
 
@@ -187,6 +211,8 @@ async def drain_python(endpoint, table, kind):
 def run(name, workload, moto, binary, tmp, pool):
     kind, rate = parse(workload)
     table = asyncio.run(db.create_table(moto))
+    if kind == "cascade":
+        asyncio.run(create_pair(moto.endpoint, table))
     db.ZAEL_CONFIG = CONFIG
     servers = []
     try:
@@ -195,8 +221,8 @@ def run(name, workload, moto, binary, tmp, pool):
                 sub = Path(tmp) / f"{name}-{workload}-{n}"
                 sub.mkdir()
                 servers.append(db.Zael(binary, moto, table, sub, "off" if name.endswith("-off") else "on"))
-            for s in servers:
-                warm_up(s.grpc_port, kind, 2 * OVER_LIMIT if kind == "over" else 1)
+            for n, s in enumerate(servers):
+                warm_up(s.grpc_port, kind, 2 * OVER_LIMIT if kind == "over" else 1, n)
             targets = [("zael", s.grpc_port) for s in servers]
         else:
             if kind == "over":
@@ -205,7 +231,7 @@ def run(name, workload, moto, binary, tmp, pool):
         moto.counts(reset=True)
         start_at = time.time() + 0.5
         db.log(f"{name}: {workload}: {rate}/s for {SECONDS:g} s")
-        shares = pool.map(load_process, [(t, kind, rate / 2, SECONDS, start_at) for t in targets])
+        shares = pool.map(load_process, [(t, kind, rate / 2, SECONDS, start_at, n) for n, t in enumerate(targets)])
         texts = [s.metrics() for s in servers]
         for n, text in enumerate(texts):  # beside each server's log, for a look afterwards
             (Path(tmp) / f"{name}-{workload}-{n}" / "metrics.txt").write_text(text)
@@ -219,7 +245,7 @@ def run(name, workload, moto, binary, tmp, pool):
     client_p50, client_p99 = quantiles([x for s in shares for x in s["latencies"]])
     server_p50, server_p99 = histogram(texts)
     elapsed = max(s["elapsed"] for s in shares)
-    allowance = db.HUGE if kind == "hot" else OVER_LIMIT + int(OVER_LIMIT * elapsed)
+    allowance = OVER_LIMIT + int(OVER_LIMIT * elapsed) if kind == "over" else db.HUGE
     per = lambda v: v / decisions if decisions else float("nan")  # noqa: E731
     return {
         "offered_per_s": rate,

@@ -280,7 +280,8 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Result<Plan, Req
                     continue;
                 }
                 RuleLimit::Entity(entity) => {
-                    let request = entity::request(entity, &domain.namespace, &descriptor.entries, cost, index)?;
+                    let request =
+                        entity::request(entity, &domain.namespace, &descriptor.entries, cost, index, rule.reserve)?;
                     let reporting = EntityReporting {
                         shadow: rule.shadow_mode,
                         rule: rule.path.clone(),

@@ -44,4 +44,5 @@ pub mod limit_spec;
 pub mod memory;
 pub mod pressure;
 pub mod reserve;
+pub mod reserve_set;
 pub mod store;

@@ -163,7 +163,7 @@ impl Reserve {
     }
 
     /// What one horizon of the current demand uses.
-    fn want(&self, now: EpochMillis, options: &ReserveOptions) -> Millitokens {
+    pub fn want(&self, now: EpochMillis, options: &ReserveOptions) -> Millitokens {
         let per_horizon = i128::from(self.demand.rate(now).0) * i128::from(options.horizon_ms) / i128::from(SECOND);
         Millitokens(i64::try_from(per_horizon).unwrap_or(i64::MAX))
     }

@@ -41,6 +41,10 @@ pub struct EntityRequest {
     pub resource: String,
     /// Limit name and amount, in millitokens (0 checks without consuming).
     pub consume: Vec<(Arc<str>, Millitokens)>,
+    /// Whether a store may answer the acquire from token reservations of the entity's
+    /// buckets (the entity rule's `reserve:`, default true; the native API's `Acquire`
+    /// without `request_id` always may); `false` charges the shared buckets every time.
+    pub reserve: bool,
 }
 
 /// One stored limit as an entity acquire judged it (the library's `LimitStatus`).

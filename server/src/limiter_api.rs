@@ -255,6 +255,8 @@ impl LimiterApi {
                 entity: r.entity_id,
                 resource: r.resource,
                 consume: consume.into_iter().map(|(n, a)| (Arc::from(n.as_str()), a)).collect(),
+                // An idempotent acquire commits its record with its debits, never from a block.
+                reserve: !idempotent,
             },
             overrides,
             nonce,

@@ -122,6 +122,7 @@ fn request(entity: &str, resource: &str, consume: &[(&str, i64)]) -> EntityReque
         entity: entity.into(),
         resource: resource.into(),
         consume: consume.iter().map(|(n, tokens)| (Arc::from(*n), Millitokens(tokens * 1000))).collect(),
+        reserve: true,
     }
 }
 

@@ -36,6 +36,7 @@ fn entity_request(entity: &str, resource: &str, consume: &serde_json::Map<String
             .iter()
             .map(|(k, v)| (Arc::<str>::from(k.as_str()), Millitokens::from_tokens(v.as_u64().expect("amount"))))
             .collect(),
+        reserve: true,
     }
 }
 

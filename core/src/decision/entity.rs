@@ -28,6 +28,7 @@ pub(super) fn request(
     entries: &[(&str, &str)],
     cost: u64,
     index: usize,
+    reserve: bool,
 ) -> Result<EntityRequest, RequestError> {
     let value_of = |key: &str| entries.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).unwrap_or_default();
     let entity = value_of(&rule.id_from);
@@ -60,6 +61,7 @@ pub(super) fn request(
         entity: entity.to_owned(),
         resource: resource.to_owned(),
         consume,
+        reserve,
     })
 }
 

@@ -13,6 +13,7 @@ descriptors:
         entity: {id_from: api_key, resource_from: model, consume: {rpm: 1, tpm: hits}}
   - key: team
     shadow_mode: true
+    reserve: false
     entity: {resource: chat, consume: {rpm: 2}}
   - key: user
     rate_limit: {unit: minute, requests_per_unit: 5}
@@ -62,10 +63,12 @@ fn an_entity_rule_plans_one_acquire_with_its_amounts() {
             entity: "key-1".into(),
             resource: "gpt-4".into(),
             consume: vec![("rpm".into(), Millitokens(1000)), ("tpm".into(), Millitokens(250_000))],
+            reserve: true,
         }
     );
     assert_eq!((entities[1].entity.as_str(), entities[1].resource.as_str()), ("t-9", "chat"));
     assert_eq!(entities[1].consume, vec![("rpm".into(), Millitokens(2000))]);
+    assert!(!entities[1].reserve, "the rule's `reserve: false` reaches the store");
 }
 
 #[test]

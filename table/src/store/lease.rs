@@ -194,7 +194,7 @@ impl Inner {
                 Slow::Replay(lease) => return Ok(LeaseOpened::Replayed { lease }),
             }
         } else {
-            self.fast_entity(child, &acquire.consume, now).await?
+            self.decide_entity(child, acquire, now).await?
         };
         Ok(match outcome {
             EntityOutcome::Admitted(reports) => LeaseOpened::Admitted { lease: request.lease(&reports), reports },

@@ -32,6 +32,7 @@ mod reject;
 mod rejection_cache;
 mod request;
 mod reserve;
+mod reserve_entity;
 mod sharding;
 mod slow_path;
 mod system;
@@ -166,6 +167,8 @@ struct Inner {
     caches: Caches,
     rejection_cache: bool,
     reservations: Option<reserve::Reservations>,
+    /// Token reservations on hot entity buckets ([`reserve_entity`]), on with `reservations`.
+    entity_reservations: Option<reserve_entity::EntityReservations>,
     /// Near-empty buckets' decisions at the table ([`near_empty`]).
     gates: near_empty::Gates,
     /// Test hook run between a slow path's read and its commit.
@@ -256,6 +259,7 @@ impl DynamoStore {
                 cache_ttl: options.namespace_cache_ttl,
                 rejection_cache: options.rejection_cache,
                 reservations: options.reservations.map(reserve::Reservations::new),
+                entity_reservations: options.reservations.map(reserve_entity::EntityReservations::new),
                 gates: near_empty::Gates::default(),
                 before_commit: Mutex::new(None),
             }),
@@ -263,6 +267,7 @@ impl DynamoStore {
         if let Some(reservations) = &options.reservations {
             let horizon = Duration::from_millis(u64::try_from(reservations.horizon_ms).unwrap_or(1000));
             reserve::sweep(Arc::downgrade(&store.inner), horizon);
+            reserve_entity::sweep(Arc::downgrade(&store.inner), horizon);
         }
         let check = tokio::time::timeout(CONNECT_TIMEOUT.max(options.call_timeout), store.inner.check_version()).await;
         match check {
@@ -286,7 +291,8 @@ impl DynamoStore {
     /// millitokens given back and those that could not be (stranded until their buckets
     /// refill). Call once, before the process exits.
     pub async fn close(&self) -> (i64, i64) {
-        self.inner.close_reservations().await
+        let (yaml, entities) = tokio::join!(self.inner.close_reservations(), self.inner.close_entity_reservations());
+        (yaml.0 + entities.0, yaml.1 + entities.1)
     }
 
     /// The table name.

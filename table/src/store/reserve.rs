@@ -36,7 +36,7 @@ use crate::metrics as m;
 /// How many block writes a decision waits on before it goes to the table on its own: enough
 /// for a burst to grow the block from the first second's demand, few enough that a store that
 /// keeps failing block writes sends decisions on to answer per `on_unavailable`.
-const WAIT_ROUNDS: usize = 8;
+pub(super) const WAIT_ROUNDS: usize = 8;
 
 /// One bucket's reservation.
 pub(super) struct Entry {

@@ -40,16 +40,27 @@ enum Judged {
 }
 
 impl Inner {
+    /// The side of the parent the entity cascades to as this server last saw, when it
+    /// charges the parent anything.
+    pub(in super::super) async fn known_parent(
+        &self,
+        child: &Side,
+        consume: &[(Arc<str>, Millitokens)],
+    ) -> Result<Option<Side>, StoreError> {
+        Ok(match self.cached_parent(&child.id) {
+            Some(p) => Some(self.parent_side(child, &p, consume).await?).filter(|p| !p.declared.is_empty()),
+            None => None,
+        })
+    }
+
+    /// The per-decision acquire: speculative writes, then the slow path when they cannot decide.
     pub(in super::super) async fn fast_entity(
         self: &Arc<Self>,
         child: Side,
+        parent: Option<Side>,
         consume: &[(Arc<str>, Millitokens)],
         now: EpochMillis,
     ) -> Result<EntityOutcome, StoreError> {
-        let parent = match self.cached_parent(&child.id) {
-            Some(p) => Some(self.parent_side(&child, &p, consume).await?).filter(|p| !p.declared.is_empty()),
-            None => None,
-        };
         // Known short from a recent image: rejected without a call (the child's own reports, or
         // the parent's with the child's untouched balance).
         if let Some(reports) = self.entity_known_short(&child, now) {

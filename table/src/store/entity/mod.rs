@@ -2,8 +2,8 @@
 //! a resource come from the table's config levels ([`config`]), the acquire charges them
 //! all at once, and, when the entity cascades, its parent's bucket too (one hop).
 //!
-//! The order a request meets it: [`Inner::acquire_entity`] resolves the namespace, the
-//! limits and the cached parent, then [`fast`] sends the speculative UpdateItems (child and
+//! The order a request meets it: [`Inner::prepare_entity`] resolves the namespace and the
+//! limits, the store's reservations answer what they cover (`super::reserve_entity`), then [`fast`] sends the speculative UpdateItems (child and
 //! parent in parallel, refunding a lost side) and judges a failure from its `ALL_OLD`
 //! image ([`known`] answers repeated rejections from recent images without a call); what the
 //! images cannot decide goes to [`slow`]: one consistent BatchGetItem per side (access walk,
@@ -30,6 +30,12 @@ pub(crate) use config::{Access, Level, Resolved, StoredLimit};
 pub(super) use fast::{Fast, Landed};
 pub(super) use slow::Slow;
 pub(super) use slow::bucket_read;
+
+/// An entity acquire made ready for its decision.
+pub(super) enum Prepared {
+    Side(Side),
+    Decided(EntityOutcome),
+}
 
 /// One side of an acquire (the entity, or its parent) and what it is charged.
 #[derive(Clone, Debug)]
@@ -78,12 +84,9 @@ impl Side {
 }
 
 impl Inner {
-    /// One entity acquire.
-    pub(super) async fn acquire_entity(
-        self: &Arc<Self>,
-        request: &EntityRequest,
-        now: EpochMillis,
-    ) -> Result<EntityOutcome, StoreError> {
+    /// An entity acquire up to its decision: the namespace and the limits resolved, the child
+    /// side built ([`Prepared::Side`]), or the outcome when no limit applies.
+    pub(super) async fn prepare_entity(self: &Arc<Self>, request: &EntityRequest) -> Result<Prepared, StoreError> {
         if !keys::is_valid_entity(&request.entity) || !keys::is_valid_resource(&request.resource) {
             return Err(StoreError::Refused(format!(
                 "entity '{}' on resource '{}' is outside the zae-limiter identifier rules",
@@ -99,7 +102,7 @@ impl Inner {
         }
         if limits.limits.is_empty() {
             path("entity_no_limits");
-            return Ok(EntityOutcome::NoLimits);
+            return Ok(Prepared::Decided(EntityOutcome::NoLimits));
         }
         let child = Side::new(id, limits, &request.consume);
         for (name, _) in &request.consume {
@@ -107,7 +110,7 @@ impl Inner {
                 tracing::debug!(entity = %child.id.entity, limit = %name, "requested limit not stored for the entity; its parent may have it");
             }
         }
-        self.fast_entity(child, &request.consume, now).await
+        Ok(Prepared::Side(child))
     }
 
     /// A parent side: the parent's own limits on the same resource. A parent that has none
@@ -146,12 +149,12 @@ impl Inner {
     }
 
     /// The parent an (entity, resource) cascades to, as its last bucket image said.
-    fn cached_parent(&self, id: &BucketId) -> Option<String> {
+    pub(super) fn cached_parent(&self, id: &BucketId) -> Option<String> {
         self.caches.parents.get(id).flatten()
     }
 
     /// What a bucket image says of its owner: the parent it cascades to, the shard count.
-    fn learn_parent(&self, id: &BucketId, image: &BucketImage) {
+    pub(super) fn learn_parent(&self, id: &BucketId, image: &BucketImage) {
         self.remember_parent(id, image.cascades_to.clone());
         self.learn_count(id, image.shard_count);
     }

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use std::sync::Arc;
 use zael_core::acquire::{self, BucketRead, HeldLimit, Params, SideInput};
 use zael_core::bucket::{BucketState, EpochMillis, Millitokens};
-use zael_core::store::{EntityOutcome, StoreError};
+use zael_core::store::{EntityOutcome, LimitReport, StoreError};
 
 use super::super::request::{parse, path, unavailable};
 use super::super::{BucketId, Inner};
@@ -196,6 +196,49 @@ impl Inner {
         Err(StoreError::Unavailable(format!(
             "entity '{}' on resource '{}' stayed contended",
             child.id.entity, child.id.resource
+        )))
+    }
+
+    /// One side alone through the slow pass (a reservation block: the blocks of a cascading
+    /// entity and of its parent are taken apart): the side's read and plan, its commit, and the
+    /// consumption-only retry, re-planned on a lost race. The reports when admitted; `None`
+    /// when short, disabled, bypassed, or metered soft (a block is only ever taken off a
+    /// balance that covers it).
+    pub(in super::super) async fn slow_side(
+        self: &Arc<Self>,
+        side: &Side,
+        shard: i64,
+        now: EpochMillis,
+    ) -> Result<Option<Vec<LimitReport>>, StoreError> {
+        for _ in 0..ATTEMPTS {
+            let read = self.read_side(&side.id, shard).await?;
+            let stamped = read.bucket.as_ref().is_some_and(|i| i.bypass.as_ref().is_some_and(|b| b.live(now.0)));
+            if read.access != Access::Enforced || stamped {
+                return Ok(None);
+            }
+            let parent_id = read.meta.as_ref().and_then(|m| m.parent.clone());
+            let cascade =
+                read.cascade_flag.unwrap_or(read.meta.as_ref().is_some_and(|m| m.cascade)) && parent_id.is_some();
+            let plans = vec![self.plan_side(side, shard, read, cascade, now)?];
+            let soft = plans[0].plan.limits.iter().any(|l| l.soft && side.declared.iter().any(|(n, _)| *n == l.name));
+            let judged = acquire::decide(&[plans[0].plan.clone()], now);
+            if soft || !judged.admitted {
+                return Ok(None);
+            }
+            let committed = match self.commit(&plans, now, None).await? {
+                true => true,
+                false => self.retry_consumption(&plans, now, None).await?,
+            };
+            if committed {
+                path("entity_slow");
+                self.learn_count(&side.id, plans[0].plan.shard_count);
+                self.remember_parent(&side.id, parent_id.filter(|_| cascade));
+                return Ok(Some(judged.reports));
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "entity '{}' on resource '{}' stayed contended",
+            side.id.entity, side.id.resource
         )))
     }
 
