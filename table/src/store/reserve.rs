@@ -317,26 +317,26 @@ impl Inner {
                 (back.0, self.give(&id, shard, Some((limit.capacity.0, count)), back, true).await)
             }))
             .await;
-        let returned: i64 = sent.iter().filter(|(_, ok)| *ok).map(|(b, _)| *b).sum();
-        let stranded: i64 = sent.iter().filter(|(_, ok)| !*ok).map(|(b, _)| *b).sum();
-        metrics::counter!(m::RETURNED_TOKENS).increment(u64::try_from(returned).unwrap_or(0));
-        (returned, stranded)
+        tally(&sent)
     }
 
     /// Stops reserving and gives every held token back.
     pub(super) async fn close_reservations(&self) -> (i64, i64) {
         let Some(reservations) = self.reservations.as_ref() else { return (0, 0) };
         reservations.closed.store(true, Ordering::Relaxed);
-        // Block writes in flight land first (none starts once closed), so their tokens go back too.
+        let fetching = || reservations.all().iter().any(|(_, e, _)| e.state.lock().expect("lock").fetching);
+        self.await_fetches(fetching).await;
+        stranded(self.give_back(true).await)
+    }
+
+    /// Waits, for at most a store call's timeout (1 s at least), until `fetching` says no block
+    /// write is in flight: called on close (none starts once closed), so that what the writes
+    /// in flight take goes back too.
+    pub(super) async fn await_fetches(&self, fetching: impl Fn() -> bool) {
         let deadline = tokio::time::Instant::now() + self.call_timeout.max(Duration::from_secs(1));
-        while reservations.all().iter().any(|(_, e, _)| e.state.lock().expect("lock").fetching)
-            && tokio::time::Instant::now() < deadline
-        {
+        while fetching() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let (returned, stranded) = self.give_back(true).await;
-        metrics::counter!(m::STRANDED_TOKENS).increment(u64::try_from(stranded).unwrap_or(0));
-        (returned, stranded)
     }
 }
 
@@ -371,4 +371,19 @@ pub(super) fn sweep(inner: Weak<Inner>, horizon: Duration) {
             inner.give_back(false).await;
         }
     });
+}
+
+/// Of the give-back writes `sent` (millitokens, whether written): the millitokens given back
+/// (counted in the returned metric) and those that could not be.
+pub(super) fn tally(sent: &[(i64, bool)]) -> (i64, i64) {
+    let returned: i64 = sent.iter().filter(|(_, ok)| *ok).map(|(b, _)| *b).sum();
+    let stranded: i64 = sent.iter().filter(|(_, ok)| !*ok).map(|(b, _)| *b).sum();
+    metrics::counter!(m::RETURNED_TOKENS).increment(u64::try_from(returned).unwrap_or(0));
+    (returned, stranded)
+}
+
+/// A close's give-back `(returned, stranded)`, the stranded part counted in its metric.
+pub(super) fn stranded((returned, stranded): (i64, i64)) -> (i64, i64) {
+    metrics::counter!(m::STRANDED_TOKENS).increment(u64::try_from(stranded).unwrap_or(0));
+    (returned, stranded)
 }

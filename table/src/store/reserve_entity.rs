@@ -29,7 +29,7 @@ use zael_core::store::{EntityOutcome, EntityRequest, LimitReport, StoreError};
 
 use super::entity::{Fast, Prepared, Resolved, Side};
 use super::request::path;
-use super::reserve::WAIT_ROUNDS;
+use super::reserve::{WAIT_ROUNDS, stranded, tally};
 use super::write::{Credit, Delta};
 use super::{BucketId, Inner};
 use crate::item::BucketImage;
@@ -437,25 +437,16 @@ impl Inner {
             (total, self.give_entity(id, *shard, ceilings, back, true).await)
         }))
         .await;
-        let returned: i64 = sent.iter().filter(|(_, ok)| *ok).map(|(b, _)| *b).sum();
-        let stranded: i64 = sent.iter().filter(|(_, ok)| !*ok).map(|(b, _)| *b).sum();
-        metrics::counter!(m::RETURNED_TOKENS).increment(u64::try_from(returned).unwrap_or(0));
-        (returned, stranded)
+        tally(&sent)
     }
 
     /// Stops reserving entity buckets and gives every held token back.
     pub(super) async fn close_entity_reservations(&self) -> (i64, i64) {
         let Some(reservations) = self.entity_reservations.as_ref() else { return (0, 0) };
         reservations.closed.store(true, Ordering::Relaxed);
-        let deadline = tokio::time::Instant::now() + self.call_timeout.max(Duration::from_secs(1));
-        while reservations.all().iter().any(|(_, e, _)| e.state.lock().expect("lock").set.fetching)
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let (returned, stranded) = self.give_back_entities(true).await;
-        metrics::counter!(m::STRANDED_TOKENS).increment(u64::try_from(stranded).unwrap_or(0));
-        (returned, stranded)
+        let fetching = || reservations.all().iter().any(|(_, e, _)| e.state.lock().expect("lock").set.fetching);
+        self.await_fetches(fetching).await;
+        stranded(self.give_back_entities(true).await)
     }
 }
 
