@@ -300,11 +300,15 @@ def main():
     try:
         with multiprocessing.get_context("spawn").Pool(2) as pool:
             pool.map(quantiles, [[1.0], [1.0]])  # the load processes started and imported
-            results = {name: {w: run(name, w, moto, binary, tmp, pool) for w in WORKLOADS} for name in CLIENTS}
+            results = {}
+            db.OUT.mkdir(exist_ok=True)
+            for name in CLIENTS:
+                for w in WORKLOADS:
+                    results.setdefault(name, {})[w] = run(name, w, moto, binary, tmp, pool)
+                    # Kept as they come, so a failed run loses only itself.
+                    (db.OUT / "hot-results.json").write_text(json.dumps(results, indent=2))
         text = report(results)
-        db.OUT.mkdir(exist_ok=True)
         (db.OUT / "hot-results.md").write_text(text)
-        (db.OUT / "hot-results.json").write_text(json.dumps(results, indent=2))
         print(text)
     finally:
         moto.stop()

@@ -21,6 +21,8 @@ namespaces:
       app-1: {parent: org, cascade: true, resources: {gpt-4: {limits: ["rpm:400/day", "tpm:40000/day"]}}}
       app-2: {parent: org, cascade: true, resources: {gpt-4: {limits: ["rpm:400/day", "tpm:40000/day"]}}}
       solo: {resources: {gpt-4: {limits: ["rpm:1000/day", "tpm:100000/day"]}}}
+      over-on: {resources: {gpt-4: {limits: ["rpm:20/sec:100"]}}}
+      over-off: {resources: {gpt-4: {limits: ["rpm:20/sec:100"]}}}
 "#;
 
 /// The two tests that load moto the most run one at a time.
@@ -89,6 +91,73 @@ async fn hammer(stores: &[DynamoStore], tasks: usize, calls: usize, request: &En
         h.await.expect("task");
     }
     admitted.load(Ordering::Relaxed)
+}
+
+/// `tasks` tasks per store, each making acquires of `request` one after another until
+/// `until`; the admissions.
+async fn hammer_until(
+    stores: &[DynamoStore],
+    tasks: usize,
+    until: tokio::time::Instant,
+    request: &EntityRequest,
+) -> usize {
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for store in stores {
+        for _ in 0..tasks {
+            let (store, request, admitted) = (store.clone(), request.clone(), admitted.clone());
+            handles.push(tokio::spawn(async move {
+                while tokio::time::Instant::now() < until {
+                    match store.acquire(std::slice::from_ref(&request), now()).await.pop().expect("one") {
+                        Ok(EntityOutcome::Admitted(_)) => {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(EntityOutcome::Rejected(_)) => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }));
+        }
+    }
+    for h in handles {
+        h.await.expect("task");
+    }
+    admitted.load(Ordering::Relaxed)
+}
+
+/// Steady over-limit traffic on an entity bucket (stored limits, 100 tokens and 20 a second)
+/// from two servers: with reservations, the admitted total is never above the bucket's
+/// allowance and at least 99 % of what the per-decision path admits on a twin entity in the
+/// same run (ZAEL_RESERVE_SECONDS, 60 by default); `tc` counts every admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_limit_entity_reservations_admit_what_the_per_decision_path_admits() {
+    let _heavy = HEAVY.lock().await;
+    let seconds: u64 = std::env::var("ZAEL_RESERVE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let (table, ns) = entities_table("reserve-entity-over").await;
+    let on = [reserving_store(&table).await, reserving_store(&table).await];
+    let off = [store(&table).await, store(&table).await];
+    let started = tokio::time::Instant::now();
+    let until = started + std::time::Duration::from_secs(seconds);
+    let (on_request, off_request) = (consume("over-on", &[("rpm", 1)]), consume("over-off", &[("rpm", 1)]));
+    let (reserved, per_decision) =
+        tokio::join!(hammer_until(&on, 8, until, &on_request), hammer_until(&off, 8, until, &off_request));
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowance = 100.0 + 20.0 * elapsed;
+    eprintln!(
+        "entity over {elapsed:.1} s: reserved {reserved} with {} writes, per decision {per_decision} with {} writes, allowance {allowance:.0}",
+        writes(&on),
+        writes(&off)
+    );
+    assert!(reserved as f64 <= allowance, "reserved {reserved} > allowance {allowance}");
+    assert!(per_decision as f64 <= allowance, "per decision {per_decision} > allowance {allowance}");
+    assert!(reserved as f64 >= 0.99 * per_decision as f64, "reserved {reserved} < 99 % of {per_decision}");
+    for store in &on {
+        assert_eq!(store.close().await.1, 0, "nothing stranded");
+    }
+    for (entity, admitted) in [("over-on", reserved), ("over-off", per_decision)] {
+        let (tk, tc) = balance_and_usage(&table, &ns, entity, "rpm").await;
+        assert_eq!(tc, admitted as i64 * 1000, "{entity}: tc counts what was admitted (tk {tk})");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,6 +232,27 @@ async fn cascading_children_on_two_stores_never_exceed_the_parent_and_every_toke
     let (org_tk, _) = balance_and_usage(&table, &ns, "org", "rpm").await;
     let left = (600 - (first + second + py) as i64) * 1000;
     assert!((left..=left + 1000).contains(&org_tk), "org: tk {org_tk}, {left} left");
+}
+
+/// A burst on a cascading child whose buckets another server created, on a server that has
+/// never seen it (a restart, a new replica): the first block write teaches it the parent while
+/// the burst's decisions wait on it, and none of those (prepared without the parent) is
+/// answered from the child's pool alone: the parent's `tc` counts every admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_a_cascading_child_new_to_a_server_charges_the_parent_for_every_admission() {
+    let (table, ns) = entities_table("reserve-cascade-cold").await;
+    let request = consume("app-1", &[("rpm", 1)]);
+    assert_eq!(hammer(&[store(&table).await], 1, 1, &request).await, 1, "the buckets exist");
+    let store = reserving_store(&table).await;
+    let admitted = hammer(std::slice::from_ref(&store), 16, 10, &request).await;
+    assert_eq!(admitted, 160, "the parent (600) and the child (400) have room for all");
+    assert_eq!(store.close().await.1, 0, "nothing stranded");
+    for entity in ["app-1", "org"] {
+        let (tk, tc) = balance_and_usage(&table, &ns, entity, "rpm").await;
+        assert_eq!(tc, 161_000, "{entity}: tc counts every admission (tk {tk})");
+    }
+    let (org_tk, _) = balance_and_usage(&table, &ns, "org", "rpm").await;
+    assert!((439_000..=440_000).contains(&org_tk), "org: tk {org_tk}, 439 left");
 }
 
 #[tokio::test]

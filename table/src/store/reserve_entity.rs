@@ -158,9 +158,12 @@ impl Inner {
         now: EpochMillis,
     ) -> Result<EntityOutcome, StoreError> {
         let consume = &request.consume;
-        let parent = self.known_parent(&child, consume).await?;
+        // Read once: a block landing meanwhile may teach this server the parent, and a
+        // decision prepared without it must not take that for "the parent charges nothing".
+        let parent_name = self.cached_parent(&child.id);
+        let parent = self.known_parent(&child, parent_name.as_deref(), consume).await?;
         if request.reserve
-            && let Some(outcome) = self.reserved_entity(&child, parent.as_ref(), now).await
+            && let Some(outcome) = self.reserved_entity(&child, parent_name.as_deref(), parent.as_ref(), now).await
         {
             return Ok(outcome);
         }
@@ -169,11 +172,14 @@ impl Inner {
 
     /// An entity decision answered from this server's reservations of its bucket (and its
     /// parent's under cascade), taking blocks first when the buckets are hot and nothing is
-    /// held; `None` sends it down the per-decision path with nothing taken. `parent`: the
-    /// side of the parent this server knows the entity cascades to, when it charges one.
+    /// held; `None` sends it down the per-decision path with nothing taken. `parent_name`:
+    /// the parent this server knew the entity cascades to when the decision was prepared;
+    /// `parent`: its side, when it charges anything of the request. A pool whose image
+    /// cascades elsewhere (or anywhere, when `parent_name` is `None`) answers nothing.
     pub(super) async fn reserved_entity(
         self: &Arc<Self>,
         child: &Side,
+        parent_name: Option<&str>,
         parent: Option<&Side>,
         now: EpochMillis,
     ) -> Option<EntityOutcome> {
@@ -206,7 +212,7 @@ impl Inner {
                 (None, _) => None,
                 (Some(to), Some((p, needs, entry))) if p.id.entity == *to => Some((*p, needs, entry)),
                 // The parent charges nothing of this request (it has none of its limits).
-                (Some(to), None) if self.cached_parent(&child.id).as_deref() == Some(to.as_str()) => None,
+                (Some(to), None) if parent_name == Some(to.as_str()) => None,
                 _ => {
                     restore();
                     return None;

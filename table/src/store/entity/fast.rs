@@ -40,15 +40,16 @@ enum Judged {
 }
 
 impl Inner {
-    /// The side of the parent the entity cascades to as this server last saw, when it
-    /// charges the parent anything.
+    /// The side of `parent` (the parent the entity cascades to as this server last saw it,
+    /// [`Inner::cached_parent`], read once by the caller), when it charges the parent anything.
     pub(in super::super) async fn known_parent(
         &self,
         child: &Side,
+        parent: Option<&str>,
         consume: &[(Arc<str>, Millitokens)],
     ) -> Result<Option<Side>, StoreError> {
-        Ok(match self.cached_parent(&child.id) {
-            Some(p) => Some(self.parent_side(child, &p, consume).await?).filter(|p| !p.declared.is_empty()),
+        Ok(match parent {
+            Some(p) => Some(self.parent_side(child, p, consume).await?).filter(|p| !p.declared.is_empty()),
             None => None,
         })
     }
