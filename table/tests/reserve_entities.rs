@@ -69,28 +69,7 @@ fn writes(stores: &[DynamoStore]) -> u64 {
 
 /// `tasks` tasks per store, each making `calls` acquires of `request`; the admissions.
 async fn hammer(stores: &[DynamoStore], tasks: usize, calls: usize, request: &EntityRequest) -> usize {
-    let admitted = Arc::new(AtomicUsize::new(0));
-    let mut handles = Vec::new();
-    for store in stores {
-        for _ in 0..tasks {
-            let (store, request, admitted) = (store.clone(), request.clone(), admitted.clone());
-            handles.push(tokio::spawn(async move {
-                for _ in 0..calls {
-                    match store.acquire(std::slice::from_ref(&request), now()).await.pop().expect("one") {
-                        Ok(EntityOutcome::Admitted(_)) => {
-                            admitted.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(EntityOutcome::Rejected(_)) => {}
-                        other => panic!("{other:?}"),
-                    }
-                }
-            }));
-        }
-    }
-    for h in handles {
-        h.await.expect("task");
-    }
-    admitted.load(Ordering::Relaxed)
+    hammer_while(stores, tasks, request, move |made| made < calls).await
 }
 
 /// `tasks` tasks per store, each making acquires of `request` one after another until
@@ -101,13 +80,26 @@ async fn hammer_until(
     until: tokio::time::Instant,
     request: &EntityRequest,
 ) -> usize {
+    hammer_while(stores, tasks, request, move |_| tokio::time::Instant::now() < until).await
+}
+
+/// `tasks` tasks per store, each making acquires of `request` while `more(acquires made so
+/// far)`; the admissions.
+async fn hammer_while(
+    stores: &[DynamoStore],
+    tasks: usize,
+    request: &EntityRequest,
+    more: impl Fn(usize) -> bool + Copy + Send + 'static,
+) -> usize {
     let admitted = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for store in stores {
         for _ in 0..tasks {
             let (store, request, admitted) = (store.clone(), request.clone(), admitted.clone());
             handles.push(tokio::spawn(async move {
-                while tokio::time::Instant::now() < until {
+                let mut made = 0;
+                while more(made) {
+                    made += 1;
                     match store.acquire(std::slice::from_ref(&request), now()).await.pop().expect("one") {
                         Ok(EntityOutcome::Admitted(_)) => {
                             admitted.fetch_add(1, Ordering::Relaxed);
