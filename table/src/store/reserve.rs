@@ -326,7 +326,7 @@ impl Inner {
         reservations.closed.store(true, Ordering::Relaxed);
         let fetching = || reservations.all().iter().any(|(_, e, _)| e.state.lock().expect("lock").fetching);
         self.await_fetches(fetching).await;
-        stranded(self.give_back(true).await)
+        count_stranded(self.give_back(true).await)
     }
 
     /// Waits, for at most a store call's timeout (1 s at least), until `fetching` says no block
@@ -383,7 +383,7 @@ pub(super) fn tally(sent: &[(i64, bool)]) -> (i64, i64) {
 }
 
 /// A close's give-back `(returned, stranded)`, the stranded part counted in its metric.
-pub(super) fn stranded((returned, stranded): (i64, i64)) -> (i64, i64) {
+pub(super) fn count_stranded((returned, stranded): (i64, i64)) -> (i64, i64) {
     metrics::counter!(m::STRANDED_TOKENS).increment(u64::try_from(stranded).unwrap_or(0));
     (returned, stranded)
 }

@@ -29,7 +29,7 @@ use zael_core::store::{EntityOutcome, EntityRequest, LimitReport, StoreError};
 
 use super::entity::{Fast, Prepared, Resolved, Side};
 use super::request::path;
-use super::reserve::{WAIT_ROUNDS, stranded, tally};
+use super::reserve::{WAIT_ROUNDS, count_stranded, tally};
 use super::write::{Credit, Delta};
 use super::{BucketId, Inner};
 use crate::item::BucketImage;
@@ -452,7 +452,7 @@ impl Inner {
         reservations.closed.store(true, Ordering::Relaxed);
         let fetching = || reservations.all().iter().any(|(_, e, _)| e.state.lock().expect("lock").set.fetching);
         self.await_fetches(fetching).await;
-        stranded(self.give_back_entities(true).await)
+        count_stranded(self.give_back_entities(true).await)
     }
 }
 
