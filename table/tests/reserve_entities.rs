@@ -47,6 +47,18 @@ async fn reserving_store(table: &str) -> DynamoStore {
     store_with(zael_table::DynamoStoreOptions { reservations: Some(reservations), ..options(table) }).await
 }
 
+/// Reserves a bucket that one caller drives one decision after another even when moto is slow
+/// (a loaded CI run answers a call in 250 ms or more: 4 decisions a second, and a 1 s horizon
+/// of that is below the smallest block, so every decision would go to the table).
+async fn patient_store(table: &str) -> DynamoStore {
+    let reservations = ReserveOptions {
+        horizon_ms: 3000,
+        min_rate: Millitokens::from_tokens(1),
+        max_block: Millitokens::from_tokens(10_000),
+    };
+    store_with(zael_table::DynamoStoreOptions { reservations: Some(reservations), ..options(table) }).await
+}
+
 fn consume(entity: &str, amounts: &[(&str, u64)]) -> EntityRequest {
     EntityRequest {
         namespace: "tenant".into(),
@@ -250,7 +262,7 @@ async fn a_burst_on_a_cascading_child_new_to_a_server_charges_the_parent_for_eve
 #[tokio::test]
 async fn local_answers_report_what_the_per_decision_path_would_and_lease_opens_use_them() {
     let (table, ns) = entities_table("reserve-entity-honest").await;
-    let store = reserving_store(&table).await;
+    let store = patient_store(&table).await;
     let request = consume("solo", &[("rpm", 1), ("tpm", 10)]);
     let before = store.calls();
     let started = std::time::Instant::now();
