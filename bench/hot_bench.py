@@ -120,7 +120,8 @@ async def create_pair(endpoint, table):
     await limiter.close()
 
 
-async def load_zael(port, kind, rate, seconds, start_at, n=0):
+def rls_client(port, kind, n):
+    """A channel to a server and a `decide()` asking it for load process `n`'s descriptor."""
     import grpc
 
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -134,13 +135,19 @@ async def load_zael(port, kind, rate, seconds, start_at, n=0):
         response = await stub.ShouldRateLimit(request, timeout=10)
         return response.overall_code == db.rls_pb2.RateLimitResponse.OK
 
+    return channel, decide
+
+
+async def load_zael(port, kind, rate, seconds, start_at, n=0):
+    channel, decide = rls_client(port, kind, n)
     try:
         return await paced(decide, rate, seconds, start_at)
     finally:
         await channel.close()
 
 
-async def load_python(endpoint, table, kind, rate, seconds, start_at, n=0):
+async def python_client(endpoint, table, kind, n):
+    """The library on the table, and a `decide()` for load process `n`'s bucket."""
     repo = await db.Repository.open(db.NAMESPACE, stack=table, region=db.REGION, endpoint_url=endpoint)
     limiter = db.RateLimiter(repository=repo)
     limits = py_limits(kind)
@@ -155,6 +162,11 @@ async def load_python(endpoint, table, kind, rate, seconds, start_at, n=0):
         except db.RateLimitExceeded:
             return False
 
+    return limiter, decide
+
+
+async def load_python(endpoint, table, kind, rate, seconds, start_at, n=0):
+    limiter, decide = await python_client(endpoint, table, kind, n)
     try:
         return await paced(decide, rate, seconds, start_at)
     finally:
@@ -194,18 +206,40 @@ def quantiles(latencies):
     return pick(0.50), pick(0.99)
 
 
-def warm_up(port, kind, decisions=1, n=0):
-    """Decisions outside the measurement: the namespace's resolution and the bucket's first
-    use; on the over-limit bucket, enough to drain it, so that the run starts from an empty
-    bucket with a fresh `rf` (see "allowance" in bench/README.md)."""
-    stats = asyncio.run(load_zael(port, kind, 1000, decisions / 1000, time.time(), n))
-    if stats["errors"]:
-        raise SystemExit(f"[hot-bench] warm-up against 127.0.0.1:{port} failed")
+def warm_decisions(kind):
+    """Warm-up decisions per load process: two seconds' allowance on the over-limit bucket."""
+    return 2 * OVER_LIMIT if kind == "over" else 1
 
 
-async def drain_python(endpoint, table, kind):
-    """The library's counterpart of [`warm_up`] on the over-limit bucket."""
-    await load_python(endpoint, table, kind, 1000, 2 * OVER_LIMIT / 1000, time.time())
+def warm_up(port, kind, decisions, n):
+    """Decisions outside the measurement, one after another: the namespace's resolution and
+    the bucket's creation; on the over-limit bucket, enough to drain it, so that the run
+    starts from an empty bucket with a fresh `rf` (see "allowance" in bench/README.md).
+    (Every one is sent: a run that starts on a bucket nobody created yet measures a storm of
+    creates racing each other instead.)"""
+
+    async def sequential():
+        channel, decide = rls_client(port, kind, n)
+        try:
+            for _ in range(decisions):
+                await decide()
+        finally:
+            await channel.close()
+
+    try:
+        asyncio.run(sequential())
+    except Exception as e:  # noqa: BLE001 - the run cannot start
+        raise SystemExit(f"[hot-bench] warm-up against 127.0.0.1:{port} failed: {e}") from e
+
+
+async def warm_python(endpoint, table, kind, decisions, n):
+    """The library's counterpart of [`warm_up`]."""
+    limiter, decide = await python_client(endpoint, table, kind, n)
+    try:
+        for _ in range(decisions):
+            await decide()
+    finally:
+        await limiter.close()
 
 
 def run(name, workload, moto, binary, tmp, pool):
@@ -222,11 +256,11 @@ def run(name, workload, moto, binary, tmp, pool):
                 sub.mkdir()
                 servers.append(db.Zael(binary, moto, table, sub, "off" if name.endswith("-off") else "on"))
             for n, s in enumerate(servers):
-                warm_up(s.grpc_port, kind, 2 * OVER_LIMIT if kind == "over" else 1, n)
+                warm_up(s.grpc_port, kind, warm_decisions(kind), n)
             targets = [("zael", s.grpc_port) for s in servers]
         else:
-            if kind == "over":
-                asyncio.run(drain_python(moto.endpoint, table, kind))
+            for n in range(2):
+                asyncio.run(warm_python(moto.endpoint, table, kind, warm_decisions(kind), n))
             targets = [("python", moto.endpoint, table)] * 2
         moto.counts(reset=True)
         start_at = time.time() + 0.5

@@ -103,6 +103,10 @@ pub struct Reserve {
     pub fetching: bool,
     /// Until then, decisions go to the store one by one (a block was refused or not worth it).
     pub cold_until: EpochMillis,
+    /// Millitokens asked for by the decisions waiting on this bucket's block write
+    /// ([`Reserve::wait`]): demand the sliding second may no longer show once a slow write has
+    /// held them longer than that.
+    pub waiting: Millitokens,
 }
 
 /// A local answer, and whether the next block should be fetched now (before this one runs out).
@@ -125,6 +129,7 @@ impl Reserve {
             last_use: now,
             fetching: false,
             cold_until: EpochMillis(0),
+            waiting: Millitokens(0),
         }
     }
 
@@ -170,14 +175,31 @@ impl Reserve {
 
     /// The block to take now for a decision needing `need`, or `None` when the bucket is not
     /// hot, is cooling off, or a block would be worth less than [`MIN_BLOCK_DECISIONS`] such
-    /// decisions.
+    /// decisions. Hot: the demand of the last second and what waits on a block write reach
+    /// the threshold. The block covers a horizon of demand and at least every decision waiting
+    /// and this one: when a write took longer than the demand window (a slow store, a closed
+    /// loop of callers that stopped sending while they wait), the waiters are still served by
+    /// one write rather than falling through to one write each.
     pub fn block(&self, need: Millitokens, now: EpochMillis, options: &ReserveOptions) -> Option<Millitokens> {
-        if now < self.cold_until || self.demand.rate(now) < options.min_rate {
+        let demand = self.demand.rate(now).0.saturating_add(self.waiting.0);
+        if now < self.cold_until || demand < options.min_rate.0 {
             return None;
         }
         let half_seen = Millitokens(self.seen.refilled(&self.share, now).tokens.0.max(0) / 2);
-        let block = self.want(now, options).max(need).min(options.max_block).min(half_seen);
+        let queued = Millitokens(self.waiting.0.saturating_add(need.0));
+        let block = self.want(now, options).max(queued).min(options.max_block).min(half_seen);
         (block.0 >= need.0.saturating_mul(MIN_BLOCK_DECISIONS)).then_some(block)
+    }
+
+    /// A decision needing `need` waits on the bucket's block write ([`Reserve::block`] counts
+    /// it); [`Reserve::waited`] once it stops waiting, whether or not the block came.
+    pub fn wait(&mut self, need: Millitokens) {
+        self.waiting = Millitokens(self.waiting.0.saturating_add(need.0));
+    }
+
+    /// The counterpart of [`Reserve::wait`].
+    pub fn waited(&mut self, need: Millitokens) {
+        self.waiting = Millitokens(self.waiting.0.saturating_sub(need.0).max(0));
     }
 
     /// A block of `amount` landed on `shard` of `shard_count`, whose share is `share`, leaving
@@ -259,6 +281,35 @@ mod tests {
         r.seen = BucketState { tokens: t(500), refilled_at: EpochMillis(999) };
         r.refused(EpochMillis(999), &options);
         assert_eq!(r.block(t(1), EpochMillis(1500), &options), None, "cooling off after a refusal");
+    }
+
+    #[test]
+    fn a_block_covers_the_decisions_waiting_when_the_demand_window_no_longer_shows_them() {
+        let options = ReserveOptions::default();
+        let mut r = reserve();
+        hot(&mut r, 200, 1000);
+        for _ in 0..300 {
+            r.wait(t(1));
+        }
+        // Three seconds on: the window is empty, the 300 still wait.
+        let later = EpochMillis(3000);
+        assert_eq!(r.demand.rate(later), t(0));
+        assert_eq!(r.block(t(1), later, &options), Some(t(301)), "every waiter and this decision");
+        assert_eq!(r.block(t(1), EpochMillis(999), &options), Some(t(301)), "more than a horizon's 200");
+        for _ in 0..300 {
+            r.waited(t(1));
+        }
+        assert_eq!(r.waiting, t(0));
+        assert_eq!(r.block(t(1), later, &options), None, "nobody waits and nothing came: not hot");
+        // Waiters alone make a bucket hot once they reach the threshold (50 a second).
+        for _ in 0..49 {
+            r.wait(t(1));
+        }
+        assert_eq!(r.block(t(1), later, &options), None, "49 tokens: below");
+        r.wait(t(1));
+        assert_eq!(r.block(t(1), later, &options), Some(t(51)));
+        r.waited(t(100));
+        assert_eq!(r.waiting, t(0), "never below zero");
     }
 
     #[test]

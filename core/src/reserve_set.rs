@@ -119,6 +119,25 @@ impl ReserveSet {
         needs.iter().map(|n| Some((n.name.to_owned(), self.get(n.name)?.block(n.amount, now, options)?))).collect()
     }
 
+    /// A decision charging `needs` waits on the bucket's block write ([`Reserve::wait`], per
+    /// limit); [`ReserveSet::waited`] once it stops waiting.
+    pub fn wait(&mut self, needs: &[(String, Millitokens)]) {
+        for (name, amount) in needs {
+            if let Some(r) = self.get_mut(name) {
+                r.wait(*amount);
+            }
+        }
+    }
+
+    /// The counterpart of [`ReserveSet::wait`].
+    pub fn waited(&mut self, needs: &[(String, Millitokens)]) {
+        for (name, amount) in needs {
+            if let Some(r) = self.get_mut(name) {
+                r.waited(*amount);
+            }
+        }
+    }
+
     /// A block landed on `shard` of `shard_count`.
     pub fn took(&mut self, landed: &[Landed], shard: i64, shard_count: i64, now: EpochMillis) {
         for l in landed {
@@ -214,6 +233,24 @@ mod tests {
         assert_eq!(set.block(&needs(100), now, &small), None);
         set.refused(now, &options);
         assert_eq!(set.block(&needs(100), EpochMillis(1500), &options), None, "cooling off");
+    }
+
+    #[test]
+    fn decisions_waiting_on_a_block_are_counted_per_limit() {
+        let options = ReserveOptions::default();
+        let mut set = ReserveSet::default();
+        set.record(&needs(100), EpochMillis(0));
+        let waiting = [("rpm".to_owned(), t(1)), ("tpm".to_owned(), t(100))];
+        for _ in 0..60 {
+            set.wait(&waiting);
+        }
+        // Long after the demand window: the 60 waiters alone make the blocks.
+        let later = EpochMillis(5000);
+        assert_eq!(set.block(&needs(100), later, &options), Some(vec![("rpm".into(), t(61)), ("tpm".into(), t(6100))]));
+        for _ in 0..60 {
+            set.waited(&waiting);
+        }
+        assert_eq!(set.block(&needs(100), later, &options), None);
     }
 
     #[test]

@@ -93,6 +93,7 @@ async fn open_store(cli: &Cli) -> anyhow::Result<(Arc<dyn BucketStore>, Option<A
                 region: cli.region.clone(),
                 endpoint_url: cli.endpoint_url.clone(),
                 call_timeout: cli.store_timeout,
+                max_in_flight: cli.store_max_in_flight,
                 config_cache_ttl: cli.config_cache_ttl,
                 reservations: (cli.reservations == crate::cli::Reservations::On).then(|| ReserveOptions {
                     horizon_ms: i64::try_from(cli.reservation_horizon.as_millis()).unwrap_or(i64::MAX).max(1),

@@ -141,6 +141,13 @@ pub struct Cli {
     #[arg(long, env = "ZAEL_STORE_TIMEOUT", default_value = "40ms", value_parser = parse_duration)]
     pub store_timeout: Duration,
 
+    /// Most DynamoDB requests of `--store dynamodb` at once; the others wait for a slot inside
+    /// `--store-timeout` (a slow store is not sent more the slower it answers). Token
+    /// reservations' writes do not wait.
+    #[arg(long, env = "ZAEL_STORE_MAX_IN_FLIGHT", default_value_t = zael_table::DEFAULT_MAX_IN_FLIGHT,
+          value_parser = parse_max_in_flight)]
+    pub store_max_in_flight: usize,
+
     /// Token reservations on hot YAML-rule buckets of `--store dynamodb`: a block of tokens is
     /// debited from the shared bucket ahead of use and decisions are answered from it in
     /// memory; unused tokens go back. `off` writes once per decision.
@@ -198,6 +205,13 @@ fn parse_max_buckets(text: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_max_in_flight(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("'{text}' is not a number of requests of at least 1")),
+    }
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, scale_ms) = if let Some(n) = text.strip_suffix("ms") {
@@ -250,12 +264,16 @@ mod tests {
         let cli = Cli::try_parse_from(["zael-server", "--store", "dynamodb", "--table", "zae-limiter"]).unwrap();
         assert_eq!((cli.store, cli.table.as_deref()), (StoreKind::Dynamodb, Some("zae-limiter")));
         assert_eq!(cli.store_timeout, Duration::from_millis(40));
+        assert_eq!(cli.store_max_in_flight, 64);
         assert_eq!(cli.config_cache_ttl, Duration::from_secs(60));
         assert!(Cli::try_parse_from(["zael-server", "--store", "dynamodb"]).is_err(), "--table is required");
         assert_eq!(cli.on_unavailable, None);
         let cli = Cli::try_parse_from(["zael-server", "--on-unavailable", "allow"]).unwrap();
         assert_eq!(cli.on_unavailable, Some(OnUnavailable::Allow));
         assert!(Cli::try_parse_from(["zael-server", "--on-unavailable", "maybe"]).is_err());
+        let cli = Cli::try_parse_from(["zael-server", "--store-max-in-flight", "8"]).unwrap();
+        assert_eq!(cli.store_max_in_flight, 8);
+        assert!(Cli::try_parse_from(["zael-server", "--store-max-in-flight", "0"]).is_err(), "at least one");
     }
 
     #[test]

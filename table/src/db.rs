@@ -1,6 +1,16 @@
 //! The DynamoDB calls of the store: counted, and retried on throttling, transient failures
 //! and transaction conflicts with full-jitter backoff. The caller's deadline
 //! (`DynamoStoreOptions::call_timeout`) bounds every retry loop from outside.
+//!
+//! At most `max_in_flight` requests of one store are at DynamoDB at once; the others wait for
+//! a slot, first come first served, inside the caller's deadline (a decision that gives up
+//! while waiting never sends its request). Without the bound a store that slows down gets
+//! more requests the slower it answers (every decision waiting on it sends its own), and the
+//! requests of decisions that already timed out still take its time: measured on moto with 512
+//! decisions in flight per server, fewer than 200 of 20,000 were answered. Writes of the token
+//! reservations ([`reservation_write`]) skip the wait: a block is what takes a hot bucket's
+//! decisions off the store, there is at most one in flight per bucket, and behind a queue of
+//! per-decision writes it would come too late to help.
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -15,6 +25,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 use crate::item::Item;
 use crate::metrics as m;
@@ -170,16 +181,34 @@ fn jitter(attempt: u32) -> Duration {
     Duration::from_micros(micros)
 }
 
+tokio::task_local! {
+    /// Set on the tasks that take and give back reserved tokens: their requests skip the
+    /// in-flight bound.
+    static RESERVATION: ();
+}
+
+/// Runs `write` (a block taken or tokens given back, on a task of its own) with its requests
+/// exempt from the in-flight bound (see the module docs).
+pub(crate) async fn reservation_write<T>(write: impl Future<Output = T>) -> T {
+    RESERVATION.scope((), write).await
+}
+
+/// The default bound on one store's requests at DynamoDB at once: at DynamoDB's single-digit
+/// millisecond latency, 64 carry well over 5,000 requests a second.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+
 /// The table and the client.
 pub(crate) struct Db {
     pub client: Client,
     pub table: String,
     counters: Counters,
+    in_flight: Semaphore,
 }
 
 impl Db {
-    pub fn new(client: Client, table: String) -> Self {
-        Db { client, table, counters: Counters::default() }
+    /// `max_in_flight` requests at once at most (at least one).
+    pub fn new(client: Client, table: String, max_in_flight: usize) -> Self {
+        Db { client, table, counters: Counters::default(), in_flight: Semaphore::new(max_in_flight.max(1)) }
     }
 
     pub fn calls(&self) -> CallCounts {
@@ -214,8 +243,17 @@ impl Db {
         let mut transient = 0u32;
         let mut conflicts = 0u32;
         loop {
+            let slot = if RESERVATION.try_with(|_| ()).is_ok() {
+                None
+            } else {
+                let waited = Instant::now();
+                let slot = self.in_flight.acquire().await.expect("the semaphore is never closed");
+                metrics::histogram!(m::REQUEST_WAIT).record(waited.elapsed().as_secs_f64());
+                Some(slot)
+            };
             let started = Instant::now();
             let result = send().await;
+            drop(slot);
             let class = match &result {
                 Ok(_) => {
                     self.count(op, "success", started);
@@ -415,5 +453,89 @@ impl Db {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::operation::get_item::GetItemError;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    fn db(max_in_flight: usize) -> Arc<Db> {
+        let conf = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .build();
+        Arc::new(Db::new(Client::from_conf(conf), "t".into(), max_in_flight))
+    }
+
+    /// `calls` concurrent requests of 20 ms each (from `reservation` tasks or not): the most
+    /// that were in flight at once, once all answered.
+    async fn most_at_once(db: Arc<Db>, calls: usize, reservation: bool) -> usize {
+        let now = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..calls)
+            .map(|_| {
+                let (db, now, most) = (db.clone(), now.clone(), most.clone());
+                let call = async move {
+                    db.retrying(Op::GetItem, || {
+                        let (now, most) = (now.clone(), most.clone());
+                        async move {
+                            most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            now.fetch_sub(1, Ordering::SeqCst);
+                            Ok::<_, SdkError<GetItemError>>(())
+                        }
+                    })
+                    .await
+                    .is_ok()
+                };
+                if reservation { tokio::spawn(reservation_write(call)) } else { tokio::spawn(call) }
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.expect("task"), "every call answered");
+        }
+        most.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_most_max_in_flight_requests_are_sent_at_once_and_every_one_is_answered() {
+        assert_eq!(most_at_once(db(3), 12, false).await, 3);
+        assert_eq!(most_at_once(db(1), 4, false).await, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reservation_writes_do_not_wait_for_a_slot() {
+        assert_eq!(most_at_once(db(1), 6, true).await, 6);
+    }
+
+    #[tokio::test]
+    async fn a_call_given_up_while_waiting_never_sends_and_frees_its_place() {
+        let db = db(1);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let call = |millis: u64| {
+            let (db, sent) = (db.clone(), sent.clone());
+            async move {
+                db.retrying(Op::GetItem, || {
+                    let sent = sent.clone();
+                    async move {
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(millis)).await;
+                        Ok::<_, SdkError<GetItemError>>(())
+                    }
+                })
+                .await
+                .is_ok()
+            }
+        };
+        let first = tokio::spawn(call(100));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(tokio::time::timeout(Duration::from_millis(20), call(0)).await.is_err(), "waits for the slot");
+        assert!(first.await.expect("task"));
+        assert!(call(0).await, "the slot is free again");
+        assert_eq!(sent.load(Ordering::SeqCst), 2, "the call that gave up was never sent");
     }
 }

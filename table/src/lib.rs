@@ -176,7 +176,7 @@ mod store;
 pub mod testing;
 pub mod version;
 
-pub use db::CallCounts;
+pub use db::{CallCounts, DEFAULT_MAX_IN_FLIGHT};
 /// Bucket shard items as read (for the CLI's reset and top-up, which plan on every shard).
 pub use item::{BucketImage, LimitImage, StampRead};
 pub use metrics::describe_metrics;

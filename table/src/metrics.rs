@@ -22,6 +22,9 @@ pub const REQUESTS: &str = "zael_dynamodb_requests_total";
 pub const RETRIES: &str = "zael_dynamodb_retries_total";
 /// Time of one DynamoDB request (one attempt), in seconds, by `operation`.
 pub const REQUEST_DURATION: &str = "zael_dynamodb_request_duration_seconds";
+/// Time a DynamoDB request waited for a slot under the store's in-flight bound
+/// (`--store-max-in-flight`), in seconds: a store answering slower than the requests come.
+pub const REQUEST_WAIT: &str = "zael_dynamodb_request_wait_seconds";
 /// Write capacity units DynamoDB reports consumed (`ReturnConsumedCapacity=TOTAL`) by
 /// successful writes, by `operation`. A write whose condition fails also costs 1 WCU, which
 /// DynamoDB does not report: add `REQUESTS{outcome="condition_failed"}`.
@@ -67,6 +70,11 @@ pub fn describe_metrics() {
     describe_counter!(REQUESTS, "DynamoDB requests sent (every attempt), by operation and outcome.");
     describe_counter!(RETRIES, "DynamoDB requests re-sent, by operation and reason.");
     describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "Time of one DynamoDB request, by operation.");
+    describe_histogram!(
+        REQUEST_WAIT,
+        metrics::Unit::Seconds,
+        "Time a DynamoDB request waited for a slot under the store's in-flight bound."
+    );
     describe_counter!(
         CONSUMED_WRITE_CAPACITY,
         "Write capacity units DynamoDB reported consumed by successful writes, by operation."

@@ -186,7 +186,11 @@ async fn two_reserving_stores_and_the_library_never_admit_more_than_an_entity_al
     let admitted = (rust + py) as i64;
     for (limit, amount, capacity) in [("rpm", 1, 1000), ("tpm", 10, 100_000)] {
         let (tk, tc) = balance_and_usage(&table, &ns, "solo", limit).await;
-        assert_eq!(tc, admitted * amount * 1000, "{limit}: tc counts what was admitted");
+        assert_eq!(
+            tc,
+            admitted * amount * 1000,
+            "{limit}: tc counts what was admitted (zael {rust}, library {py}; tk {tk}, writes {writes})"
+        );
         let left = (capacity - admitted * amount) * 1000;
         assert!((left..=left + 1000).contains(&tk), "{limit}: tk {tk}, {left} left");
     }

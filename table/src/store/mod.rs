@@ -97,6 +97,9 @@ pub struct DynamoStoreOptions {
     /// Token reservations on hot YAML-rule buckets ([`zael_core::reserve`]); `None` writes
     /// once per decision. Off here; the server turns them on by default.
     pub reservations: Option<zael_core::reserve::ReserveOptions>,
+    /// Most requests at DynamoDB at once; the others wait for a slot inside their call's
+    /// deadline (the token reservations' writes do not wait: `crate::db`).
+    pub max_in_flight: usize,
 }
 
 impl DynamoStoreOptions {
@@ -112,6 +115,7 @@ impl DynamoStoreOptions {
             config_cache_ttl: DEFAULT_CONFIG_CACHE_TTL,
             rejection_cache: true,
             reservations: None,
+            max_in_flight: crate::db::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -254,7 +258,7 @@ impl DynamoStore {
         let store = DynamoStore {
             inner: Arc::new(Inner {
                 caches: Caches::new(&options),
-                db: Db::new(client, options.table),
+                db: Db::new(client, options.table, options.max_in_flight),
                 call_timeout: options.call_timeout,
                 cache_ttl: options.namespace_cache_ttl,
                 rejection_cache: options.rejection_cache,
@@ -291,7 +295,8 @@ impl DynamoStore {
     /// millitokens given back and those that could not be (stranded until their buckets
     /// refill). Call once, before the process exits.
     pub async fn close(&self) -> (i64, i64) {
-        let (yaml, entities) = tokio::join!(self.inner.close_reservations(), self.inner.close_entity_reservations());
+        let closing = async { tokio::join!(self.inner.close_reservations(), self.inner.close_entity_reservations()) };
+        let (yaml, entities) = crate::db::reservation_write(closing).await;
         (yaml.0 + entities.0, yaml.1 + entities.1)
     }
 

@@ -46,6 +46,19 @@ pub(super) struct Entry {
     fetched: Notify,
 }
 
+/// A decision waiting on its bucket's block write, counted in the block's size
+/// ([`Reserve::wait`]) until it stops waiting, given up (its caller gone) included.
+struct Waiting<'a> {
+    entry: &'a Entry,
+    need: Millitokens,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.entry.state.lock().expect("lock").waited(self.need);
+    }
+}
+
 /// Every reservation of the store.
 pub(super) struct Reservations {
     pub(super) options: ReserveOptions,
@@ -124,8 +137,10 @@ impl Inner {
                     state.fetching = true;
                     self.spawn_fetch(&cx.id, &entry, amount);
                 }
+                state.wait(need);
                 fetched
             };
+            let waiting = Waiting { entry: &entry, need };
             // One block write in flight for the bucket (this decision's or another's): wait for
             // it, not longer than a call (the caller's deadline bounds every round together).
             // The write runs on its own task, so a decision that gives up never leaves the
@@ -134,6 +149,7 @@ impl Inner {
             // recorded, and they wait again: under a burst, the decisions share a few writes
             // rather than each falling through to one of its own.
             let _ = tokio::time::timeout(self.call_timeout, fetched).await;
+            drop(waiting);
         }
         None
     }
@@ -141,7 +157,7 @@ impl Inner {
     /// Takes a block on a task of its own ([`Inner::fetch`]).
     fn spawn_fetch(self: &Arc<Self>, id: &BucketId, entry: &Arc<Entry>, amount: Millitokens) {
         let (inner, id, entry) = (self.clone(), id.clone(), entry.clone());
-        tokio::spawn(async move { inner.fetch(&id, &entry, amount).await });
+        tokio::spawn(crate::db::reservation_write(async move { inner.fetch(&id, &entry, amount).await }));
     }
 
     /// Takes a block of `amount` for the bucket: one speculative write, or, when that fails
@@ -368,7 +384,7 @@ pub(super) fn sweep(inner: Weak<Inner>, horizon: Duration) {
             if inner.reservations.as_ref().is_some_and(|r| r.closed.load(Ordering::Relaxed)) {
                 return;
             }
-            inner.give_back(false).await;
+            crate::db::reservation_write(inner.give_back(false)).await;
         }
     });
 }

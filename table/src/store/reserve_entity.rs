@@ -90,8 +90,21 @@ impl EntityReservations {
 /// What one side's pool answered.
 enum Step<'e> {
     Served(Local),
-    /// A block write is in flight: wait for it.
-    Wait(Notified<'e>),
+    /// A block write is in flight: wait for it (counted in the next block until dropped).
+    Wait(Notified<'e>, Waiting<'e>),
+}
+
+/// A decision waiting on a side's block write, counted in the block's size
+/// ([`ReserveSet::wait`]) until it stops waiting, given up (its caller gone) included.
+struct Waiting<'e> {
+    entry: &'e Entry,
+    needs: Vec<(String, Millitokens)>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.entry.state.lock().expect("lock").set.waited(&self.needs);
+    }
 }
 
 /// A side answered locally: the balance per need, in order, and the shard it was taken from.
@@ -202,8 +215,9 @@ impl Inner {
             let last = round == WAIT_ROUNDS;
             let local = match self.step(child, &child_entry, &child_needs, now, last)? {
                 Step::Served(local) => local,
-                Step::Wait(fetched) => {
+                Step::Wait(fetched, waiting) => {
                     let _ = tokio::time::timeout(self.call_timeout, fetched).await;
+                    drop(waiting);
                     continue;
                 }
             };
@@ -222,9 +236,10 @@ impl Inner {
             if let Some((p, needs, entry)) = charged_parent {
                 match self.step(p, entry, needs, now, last) {
                     Some(Step::Served(parent_local)) => outcome.extend(reports(p, needs, &parent_local, now)),
-                    Some(Step::Wait(fetched)) => {
+                    Some(Step::Wait(fetched, waiting)) => {
                         restore();
                         let _ = tokio::time::timeout(self.call_timeout, fetched).await;
+                        drop(waiting);
                         continue;
                     }
                     None => {
@@ -276,13 +291,15 @@ impl Inner {
             state.set.fetching = true;
             self.spawn_entity_fetch(side, entry, block);
         }
-        Some(Step::Wait(fetched))
+        let waiting: Vec<_> = needs.iter().map(|n| (n.name.to_owned(), n.amount)).collect();
+        state.set.wait(&waiting);
+        Some(Step::Wait(fetched, Waiting { entry, needs: waiting }))
     }
 
     fn spawn_entity_fetch(self: &Arc<Self>, side: &Side, entry: &Arc<Entry>, block: Vec<(String, Millitokens)>) {
         let side = Side { declared: block.iter().map(|(n, a)| (n.clone(), a.0)).collect(), ..side.clone() };
         let (inner, entry) = (self.clone(), entry.clone());
-        tokio::spawn(async move { inner.entity_fetch(&side, &entry).await });
+        tokio::spawn(crate::db::reservation_write(async move { inner.entity_fetch(&side, &entry).await }));
     }
 
     /// Takes the block `side.declared`: one speculative write, or, when that fails on an image
@@ -496,7 +513,7 @@ pub(super) fn sweep(inner: Weak<Inner>, horizon: Duration) {
             if inner.entity_reservations.as_ref().is_some_and(|r| r.closed.load(Ordering::Relaxed)) {
                 return;
             }
-            inner.give_back_entities(false).await;
+            crate::db::reservation_write(inner.give_back_entities(false)).await;
         }
     });
 }
