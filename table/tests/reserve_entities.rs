@@ -38,25 +38,26 @@ async fn entities_table(test: &str) -> (String, String) {
     (table, ns)
 }
 
-async fn reserving_store(table: &str) -> DynamoStore {
+/// A store reserving blocks of one `horizon_ms` of demand once a bucket sees `min_rate`
+/// tokens a second.
+async fn store_reserving(table: &str, horizon_ms: i64, min_rate: u64) -> DynamoStore {
     let reservations = ReserveOptions {
-        horizon_ms: 1000,
-        min_rate: Millitokens::from_tokens(5),
+        horizon_ms,
+        min_rate: Millitokens::from_tokens(min_rate),
         max_block: Millitokens::from_tokens(10_000),
     };
     store_with(zael_table::DynamoStoreOptions { reservations: Some(reservations), ..options(table) }).await
+}
+
+async fn reserving_store(table: &str) -> DynamoStore {
+    store_reserving(table, 1000, 5).await
 }
 
 /// Reserves a bucket that one caller drives one decision after another even when moto is slow
 /// (a loaded CI run answers a call in 250 ms or more: 4 decisions a second, and a 1 s horizon
 /// of that is below the smallest block, so every decision would go to the table).
 async fn patient_store(table: &str) -> DynamoStore {
-    let reservations = ReserveOptions {
-        horizon_ms: 3000,
-        min_rate: Millitokens::from_tokens(1),
-        max_block: Millitokens::from_tokens(10_000),
-    };
-    store_with(zael_table::DynamoStoreOptions { reservations: Some(reservations), ..options(table) }).await
+    store_reserving(table, 3000, 1).await
 }
 
 fn consume(entity: &str, amounts: &[(&str, u64)]) -> EntityRequest {
