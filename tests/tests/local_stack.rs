@@ -172,7 +172,10 @@ async fn local_stack_limits_through_envoy_and_aggregates_usage() {
     let mut last = String::new();
     while started.elapsed() < Duration::from_secs(60) {
         last = run_cli(&args, "").await.stdout;
-        if last.contains("| hourly | gpt-4    | key-1  | 5      | rpm=5, tpm=500 |") {
+        // The hourly and the daily snapshot land in separate writes: wait for both.
+        if last.contains("| hourly | gpt-4    | key-1  | 5      | rpm=5, tpm=500 |")
+            && last.contains("| daily  | gpt-4    | key-1  | 5      | rpm=5, tpm=500 |")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
