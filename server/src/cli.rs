@@ -145,7 +145,7 @@ pub struct Cli {
     /// `--store-timeout` (a slow store is not sent more the slower it answers). Token
     /// reservations' writes do not wait.
     #[arg(long, env = "ZAEL_STORE_MAX_IN_FLIGHT", default_value_t = zael_table::DEFAULT_MAX_IN_FLIGHT,
-          value_parser = parse_max_in_flight)]
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub store_max_in_flight: usize,
 
     /// Token reservations on hot YAML-rule buckets of `--store dynamodb`: a block of tokens is
@@ -202,13 +202,6 @@ fn parse_max_buckets(text: &str) -> Result<usize, String> {
         Ok(n) if n >= 8 => Ok(n),
         Ok(n) => Err(format!("{n} is too small: at least 8 buckets")),
         Err(_) => Err(format!("'{text}' is not a number of buckets")),
-    }
-}
-
-fn parse_max_in_flight(text: &str) -> Result<usize, String> {
-    match text.trim().parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("'{text}' is not a number of requests of at least 1")),
     }
 }
 

@@ -6,8 +6,9 @@
 //! a slot, first come first served, inside the caller's deadline (a decision that gives up
 //! while waiting never sends its request). Without the bound a store that slows down gets
 //! more requests the slower it answers (every decision waiting on it sends its own), and the
-//! requests of decisions that already timed out still take its time: measured on moto with 512
-//! decisions in flight per server, fewer than 200 of 20,000 were answered. Writes of the token
+//! requests of decisions that already timed out still take its time (the paced hot-bench's
+//! collapse, ADR 011; the bound alone did not end it, the reservations' waiting count did,
+//! with the bound in place). Writes of the token
 //! reservations ([`reservation_write`]) skip the wait: a block is what takes a hot bucket's
 //! decisions off the store, there is at most one in flight per bucket, and behind a queue of
 //! per-decision writes it would come too late to help.

@@ -33,7 +33,7 @@ async fn reserving_store(table: &str, horizon_ms: i64) -> DynamoStore {
 /// (a loaded CI run answers a call in 250 ms or more: 4 decisions a second, and a 1 s horizon
 /// of that is below the smallest block, so every decision would go to the table).
 async fn patient_store(table: &str) -> DynamoStore {
-    let reservations = ReserveOptions { horizon_ms: 3000, min_rate: Millitokens::from_tokens(1), ..reserving(3000) };
+    let reservations = ReserveOptions { min_rate: Millitokens::from_tokens(1), ..reserving(3000) };
     store_with(zael_table::DynamoStoreOptions { reservations: Some(reservations), ..options(table) }).await
 }
 
