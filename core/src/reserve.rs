@@ -211,6 +211,18 @@ impl Reserve {
         self.last_use = now;
     }
 
+    /// The store saw the shard at `seen` (refilled to `seen.refilled_at`) without a block of
+    /// this server landing: a refused block, or the image a per-decision write left. Once
+    /// nothing is held the next block is sized from it, so that near an empty bucket blocks
+    /// are not worth taking ([`Reserve::block`]); while tokens are held, answers stay on the
+    /// balance this server's blocks were carved from. `share` and `shard_count`: what `seen`
+    /// is a balance of.
+    pub fn saw(&mut self, seen: BucketState, share: BucketLimit, shard_count: i64) {
+        if self.held.0 == 0 {
+            (self.seen, self.share, self.shard_count) = (seen, share, shard_count);
+        }
+    }
+
     /// A block was refused (the shard is short, stamped, or its parameters changed): decisions
     /// go to the store one by one for a horizon.
     pub fn refused(&mut self, now: EpochMillis, options: &ReserveOptions) {
@@ -336,6 +348,38 @@ mod tests {
         assert_eq!(r.balance(r.held, EpochMillis(1002)), t(103));
         r.seen = BucketState { tokens: t(1000), refilled_at: now };
         assert_eq!(r.balance(r.held, now), t(1000));
+    }
+
+    #[test]
+    fn a_bucket_seen_near_empty_takes_no_block_until_it_refills() {
+        let options = ReserveOptions::default();
+        let mut r = reserve();
+        hot(&mut r, 1000, 1000);
+        let now = EpochMillis(1000);
+        assert_eq!(r.block(t(1), now, &options), Some(t(500)), "half the full bucket it starts from");
+        // Refused, the shard found holding 2 tokens: cooling off, then sized from the 2.
+        r.refused(now, &options);
+        let share = r.share;
+        r.saw(BucketState { tokens: t(2), refilled_at: now }, share, 1);
+        assert_eq!(r.block(t(1), EpochMillis(1999), &options), None, "cooling off");
+        assert_eq!(r.seen.tokens, t(2));
+        // Past the horizon the shard has refilled (1,000/s) to its capacity: half of it.
+        for ms in (1000..2000).step_by(10) {
+            r.demand.record(t(10), EpochMillis(ms));
+        }
+        assert_eq!(r.block(t(1), EpochMillis(2000), &options), Some(t(500)));
+        // Seen just now at 10 tokens: 5 is below 8 decisions' worth.
+        r.saw(BucketState { tokens: t(10), refilled_at: EpochMillis(2000) }, share, 1);
+        assert_eq!(r.block(t(1), EpochMillis(2000), &options), None);
+        // While tokens are held, the balance they were carved from stays.
+        r.took(
+            t(100),
+            (0, 1, share),
+            BucketState { tokens: t(400), refilled_at: EpochMillis(2000) },
+            EpochMillis(2000),
+        );
+        r.saw(BucketState { tokens: t(0), refilled_at: EpochMillis(2000) }, share, 1);
+        assert_eq!(r.seen.tokens, t(400));
     }
 
     #[test]

@@ -167,6 +167,59 @@ async fn a_rule_with_reserve_false_writes_every_decision_on_a_reserving_store() 
     assert_eq!(store.close().await, (0, 0), "nothing was reserved");
 }
 
+/// A hot bucket another writer emptied: this server's block is refused once, and from the
+/// shard as that refusal found it the server sees no block worth taking, so the decisions its
+/// held tokens do not cover are rejected per decision (mostly from the rejection cache)
+/// rather than each horizon costing another refused block and its slow pass.
+#[tokio::test]
+async fn a_bucket_emptied_by_another_writer_is_refused_one_block_then_decided_per_decision() {
+    const CAPACITY: u64 = 100;
+    let table = table_name("reserve-emptied");
+    let ns = setup(&table, &["ns"]).await.remove(0);
+    let pk = format!("{ns}/BUCKET#emptied#api#0");
+    let reserving = reserving_store(&table, 1000).await;
+    let plain = store(&table).await;
+    let one = request("ns", "emptied", "api", per_day(CAPACITY), &[strict(1)]);
+    let mut admitted = 0_i64;
+    for _ in 0..20 {
+        assert!(charge_one(&reserving, &one, now()).await[0].admitted);
+        admitted += 1;
+    }
+    let (_, tc) = balance_and_usage(&table, &pk).await;
+    assert!(tc > 20_000, "a block is held: tc {tc}");
+    // The other writer takes everything the shared bucket has left.
+    while charge_one(&plain, &one, now()).await[0].admitted {
+        admitted += 1;
+    }
+    let before = reserving.calls();
+    let (mut held, mut rejected) = (0_i64, 0_u64);
+    let started = Instant::now();
+    // Longer than two horizons and two of the rejection cache's trust (1 s each).
+    while started.elapsed() < Duration::from_millis(2500) {
+        if charge_one(&reserving, &one, now()).await[0].admitted {
+            assert_eq!(rejected, 0, "an admission after a rejection: nobody gave tokens back");
+            held += 1;
+        } else {
+            rejected += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let calls = reserving.calls();
+    let (reads, writes) = (calls.get_item - before.get_item, calls.update_item - before.update_item);
+    eprintln!("held {held}, rejected {rejected}: {reads} reads, {writes} writes");
+    assert!(rejected >= 50, "rejected {rejected}");
+    // At most one refused block (its write and its slow pass's read: the held tokens may have
+    // gone back meanwhile, and then the first rejection teaches the server), then no other:
+    // the rejections cost a write each time the cache's image expires, and no read.
+    assert!(reads <= 1, "{reads} reads: a slow pass per refused block ({writes} writes)");
+    assert!(writes <= 5, "{writes} writes for {rejected} rejections");
+    assert_eq!(reserving.close().await, (0, 0), "nothing held after the held tokens were used");
+    let (tk, tc) = balance_and_usage(&table, &pk).await;
+    admitted += held;
+    assert_eq!(tc, admitted * 1000, "tc counts what was admitted");
+    assert!((0..100).contains(&(tk - (CAPACITY as i64 - admitted) * 1000)), "tk {tk}, admitted {admitted}");
+}
+
 /// Hammers `bucket` from two stores (8 tasks each) until `until`; the admissions.
 async fn hammer(stores: [DynamoStore; 2], bucket: zael_core::store::BucketRequest, until: Instant) -> usize {
     let admits = Arc::new(AtomicUsize::new(0));

@@ -1,7 +1,7 @@
 //! The rejection cache (ADR-147, [`crate::rejections`]) on YAML-rule buckets: which shards
 //! recent images showed short, and the charges they prove rejected without a DynamoDB call.
 
-use zael_core::bucket::Millitokens;
+use zael_core::bucket::{BucketState, Millitokens};
 
 use super::request::{Ctx, Decided};
 use super::{Inner, LIMIT_NAME};
@@ -57,14 +57,24 @@ impl Inner {
     /// this request (else [`Inner::known_short`] rejected it): how many such requests the
     /// refill covers, at least one. `None`: not near empty as far as the cache knows.
     pub(super) fn near_empty_slots(&self, cx: &Ctx<'_>) -> Option<usize> {
-        if !self.rejection_cache || !plan::strict_tokens(cx.charges) || self.cached_count(&cx.id) != 1 {
+        if !plan::strict_tokens(cx.charges) {
+            return None;
+        }
+        let balance = self.short_balance(cx)?.tokens.0.max(0);
+        Some(usize::try_from(balance / cx.total.max(1)).unwrap_or(usize::MAX).max(1))
+    }
+
+    /// The balance, refilled to now, of a single-shard bucket a trusted image showed short:
+    /// what the shared bucket has left as far as this server knows, for sizing a block from
+    /// ([`super::reserve`]). `None`: the cache holds no such image.
+    pub(super) fn short_balance(&self, cx: &Ctx<'_>) -> Option<BucketState> {
+        if !self.rejection_cache || self.cached_count(&cx.id) != 1 {
             return None;
         }
         let entries = self.caches.rejections.trusted(&cx.id, cx.now.0);
         let (_, image) = entries.iter().find(|(shard, _)| *shard == 0)?;
         let h = image.limit(LIMIT_NAME).filter(|h| cx.params_match(h) && image.shard_count == 1)?;
-        let balance = image.shard_balance(h, 0, cx.now).0.tokens.0.max(0);
-        Some(usize::try_from(balance / cx.total.max(1)).unwrap_or(usize::MAX).max(1))
+        Some(image.shard_balance(h, 0, cx.now).0)
     }
 
     /// Remembers `shard` as short when `image` shows it cannot give one token (or this

@@ -110,6 +110,11 @@ impl Inner {
         let options = reservations.options;
         let entry = reservations.entry(&cx.id, cx.limit, cx.now);
         let need = Millitokens(crate::plan::total(cx.charges));
+        // A bucket the rejection cache knows short (this server's last write, block or not,
+        // left it so): blocks are sized from that balance, not from this server's last block,
+        // so that near empty they are not worth taking and decisions go on to the cache and
+        // the near-empty gate (`near_empty`) instead of each waiting on a block that fails.
+        let short = self.short_balance(cx);
         for round in 0..=WAIT_ROUNDS {
             let fetched = {
                 let mut state = entry.state.lock().expect("lock");
@@ -131,6 +136,9 @@ impl Inner {
                 // Registered before the write starts, so its wake-up cannot be missed.
                 let fetched = entry.fetched.notified();
                 if !state.fetching {
+                    if let Some(seen) = short {
+                        state.saw(seen, cx.limit.shard_share(1), 1);
+                    }
                     // No block when the bucket is not hot, is cooling off after a refusal, or a
                     // block would not be worth it: the decision goes to the table on its own.
                     let amount = state.block(need, cx.now, &options)?;
@@ -177,9 +185,14 @@ impl Inner {
         let mut failed_seen = None;
         let mut refused = true;
         let mut stamped = None;
+        // The shard as the write left or found it, for the rejection cache.
+        let mut image_seen = None;
         let took = match self.speculate(id, &limits, shard, now).await {
             Ok((Fast::Admitted(landed), false)) => match usable(&landed.image) {
-                Some(seen) => Some((amount, seen)),
+                Some(seen) => {
+                    image_seen = Some(landed.image);
+                    Some((amount, seen))
+                }
                 None => {
                     stamped = Some(landed);
                     None
@@ -193,8 +206,11 @@ impl Inner {
             Ok((Fast::Failed(Some(image)), _)) => match usable(&image) {
                 Some(_) if self.settled_by_slow_pass(id, entry.limit, &image, now) => {
                     match self.slow_block(id, entry.limit, shard, image.shard_count, amount, now).await {
-                        Ok(Some(block)) => Some(block),
-                        Ok(None) => None,
+                        Ok(Ok(block)) => Some(block),
+                        Ok(Err(seen)) => {
+                            failed_seen = seen;
+                            None
+                        }
                         Err(_) => {
                             refused = false;
                             None
@@ -204,6 +220,7 @@ impl Inner {
                 seen => {
                     // The shard as it is: the next block is sized from it.
                     failed_seen = seen;
+                    image_seen = Some(image);
                     None
                 }
             },
@@ -223,7 +240,6 @@ impl Inner {
             match took {
                 Some((amount, (seen, share, count))) => {
                     self.learn_count(id, count);
-                    self.caches.rejections.forget(id, shard);
                     state.took(amount, (shard, count, share), seen, now);
                     metrics::counter!(m::RESERVED_TOKENS).increment(u64::try_from(amount.0).unwrap_or(0));
                 }
@@ -233,11 +249,19 @@ impl Inner {
                     }
                     // Sized from the shard as it is once nothing is held (while tokens are held,
                     // answers stay on the balance this server's blocks were carved from).
-                    if let Some((seen, share, count)) = failed_seen.filter(|_| state.held.0 == 0) {
-                        (state.seen, state.share, state.shard_count) = (seen, share, count);
+                    if let Some((seen, share, count)) = failed_seen {
+                        state.saw(seen, share, count);
                     }
                 }
             }
+        }
+        if let Some(image) = &image_seen {
+            // Short after the block (or refused for want of tokens): the decisions this
+            // server's blocks do not cover are rejected from the cache, as after a
+            // per-decision write (tokens held here are served before the cache is asked).
+            const ONE: [Charge; 1] = [Charge { cost: 1, allow_debt: false }];
+            let cx = Ctx { id: id.clone(), limit: entry.limit, charges: &ONE, total: 1000, now };
+            self.remember(&cx, shard, image);
         }
         if let Some(landed) = stamped {
             // Landed on a stamped shard: the whole block goes back at once.
@@ -260,7 +284,8 @@ impl Inner {
 
     /// A block through the per-decision slow pass (a consistent read, then the rf-locked write
     /// that refills, refreshes `ttl` and debits, re-planned on a lost race), in whole tokens:
-    /// what it took and the shard after it, or `None` when the shard does not cover it.
+    /// what it took and the shard after it, or, when the shard does not cover it, the shard as
+    /// the pass found it (`None` for a block under a token).
     async fn slow_block(
         &self,
         id: &BucketId,
@@ -269,19 +294,18 @@ impl Inner {
         count: i64,
         amount: Millitokens,
         now: EpochMillis,
-    ) -> Result<Option<(Millitokens, (BucketState, BucketLimit, i64))>, StoreError> {
+    ) -> Result<Result<(Millitokens, Seen), Option<Seen>>, StoreError> {
         let tokens = amount.0 / 1000;
         if tokens <= 0 {
-            return Ok(None);
+            return Ok(Err(None));
         }
         let charges = [Charge { cost: tokens.unsigned_abs(), allow_debt: false }];
         let cx = Ctx { id: id.clone(), limit, charges: &charges, total: tokens * 1000, now };
         let decided = self.slow(&cx, shard, Some(count)).await?;
         let (outcomes, count) = decided.parts();
-        Ok(outcomes.first().filter(|o| o.admitted).map(|o| {
-            let seen = BucketState { tokens: o.tokens, refilled_at: o.refilled_at };
-            (Millitokens(tokens * 1000), (seen, limit.shard_share(count), count))
-        }))
+        let Some(o) = outcomes.first() else { return Ok(Err(None)) };
+        let seen = (BucketState { tokens: o.tokens, refilled_at: o.refilled_at }, limit.shard_share(count), count);
+        Ok(if o.admitted { Ok((Millitokens(tokens * 1000), seen)) } else { Err(Some(seen)) })
     }
 
     /// Gives `amount` back to `shard`: to `tk` when `tokens` (never above the shard's ceiling,
@@ -356,10 +380,13 @@ impl Inner {
     }
 }
 
+/// A shard's balance, the share of the limit it is of, and the shard count.
+type Seen = (BucketState, BucketLimit, i64);
+
 /// A shard image's balance (after a landed block, or as a refused one found it), the share it
 /// is of and the shard count, when the shard carries no stamp that changes how it admits
 /// (soft, bypass).
-fn usable(image: &BucketImage) -> Option<(BucketState, BucketLimit, i64)> {
+fn usable(image: &BucketImage) -> Option<Seen> {
     let hits = image.limit(LIMIT_NAME)?;
     if image.bypass.is_some() || hits.soft.is_some() {
         return None;
