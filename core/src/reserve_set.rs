@@ -148,6 +148,21 @@ impl ReserveSet {
         (self.shard, self.shard_count) = (shard, shard_count);
     }
 
+    /// The store saw `shard` of `shard_count` as `seen` (per limit; the amounts are not
+    /// looked at) without a block of this server landing: once nothing is held, the next
+    /// blocks are sized from it ([`Reserve::saw`]).
+    pub fn saw(&mut self, seen: &[Landed], shard: i64, shard_count: i64) {
+        if self.held() != 0 {
+            return;
+        }
+        for l in seen {
+            if let Some(r) = self.get_mut(&l.name) {
+                r.saw(l.seen, l.share, shard_count);
+            }
+        }
+        (self.shard, self.shard_count) = (shard, shard_count);
+    }
+
     /// A block was refused: decisions go to the store one by one for a horizon.
     pub fn refused(&mut self, now: EpochMillis, options: &ReserveOptions) {
         self.cold_until = EpochMillis(now.0.saturating_add(options.horizon_ms));

@@ -23,6 +23,7 @@ namespaces:
       solo: {resources: {gpt-4: {limits: ["rpm:1000/day", "tpm:100000/day"]}}}
       over-on: {resources: {gpt-4: {limits: ["rpm:20/sec:100"]}}}
       over-off: {resources: {gpt-4: {limits: ["rpm:20/sec:100"]}}}
+      emptied: {resources: {gpt-4: {limits: ["rpm:100/day"]}}}
 "#;
 
 /// The two tests that load moto the most run one at a time.
@@ -171,6 +172,58 @@ async fn over_the_limit_entity_reservations_admit_what_the_per_decision_path_adm
         let (tk, tc) = balance_and_usage(&table, &ns, entity, "rpm").await;
         assert_eq!(tc, admitted as i64 * 1000, "{entity}: tc counts what was admitted (tk {tk})");
     }
+}
+
+/// An entity bucket another writer emptied: at most one block of this server is refused, and
+/// from the shard as it or the rejection cache last saw it the server takes no other, so the
+/// decisions its held tokens do not cover are rejected per decision (mostly from the cache).
+#[tokio::test]
+async fn an_entity_bucket_emptied_by_another_writer_is_decided_per_decision() {
+    let (table, ns) = entities_table("reserve-entity-emptied").await;
+    let (reserving, plain) = (reserving_store(&table).await, store(&table).await);
+    let request = consume("emptied", &[("rpm", 1)]);
+    let admitted = |outcome: Result<EntityOutcome, StoreError>| match outcome {
+        Ok(EntityOutcome::Admitted(_)) => true,
+        Ok(EntityOutcome::Rejected(_)) => false,
+        other => panic!("{other:?}"),
+    };
+    let acquire = |store: &DynamoStore| {
+        let (store, request) = (store.clone(), request.clone());
+        async move { store.acquire(std::slice::from_ref(&request), now()).await.pop().expect("one") }
+    };
+    let mut total = 0_i64;
+    for _ in 0..20 {
+        assert!(admitted(acquire(&reserving).await));
+        total += 1;
+    }
+    assert!(balance_and_usage(&table, &ns, "emptied", "rpm").await.1 > 20_000, "a block is held");
+    while admitted(acquire(&plain).await) {
+        total += 1;
+    }
+    let before = reserving.calls();
+    let (mut held, mut rejected) = (0_i64, 0_u64);
+    let started = std::time::Instant::now();
+    // Longer than two horizons and two of the rejection cache's trust (1 s each).
+    while started.elapsed() < std::time::Duration::from_millis(2500) {
+        if admitted(acquire(&reserving).await) {
+            assert_eq!(rejected, 0, "an admission after a rejection: nobody gave tokens back");
+            held += 1;
+        } else {
+            rejected += 1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let calls = reserving.calls();
+    let (reads, writes) = (calls.get_item - before.get_item, calls.update_item - before.update_item);
+    eprintln!("held {held}, rejected {rejected}: {reads} reads, {writes} writes");
+    assert!(rejected >= 50, "rejected {rejected}");
+    assert!(reads <= 1, "{reads} reads: a slow pass per refused block ({writes} writes)");
+    assert!(writes <= 5, "{writes} writes for {rejected} rejections");
+    assert_eq!(reserving.close().await, (0, 0), "nothing held after the held tokens were used");
+    let (tk, tc) = balance_and_usage(&table, &ns, "emptied", "rpm").await;
+    total += held;
+    assert_eq!(tc, total * 1000, "tc counts what was admitted");
+    assert!((0..100).contains(&(tk - (100 - total) * 1000)), "tk {tk}, admitted {total}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -287,6 +287,14 @@ impl Inner {
         // Registered before the write starts, so its wake-up cannot be missed.
         let fetched = entry.fetched.notified();
         if !state.set.fetching {
+            // Known short (this server's last write left it so): the next block is sized from
+            // that image, so that near empty none is worth taking and the decision goes on to
+            // the per-decision path and its rejection cache.
+            if let Some((image, count)) = self.short_image(&side.id, now)
+                && let Some(seen) = usable(&image, side, now)
+            {
+                state.set.saw(&seen, 0, count);
+            }
             let block = state.set.block(needs, now, &options)?;
             state.set.fetching = true;
             self.spawn_entity_fetch(side, entry, block);
@@ -320,11 +328,16 @@ impl Inner {
         let mut refused = true;
         let mut seen = None;
         let mut give_back = None;
+        let mut landed_image = None;
         let took = match self.speculate(&side.id, &limits, shard, now).await {
             Ok((Fast::Admitted(landed), false)) => {
                 self.learn_parent(&side.id, &landed.image);
                 match usable(&landed.image, side, now) {
-                    Some(took) => Some((took, landed.image.shard_count, landed.image.cascades_to.clone())),
+                    Some(took) => {
+                        let (count, cascades_to) = (landed.image.shard_count, landed.image.cascades_to.clone());
+                        landed_image = Some(landed.image);
+                        Some((took, count, cascades_to))
+                    }
                     None => {
                         give_back = Some((ceilings(&landed.image), true));
                         None
@@ -376,7 +389,13 @@ impl Inner {
             state.set.fetching = false;
             match took {
                 Some((took, count, cascades_to)) => {
-                    self.caches.rejections.forget(&side.id, shard);
+                    // Short after the block: the decisions it does not cover are rejected from
+                    // the cache, as after a per-decision write (held tokens are served first).
+                    let short = took.iter().any(|l| l.seen.refilled(&l.share, now).tokens.0 < 1000);
+                    match landed_image.as_ref().filter(|_| short) {
+                        Some(image) => self.remember_short(&side.id, shard, image),
+                        None => self.caches.rejections.forget(&side.id, shard),
+                    }
                     let amount: i64 = took.iter().map(|l: &Landed| l.amount.0).sum();
                     state.set.took(&took, shard, count, now);
                     state.cascades_to = cascades_to;
@@ -387,10 +406,8 @@ impl Inner {
                         state.set.refused(now, &options);
                     }
                     // The next block is sized from the bucket as it is, once nothing is held.
-                    if let Some((as_is, count)) = seen.filter(|_| state.set.held() == 0) {
-                        let zero: Vec<Landed> =
-                            as_is.into_iter().map(|l| Landed { amount: Millitokens(0), ..l }).collect();
-                        state.set.took(&zero, shard, count, now);
+                    if let Some((as_is, count)) = seen {
+                        state.set.saw(&as_is, shard, count);
                     }
                 }
             }

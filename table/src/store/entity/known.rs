@@ -4,6 +4,7 @@
 //! entity (or, under cascade, of its parent) is known short for what it asks; admission always
 //! takes a conditional write, so the cache cannot over-admit.
 
+use std::sync::Arc;
 use zael_core::acquire;
 use zael_core::bucket::EpochMillis;
 use zael_core::store::LimitReport;
@@ -14,7 +15,7 @@ use crate::item::BucketImage;
 
 impl Inner {
     /// Remembers a shard's image after it proved a request short.
-    pub(super) fn remember_short(&self, id: &BucketId, shard: i64, image: &BucketImage) {
+    pub(in super::super) fn remember_short(&self, id: &BucketId, shard: i64, image: &BucketImage) {
         if self.rejection_cache {
             self.caches.rejections.remember(id, shard, image.clone());
         }
@@ -24,6 +25,16 @@ impl Inner {
     /// library's `build_composite_adjust` forgets the shard the same way).
     pub(in super::super) fn forget_short(&self, id: &BucketId, shard: i64) {
         self.caches.rejections.forget(id, shard);
+    }
+
+    /// The trusted image of a single-shard bucket's shard the cache remembers short, and the
+    /// shard count.
+    pub(in super::super) fn short_image(&self, id: &BucketId, now: EpochMillis) -> Option<(Arc<BucketImage>, i64)> {
+        if !self.rejection_cache || self.cached_count(id) != 1 {
+            return None;
+        }
+        let (_, image) = self.caches.rejections.trusted(id, now.0).into_iter().find(|(shard, _)| *shard == 0)?;
+        (image.shard_count == 1).then_some((image, 1))
     }
 
     /// The rejection `side` gets from memory: `Some` when every shard of its bucket is known
