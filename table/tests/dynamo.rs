@@ -264,8 +264,13 @@ async fn lost_rf_lock_takes_the_consumption_only_retry() {
             })
         })));
     }
+    let before = a.calls();
     let out = charge_one(&a, &one, t2).await;
     assert_eq!(admitted(&out), [false]);
+    // Planned on the image the retry left (the rejection cache's, short): the lost rf-locked
+    // write and the consumption-only retry, no speculative write and no read.
+    let after = a.calls();
+    assert_eq!((after.update_item - before.update_item, after.get_item - before.get_item), (2, 0));
     let item = get_item(&table, &pk(&ns, "e", "r", 0)).await.expect("bucket");
     assert_eq!((num(&item, "b_hits_tk"), num(&item, "b_hits_tc")), (0, 8000));
 }

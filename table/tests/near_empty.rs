@@ -57,3 +57,39 @@ async fn a_burst_on_an_exhausted_bucket_costs_a_few_requests_per_refilled_token(
     assert!(requests <= 60, "{requests} requests for {BURST} decisions of about 8 refilled tokens");
     assert!(admitted >= 5 + 2, "the refill was admitted too: {admitted}");
 }
+
+/// A bucket kept over its limit, decided one decision after another: each token that refills
+/// is admitted with one write (the slow pass's `rf`-locked write planned on the image the
+/// rejection cache holds, no speculative write bound to fail on the un-refilled `tk`, no
+/// read), and the decision after it is rejected from the cache with none.
+#[tokio::test]
+async fn a_refilled_token_of_a_bucket_kept_over_its_limit_costs_one_write() {
+    let table = table_name("near-empty-trickle");
+    let ns = setup(&table, &["ns"]).await.remove(0);
+    let pk = format!("{ns}/BUCKET#e#trickle#0");
+    let store = store(&table).await;
+    // 5 tokens, 5 more a second: one every 200 ms.
+    let one = request("ns", "e", "trickle", BucketLimit::per_period(5, 5, 1), &[strict(1)]);
+    let mut admitted = 0_i64;
+    while charge_one(&store, &one, now()).await[0].admitted {
+        admitted += 1;
+    }
+    let before = store.calls();
+    let mut refilled = 0;
+    for cycle in 0..5 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // 1.25 tokens since, and what was left under a token: one or two admitted.
+        let mut this = 0;
+        while charge_one(&store, &one, now()).await[0].admitted {
+            this += 1;
+        }
+        assert!((1..=2).contains(&this), "cycle {cycle}: {this} admitted");
+        refilled += this;
+    }
+    admitted += refilled;
+    let calls = store.calls();
+    let (writes, reads) = (calls.update_item - before.update_item, calls.get_item - before.get_item);
+    assert_eq!((writes, reads), (refilled as u64, 0), "one write per refilled token, none per rejection, no read");
+    let item = get_item(&table, &pk).await.expect("bucket");
+    assert_eq!(num(&item, "b_hits_tc"), admitted * 1000, "tc counts exactly what was admitted");
+}

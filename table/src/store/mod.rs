@@ -521,7 +521,14 @@ impl Inner {
                 },
             }
         };
-        let decided = self.fast(&cx, &avoid).await;
+        let trickle = match self.short_shard(&cx) {
+            Some(image) => self.trickle(&cx, &image).await,
+            None => None,
+        };
+        let decided = match trickle {
+            Some(decided) => decided,
+            None => self.fast(&cx, &avoid).await,
+        };
         drop(permit);
         Ok(decided?.scaled())
     }

@@ -1,6 +1,7 @@
 //! The rejection cache (ADR-147, [`crate::rejections`]) on YAML-rule buckets: which shards
 //! recent images showed short, and the charges they prove rejected without a DynamoDB call.
 
+use std::sync::Arc;
 use zael_core::bucket::{BucketState, Millitokens};
 
 use super::request::{Ctx, Decided};
@@ -64,16 +65,19 @@ impl Inner {
         Some(usize::try_from(balance / cx.total.max(1)).unwrap_or(usize::MAX).max(1))
     }
 
-    /// The balance, refilled to now, of a single-shard bucket a trusted image showed short:
-    /// what the shared bucket has left as far as this server knows, for sizing a block from
-    /// ([`super::reserve`]). `None`: the cache holds no such image.
+    /// The trusted image of a single-shard bucket the cache remembers short, under the rule's
+    /// parameters. `None`: the cache holds no such image.
+    pub(super) fn short_shard(&self, cx: &Ctx<'_>) -> Option<Arc<BucketImage>> {
+        let (image, _) = self.short_image(&cx.id, cx.now)?;
+        image.limit(LIMIT_NAME).is_some_and(|h| cx.params_match(h)).then_some(image)
+    }
+
+    /// The balance, refilled to now, of a single-shard bucket a trusted image showed short
+    /// ([`Inner::short_shard`]): what the shared bucket has left as far as this server knows,
+    /// for sizing a block from ([`super::reserve`]).
     pub(super) fn short_balance(&self, cx: &Ctx<'_>) -> Option<BucketState> {
-        if !self.rejection_cache || self.cached_count(&cx.id) != 1 {
-            return None;
-        }
-        let entries = self.caches.rejections.trusted(&cx.id, cx.now.0);
-        let (_, image) = entries.iter().find(|(shard, _)| *shard == 0)?;
-        let h = image.limit(LIMIT_NAME).filter(|h| cx.params_match(h) && image.shard_count == 1)?;
+        let image = self.short_shard(cx)?;
+        let h = image.limit(LIMIT_NAME)?;
         Some(image.shard_balance(h, 0, cx.now).0)
     }
 

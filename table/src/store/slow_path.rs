@@ -31,10 +31,7 @@ impl Inner {
                 shard = rand::rng().random_range(0..count);
             }
             let item = self.db.get(&cx.pk(shard), keys::SK_STATE, true).await.map_err(unavailable)?;
-            let hook = self.before_commit.lock().expect("lock").clone();
-            if let Some(hook) = hook {
-                hook(cx.pk(shard)).await;
-            }
+            self.before_commit(cx.pk(shard)).await;
             let step = match item {
                 None => self.create(cx, shard, count).await?,
                 Some(item) => {
@@ -51,6 +48,38 @@ impl Inner {
             "a bucket of resource '{}' stayed contended through {SLOW_PATH_ATTEMPTS} slow passes",
             cx.id.resource
         )))
+    }
+
+    /// A decision on a single-shard bucket the rejection cache holds a short image of (`image`,
+    /// trusted: at most a second old), whose stored `tk` does not cover the request but whose
+    /// refill since does: the trickle of a bucket kept over its limit. The speculative write
+    /// would fail on the stored `tk` (the fast path never refills) and the slow pass would read
+    /// what the cache holds, so the slow pass's `rf`-locked write goes first, planned on the
+    /// image. It is as exact as after a read: its conditions (`rf` as read, `tk` no higher than
+    /// read and covering the debit less the refill) fail when the shard changed in a way the
+    /// plan did not foresee, and then the consumption-only retry and the slow path decide as
+    /// usual. `None`: not such a decision (the fast path's).
+    pub(super) async fn trickle(&self, cx: &Ctx<'_>, image: &BucketImage) -> Option<Result<Decided, StoreError>> {
+        let h = image.limit(LIMIT_NAME)?;
+        let covered = image.shard_balance(h, 0, cx.now).0.tokens.0 >= cx.total;
+        if !plan::strict_tokens(cx.charges) || h.tk >= cx.total || !covered {
+            return None;
+        }
+        path("trickle");
+        self.before_commit(cx.pk(0)).await;
+        Some(match self.update(cx, 0, 1, image.clone()).await {
+            Ok(Step::Done(decided)) => Ok(decided),
+            Ok(Step::Replan(hint)) => self.slow(cx, 0, hint).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    /// The test hook between a slow pass's image and its commit (`set_before_commit_hook`).
+    async fn before_commit(&self, pk: String) {
+        let hook = self.before_commit.lock().expect("lock").clone();
+        if let Some(hook) = hook {
+            hook(pk).await;
+        }
     }
 
     /// The slow path under a live bypass stamp: `ADD tc` only, pinned on the live stamp.
