@@ -191,22 +191,8 @@ async fn a_bucket_emptied_by_another_writer_is_refused_one_block_then_decided_pe
     while charge_one(&plain, &one, now()).await[0].admitted {
         admitted += 1;
     }
-    let before = reserving.calls();
-    let (mut held, mut rejected) = (0_i64, 0_u64);
-    let started = Instant::now();
-    // Longer than two horizons and two of the rejection cache's trust (1 s each).
-    while started.elapsed() < Duration::from_millis(2500) {
-        if charge_one(&reserving, &one, now()).await[0].admitted {
-            assert_eq!(rejected, 0, "an admission after a rejection: nobody gave tokens back");
-            held += 1;
-        } else {
-            rejected += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let calls = reserving.calls();
-    let (reads, writes) = (calls.get_item - before.get_item, calls.update_item - before.update_item);
-    eprintln!("held {held}, rejected {rejected}: {reads} reads, {writes} writes");
+    let Emptied { held, rejected, reads, writes } =
+        after_emptied(&reserving, || async { charge_one(&reserving, &one, now()).await[0].admitted }).await;
     assert!(rejected >= 50, "rejected {rejected}");
     // At most one refused block (its write and its slow pass's read: the held tokens may have
     // gone back meanwhile, and then the first rejection teaches the server), then no other:

@@ -200,22 +200,8 @@ async fn an_entity_bucket_emptied_by_another_writer_is_decided_per_decision() {
     while admitted(acquire(&plain).await) {
         total += 1;
     }
-    let before = reserving.calls();
-    let (mut held, mut rejected) = (0_i64, 0_u64);
-    let started = std::time::Instant::now();
-    // Longer than two horizons and two of the rejection cache's trust (1 s each).
-    while started.elapsed() < std::time::Duration::from_millis(2500) {
-        if admitted(acquire(&reserving).await) {
-            assert_eq!(rejected, 0, "an admission after a rejection: nobody gave tokens back");
-            held += 1;
-        } else {
-            rejected += 1;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let calls = reserving.calls();
-    let (reads, writes) = (calls.get_item - before.get_item, calls.update_item - before.update_item);
-    eprintln!("held {held}, rejected {rejected}: {reads} reads, {writes} writes");
+    let Emptied { held, rejected, reads, writes } =
+        after_emptied(&reserving, || async { admitted(acquire(&reserving).await) }).await;
     assert!(rejected >= 50, "rejected {rejected}");
     assert!(reads <= 1, "{reads} reads: a slow pass per refused block ({writes} writes)");
     assert!(writes <= 5, "{writes} writes for {rejected} rejections");

@@ -288,3 +288,38 @@ pub async fn charge_concurrently(stores: &[DynamoStore], tasks: usize, calls: us
     }
     admits.load(Ordering::Relaxed)
 }
+
+/// What [`after_emptied`] saw: decisions admitted (before the first rejection), rejected, and
+/// the store's reads and writes meanwhile.
+pub struct Emptied {
+    pub held: i64,
+    pub rejected: u64,
+    pub reads: u64,
+    pub writes: u64,
+}
+
+/// Decides with `decide` (admitted or not) one decision every 10 ms for 2.5 s (longer than
+/// two reservation horizons and two of the rejection cache's trust, 1 s each) on a bucket
+/// another writer emptied, `store` counting the calls; fails the test on an admission after a
+/// rejection (nobody gives tokens back).
+pub async fn after_emptied<F: std::future::Future<Output = bool>>(
+    store: &DynamoStore,
+    mut decide: impl FnMut() -> F,
+) -> Emptied {
+    let before = store.calls();
+    let (mut held, mut rejected) = (0_i64, 0_u64);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        if decide().await {
+            assert_eq!(rejected, 0, "an admission after a rejection: nobody gave tokens back");
+            held += 1;
+        } else {
+            rejected += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let calls = store.calls();
+    let (reads, writes) = (calls.get_item - before.get_item, calls.update_item - before.update_item);
+    eprintln!("held {held}, rejected {rejected}: {reads} reads, {writes} writes");
+    Emptied { held, rejected, reads, writes }
+}
