@@ -110,11 +110,6 @@ impl Inner {
         let options = reservations.options;
         let entry = reservations.entry(&cx.id, cx.limit, cx.now);
         let need = Millitokens(crate::plan::total(cx.charges));
-        // A bucket the rejection cache knows short (this server's last write, block or not,
-        // left it so): blocks are sized from that balance, not from this server's last block,
-        // so that near empty they are not worth taking and decisions go on to the cache and
-        // the near-empty gate (`near_empty`) instead of each waiting on a block that fails.
-        let short = self.short_balance(cx);
         for round in 0..=WAIT_ROUNDS {
             let fetched = {
                 let mut state = entry.state.lock().expect("lock");
@@ -136,7 +131,13 @@ impl Inner {
                 // Registered before the write starts, so its wake-up cannot be missed.
                 let fetched = entry.fetched.notified();
                 if !state.fetching {
-                    if let Some(seen) = short {
+                    // A bucket the rejection cache knows short (this server's last write, block
+                    // or not, left it so): the block is sized from that balance, not from this
+                    // server's last block, so that near empty none is worth taking and the
+                    // decision goes on to the cache and the near-empty gate (`near_empty`)
+                    // instead of waiting on a block that fails. Looked up only here, off the
+                    // local answers' path.
+                    if let Some(seen) = self.short_balance(cx) {
                         state.saw(seen, cx.limit.shard_share(1), 1);
                     }
                     // No block when the bucket is not hot, is cooling off after a refusal, or a
