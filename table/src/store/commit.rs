@@ -130,6 +130,20 @@ impl Inner {
                 let outcomes = self.replay(cx, &plan, &written, debit).unwrap_or(plan.outcomes);
                 Ok(Step::Done(Decided::new(outcomes, written.shard_count)))
             }
+            Ok(Update::ConditionFailed(Some(item))) if admission == Admission::Enforced => {
+                // Lost to another writer. Shape (c) needs the stored `tk` to cover the debit
+                // without the refill; when the write's `ALL_OLD` image shows it does not, that
+                // retry is bound to fail and its failure would reject from the same image: the
+                // rejection is taken from this one, one write sooner.
+                let found = parse(&item)?;
+                match plan.guard {
+                    Some(guard) if judgeable(&found).is_some_and(|h| h.tk < guard) => {
+                        path("slow_lost_reject");
+                        self.reject_found(cx, shard, &found).await
+                    }
+                    _ => self.retry(cx, shard, &plan, &side, if hits.is_some() { sc } else { seed_count }).await,
+                }
+            }
             Ok(Update::ConditionFailed(_)) | Err(DbError::Conflict) => {
                 self.retry(cx, shard, &plan, &side, if hits.is_some() { sc } else { seed_count }).await
             }
@@ -166,24 +180,39 @@ impl Inner {
             Ok(Update::ConditionFailed(None)) | Err(DbError::Conflict) => Ok(Step::Replan(Some(count))),
             Ok(Update::ConditionFailed(Some(item))) => {
                 let image = parse(&item)?;
-                let Some(hits) = image.limit(LIMIT_NAME) else { return Ok(Step::Replan(Some(count))) };
-                if image.disabled || image.yaml_unsupported().is_some() || image.bypass.is_some() {
-                    return Ok(Step::Replan(Some(image.shard_count)));
+                if judgeable(&image).is_none() {
+                    let count = if image.limit(LIMIT_NAME).is_some() { image.shard_count } else { count };
+                    return Ok(Step::Replan(Some(count)));
                 }
-                // Rejected: every strict charge fails; debt charges are still recorded.
                 path("slow_retry_reject");
-                self.remember(cx, shard, &image);
-                let (p, cap) = image.shard_balance(hits, 0, cx.now);
-                let rejected = plan::reject_all(p.tokens.0, p.refilled_at, cap.0, cx.charges);
-                let mut outcomes = rejected.outcomes.clone();
-                if rejected.debt > 0 {
-                    outcomes = self.debit(cx, shard, &rejected).await?.unwrap_or(outcomes);
-                }
-                Ok(Step::Done(Decided::new(outcomes, image.shard_count)))
+                self.reject_found(cx, shard, &image).await
             }
             Err(e) => Err(unavailable(e)),
         }
     }
+
+    /// The rejection a lost commit's `ALL_OLD` image proves ([`judgeable`]): every strict
+    /// charge fails; debt charges are still recorded.
+    async fn reject_found(&self, cx: &Ctx<'_>, shard: i64, image: &BucketImage) -> Result<Step, StoreError> {
+        let Some(hits) = image.limit(LIMIT_NAME) else { return Ok(Step::Replan(Some(image.shard_count))) };
+        self.remember(cx, shard, image);
+        let (p, cap) = image.shard_balance(hits, 0, cx.now);
+        let rejected = plan::reject_all(p.tokens.0, p.refilled_at, cap.0, cx.charges);
+        let mut outcomes = rejected.outcomes.clone();
+        if rejected.debt > 0 {
+            outcomes = self.debit(cx, shard, &rejected).await?.unwrap_or(outcomes);
+        }
+        Ok(Step::Done(Decided::new(outcomes, image.shard_count)))
+    }
+}
+
+/// The rule's limit on a lost commit's image, when a rejection may be judged from it: the
+/// item is enabled, holds nothing a YAML rule cannot judge and no bypass stamp.
+fn judgeable(image: &BucketImage) -> Option<&crate::item::LimitImage> {
+    if image.disabled || image.yaml_unsupported().is_some() || image.bypass.is_some() {
+        return None;
+    }
+    image.limit(LIMIT_NAME)
 }
 
 /// A YAML rule's one limit as the engine's config: its YAML parameters, soft while its item's

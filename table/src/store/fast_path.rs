@@ -34,7 +34,7 @@ impl Inner {
                 (Class::Disabled, Some(image)) => return Ok(self.disabled(cx, &image)),
                 (Class::Unsupported(what), _) => return Err(self.unsupported(cx, shard, &what)),
                 (Class::Boundary | Class::ParamsChanged, Some(image)) => {
-                    return self.slow(cx, shard, Some(image.shard_count)).await;
+                    return self.slow_from(cx, shard, Some(image.shard_count), Some(image)).await;
                 }
                 (Class::Exhausted { wcu }, Some(image)) => {
                     if wcu {
@@ -61,7 +61,7 @@ impl Inner {
             if self.fits(cx, &image) {
                 // Failed only on a trimming `vu = 0` or an expired `ttl`: this shard needs the
                 // slow pass that clears it.
-                return self.slow(cx, shard, Some(sc)).await;
+                return self.slow_from(cx, shard, Some(sc), Some(image)).await;
             }
             for other in other_shards(shard, sc) {
                 match self.speculate_learning(cx, other).await? {
@@ -83,7 +83,9 @@ impl Inner {
         if let Some(rejected) = self.fast_reject(cx, shard, &image).await? {
             return Ok(rejected);
         }
-        self.slow(cx, shard, Some(sc)).await
+        // The refill since the stored `rf` covers it: the slow pass's commit, planned on the
+        // failure image, not on a read of it.
+        self.slow_from(cx, shard, Some(sc), Some(image)).await
     }
 
     /// One speculative write on `shard` ([`Inner::speculate`]), what its image teaches, and

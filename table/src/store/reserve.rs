@@ -206,7 +206,7 @@ impl Inner {
             }
             Ok((Fast::Failed(Some(image)), _)) => match usable(&image) {
                 Some(_) if self.settled_by_slow_pass(id, entry.limit, &image, now) => {
-                    match self.slow_block(id, entry.limit, shard, image.shard_count, amount, now).await {
+                    match self.slow_block(id, entry.limit, shard, image, amount, now).await {
                         Ok(Ok(block)) => Some(block),
                         Ok(Err(seen)) => {
                             failed_seen = seen;
@@ -283,16 +283,17 @@ impl Inner {
         matches!(self.classify(&cx, Some(image), false), Class::Exhausted { .. })
     }
 
-    /// A block through the per-decision slow pass (a consistent read, then the rf-locked write
-    /// that refills, refreshes `ttl` and debits, re-planned on a lost race), in whole tokens:
-    /// what it took and the shard after it, or, when the shard does not cover it, the shard as
-    /// the pass found it (`None` for a block under a token).
+    /// A block through the per-decision slow pass (the rf-locked write that refills, refreshes
+    /// `ttl` and debits, planned on `found`, the block's failed write's image, then re-planned
+    /// on a lost race), in whole tokens: what it took and the shard after it, or, when the
+    /// shard does not cover it, the shard as the pass found it (`None` for a block under a
+    /// token).
     async fn slow_block(
         &self,
         id: &BucketId,
         limit: BucketLimit,
         shard: i64,
-        count: i64,
+        found: BucketImage,
         amount: Millitokens,
         now: EpochMillis,
     ) -> Result<Result<(Millitokens, Seen), Option<Seen>>, StoreError> {
@@ -302,7 +303,8 @@ impl Inner {
         }
         let charges = [Charge { cost: tokens.unsigned_abs(), allow_debt: false }];
         let cx = Ctx { id: id.clone(), limit, charges: &charges, total: tokens * 1000, now };
-        let decided = self.slow(&cx, shard, Some(count)).await?;
+        let count = found.shard_count;
+        let decided = self.slow_from(&cx, shard, Some(count), Some(found)).await?;
         let (outcomes, count) = decided.parts();
         let Some(o) = outcomes.first() else { return Ok(Err(None)) };
         let seen = (BucketState { tokens: o.tokens, refilled_at: o.refilled_at }, limit.shard_share(count), count);

@@ -1,4 +1,5 @@
-//! Slow path (§11.5, §11.6): a strongly consistent read of the shard, then one of the
+//! Slow path (§11.5, §11.6): a strongly consistent read of the shard (or the `ALL_OLD` image
+//! of the write that just failed on it, [`Inner::slow_from`]), then one of the
 //! commit shapes ([`super::commit`]), re-planned when it loses a race; and the writes of a
 //! pass under a live bypass stamp or one that only removes expired stamps.
 
@@ -23,20 +24,45 @@ pub(super) enum Step {
 
 impl Inner {
     pub(super) async fn slow(&self, cx: &Ctx<'_>, shard: i64, count_hint: Option<i64>) -> Result<Decided, StoreError> {
+        self.slow_from(cx, shard, count_hint, None).await
+    }
+
+    /// The slow path, its first pass planned on `found` when given: the `ALL_OLD` image of the
+    /// speculative write on `shard` that just failed. That image is the item as DynamoDB
+    /// evaluated the write's condition on, as consistent as the read it replaces (the library
+    /// reads here), and the commit's conditions fail if the item changed since, so the
+    /// answer is as exact and one read cheaper. Later passes read.
+    pub(super) async fn slow_from(
+        &self,
+        cx: &Ctx<'_>,
+        shard: i64,
+        count_hint: Option<i64>,
+        found: Option<BucketImage>,
+    ) -> Result<Decided, StoreError> {
         let mut shard = shard;
         let mut hint = count_hint;
+        let mut found = found;
         for _ in 0..SLOW_PATH_ATTEMPTS {
             let count = hint.unwrap_or_else(|| self.cached_count(&cx.id)).clamp(1, MAX_SHARD_COUNT);
             if shard >= count {
                 shard = rand::rng().random_range(0..count);
+                found = None;
             }
-            let item = self.db.get(&cx.pk(shard), keys::SK_STATE, true).await.map_err(unavailable)?;
-            self.before_commit(cx.pk(shard)).await;
-            let step = match item {
-                None => self.create(cx, shard, count).await?,
-                Some(item) => {
-                    let image = parse(&item)?;
+            let step = match found.take() {
+                Some(image) => {
+                    self.before_commit(cx.pk(shard)).await;
                     self.update(cx, shard, count, image).await?
+                }
+                None => {
+                    let item = self.db.get(&cx.pk(shard), keys::SK_STATE, true).await.map_err(unavailable)?;
+                    self.before_commit(cx.pk(shard)).await;
+                    match item {
+                        None => self.create(cx, shard, count).await?,
+                        Some(item) => {
+                            let image = parse(&item)?;
+                            self.update(cx, shard, count, image).await?
+                        }
+                    }
                 }
             };
             match step {
