@@ -128,6 +128,20 @@ pub struct SidePlan<'a> {
     pub requested: &'a [(String, i64)],
 }
 
+impl SidePlan<'_> {
+    /// How many requests like this one the balances cover at the decision's instant: the
+    /// fewest, over the limits an admission must keep (those with a guard), of the balance
+    /// over what one admission takes. `None`: no limit keeps anything (bypass, soft limits
+    /// only, nothing requested).
+    pub fn admissions(&self) -> Option<u64> {
+        self.limits
+            .iter()
+            .filter(|l| l.guard.is_some() && l.consumed > 0)
+            .map(|l| u64::try_from(l.start.tokens.0.max(0) / l.consumed).unwrap_or(0))
+            .min()
+    }
+}
+
 /// Plans one side at `now` (see the module docs).
 pub fn plan_side<'a>(input: SideInput<'a, '_>, now: EpochMillis) -> SidePlan<'a> {
     let bypass = input.access == Access::Bypass;
@@ -320,6 +334,7 @@ mod tests {
         assert!(plan.limits[2].soft);
         let guards: Vec<_> = plan.limits.iter().map(|l| l.guard).collect();
         assert_eq!(guards, [Some(Millitokens(2000)), None, None], "a soft or unrequested limit keeps nothing");
+        assert_eq!(plan.admissions(), Some(1), "rpm covers one such request; the soft tpm does not count");
         let judged = decide(&[plan], EpochMillis(6000));
         assert!(judged.admitted);
         assert_eq!(judged.reports.iter().map(|r| r.tokens.0).collect::<Vec<_>>(), [0, 70_000]);

@@ -5,11 +5,17 @@
 mod common;
 
 use common::*;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use zael_core::bucket::BucketLimit;
+use zael_core::bucket::{BucketLimit, Millitokens};
+use zael_core::store::{BucketStore, EntityOutcome, EntityRequest};
+
+/// The tests here measure requests against time on one moto: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
 async fn a_burst_on_an_exhausted_bucket_costs_a_few_requests_per_refilled_token() {
+    let _one = ONE_AT_A_TIME.lock().await;
     const BURST: u64 = 300;
     let table = table_name("near-empty");
     let ns = setup(&table, &["ns"]).await.remove(0);
@@ -64,6 +70,7 @@ async fn a_burst_on_an_exhausted_bucket_costs_a_few_requests_per_refilled_token(
 /// read), and the decision after it is rejected from the cache with none.
 #[tokio::test]
 async fn a_refilled_token_of_a_bucket_kept_over_its_limit_costs_one_write() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let table = table_name("near-empty-trickle");
     let ns = setup(&table, &["ns"]).await.remove(0);
     let pk = format!("{ns}/BUCKET#e#trickle#0");
@@ -92,4 +99,73 @@ async fn a_refilled_token_of_a_bucket_kept_over_its_limit_costs_one_write() {
     assert_eq!((writes, reads), (refilled as u64, 0), "one write per refilled token, none per rejection, no read");
     let item = get_item(&table, &pk).await.expect("bucket");
     assert_eq!(num(&item, "b_hits_tc"), admitted * 1000, "tc counts exactly what was admitted");
+}
+
+/// The burst of the first test on an entity bucket (a stored limit of 5 tokens and 5 a
+/// second): the entity path is gated near empty too.
+#[tokio::test]
+async fn a_burst_on_an_exhausted_entity_bucket_costs_a_few_requests_per_refilled_token() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    const BURST: u64 = 300;
+    const ENTITIES: &str =
+        "namespaces:\n  tenant:\n    entities:\n      burst: {resources: {gpt-4: {limits: [\"rpm:5/sec\"]}}}\n";
+    let table = table_name("near-empty-entity");
+    let path = std::env::temp_dir().join(format!("{table}.entities.yaml"));
+    std::fs::write(&path, ENTITIES).expect("write the entities file");
+    oracle(&["entities-file".into(), table.clone(), path.display().to_string()]).await;
+    std::fs::remove_file(&path).ok();
+    let ns = zael_table::admin::resolve_namespace(&client().await, &table, "tenant").await.expect("read").expect("ns");
+    let store = store(&table).await;
+    let request = EntityRequest {
+        namespace: "tenant".into(),
+        entity: "burst".into(),
+        resource: "gpt-4".into(),
+        consume: vec![(Arc::<str>::from("rpm"), Millitokens::from_tokens(1))],
+        reserve: true,
+    };
+    let acquire = |store: &zael_table::DynamoStore| {
+        let (store, request) = (store.clone(), request.clone());
+        async move {
+            match store.acquire(std::slice::from_ref(&request), now()).await.pop().expect("one") {
+                Ok(EntityOutcome::Admitted(_)) => Ok(true),
+                Ok(EntityOutcome::Rejected(_)) => Ok(false),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    };
+    let started = Instant::now();
+    let mut first = Vec::new();
+    for _ in 0..6 {
+        first.push(acquire(&store).await.expect("answered"));
+    }
+    assert_eq!(first.iter().filter(|a| **a).count(), 5 + usize::from(first[5]), "the capacity, and what refilled");
+    let before = store.calls();
+    let decisions = (0..BURST).map(|i| {
+        let acquire = &acquire;
+        let store = &store;
+        async move {
+            tokio::time::sleep(Duration::from_millis(i * 5)).await;
+            acquire(store).await
+        }
+    });
+    let answers = futures_util::future::join_all(decisions).await;
+    let elapsed = started.elapsed();
+    let calls = store.calls();
+    let requests = (calls.update_item - before.update_item)
+        + (calls.get_item - before.get_item)
+        + (calls.batch_get_item - before.batch_get_item)
+        + (calls.transact_write_items - before.transact_write_items);
+    let errors: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    let admitted = answers.iter().filter(|a| matches!(a, Ok(true))).count() + first.iter().filter(|a| **a).count();
+    let allowed = 5 + (elapsed.as_millis() as usize * 5).div_ceil(1000);
+    let item = get_item(&table, &format!("{ns}/BUCKET#burst#gpt-4#0")).await.expect("bucket");
+    eprintln!(
+        "{admitted} admitted of {allowed} allowed in {elapsed:?}; {requests} requests for {BURST} decisions; tc {}",
+        num(&item, "b_rpm_tc")
+    );
+    assert!(errors.is_empty(), "every decision answered: {errors:?}");
+    assert!(admitted <= allowed, "{admitted} admitted, the bucket allows {allowed}");
+    assert_eq!(num(&item, "b_rpm_tc"), admitted as i64 * 1000, "tc counts exactly what was admitted");
+    assert!(requests <= 60, "{requests} requests for {BURST} decisions of about 8 refilled tokens");
+    assert!(admitted >= 5 + 2, "the refill was admitted too: {admitted}");
 }

@@ -1,4 +1,4 @@
-//! Near-empty YAML-rule buckets: at most as many of this server's decisions at the table at
+//! Near-empty buckets (YAML rules, and entity buckets in `entity/fast.rs`): at most as many of this server's decisions at the table at
 //! once as the refill since the last short image covers (at least one), the rest waiting for
 //! one of them to land and then judged again, mostly by the rejection cache.
 //!

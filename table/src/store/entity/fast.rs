@@ -8,6 +8,7 @@ use zael_core::acquire;
 use zael_core::bucket::{BucketLimit, EpochMillis, Millitokens};
 use zael_core::store::{EntityOutcome, LimitReport, StoreError};
 
+use super::super::near_empty;
 use super::super::request::{parse, path, unavailable};
 use super::super::sharding::other_shards;
 use super::super::write::{Credit, Delta, Speculative};
@@ -15,6 +16,7 @@ use super::super::{BucketId, Inner};
 use super::Side;
 use crate::db::{DbError, Update};
 use crate::item::BucketImage;
+use crate::metrics as m;
 
 /// How a speculative write went.
 pub(in super::super) enum Fast {
@@ -63,15 +65,27 @@ impl Inner {
         now: EpochMillis,
     ) -> Result<EntityOutcome, StoreError> {
         // Known short from a recent image: rejected without a call (the child's own reports, or
-        // the parent's with the child's untouched balance).
-        if let Some(reports) = self.entity_known_short(&child, now) {
-            return Ok(self.cache_reject(reports));
-        }
-        if let Some(parent_reports) = parent.as_ref().and_then(|p| self.entity_known_short(p, now)) {
-            let mut reports = self.untouched(&child, now);
-            reports.extend(parent_reports);
-            return Ok(self.cache_reject(reports));
-        }
+        // the parent's with the child's untouched balance). Near empty, a decision waits for
+        // those of this server already at the table when the refill covers no more of them,
+        // then is judged again (`near_empty`, as for YAML rules); the permits are held until
+        // the decision lands.
+        let _permits = loop {
+            if let Some(reports) = self.entity_known_short(&child, now) {
+                return Ok(self.cache_reject(reports));
+            }
+            if let Some(parent_reports) = parent.as_ref().and_then(|p| self.entity_known_short(p, now)) {
+                let mut reports = self.untouched(&child, now);
+                reports.extend(parent_reports);
+                return Ok(self.cache_reject(reports));
+            }
+            match self.enter_near_empty(&child, parent.as_ref(), now) {
+                Ok(permits) => break permits,
+                Err(waiter) => {
+                    metrics::counter!(m::NEAR_EMPTY_WAITS).increment(1);
+                    waiter.landed(self.call_timeout).await;
+                }
+            }
+        };
         let (shard, _) = self.select_shard(&child.id, &[]);
         let parent_write = async {
             match &parent {
@@ -192,6 +206,26 @@ impl Inner {
                 self.slow_entity(&child, consume, shard, now).await
             }
         }
+    }
+
+    /// Places at the table for a decision on `child` (and `parent`, in that order) where their
+    /// buckets are gated near empty; `Err`: one is full, wait on it (the places taken are let
+    /// go).
+    fn enter_near_empty(
+        &self,
+        child: &Side,
+        parent: Option<&Side>,
+        now: EpochMillis,
+    ) -> Result<Vec<near_empty::Permit<'_>>, near_empty::Waiter<'_>> {
+        let mut permits = Vec::new();
+        for side in std::iter::once(child).chain(parent) {
+            match self.gates.enter(&side.id, self.entity_near_empty_slots(side, now)) {
+                None => {}
+                Some(near_empty::Entry::Go(permit)) => permits.push(permit),
+                Some(near_empty::Entry::Wait(waiter)) => return Err(waiter),
+            }
+        }
+        Ok(permits)
     }
 
     /// Up to two other shards ([`other_shards`]) of a rejected entity bucket: the first to admit

@@ -37,6 +37,21 @@ impl Inner {
         (image.shard_count == 1).then_some((image, 1))
     }
 
+    /// The near-empty gate's slots for `side` ([`super::super::near_empty`]): when its bucket
+    /// (one shard) is remembered short and the refill since covers the request, how many such
+    /// requests it covers (at least one). `None`: not known near empty, not gated.
+    pub(super) fn entity_near_empty_slots(&self, side: &Side, now: EpochMillis) -> Option<usize> {
+        if side.declared.is_empty() || side.overridden {
+            return None;
+        }
+        let (image, _) = self.short_image(&side.id, now)?;
+        if image.disabled || image.bypass.is_some() || image.vu.is_some_and(|v| v <= now.0) {
+            return None;
+        }
+        let covered = side.plan_on(&image, 0, now, false).admissions()?;
+        Some(usize::try_from(covered).unwrap_or(usize::MAX).max(1))
+    }
+
     /// The rejection `side` gets from memory: `Some` when every shard of its bucket is known
     /// short for the request at `now`.
     pub(super) fn entity_known_short(&self, side: &Side, now: EpochMillis) -> Option<Vec<LimitReport>> {
