@@ -301,3 +301,50 @@ async fn a_block_refused_on_an_expired_ttl_is_taken_through_the_slow_pass() {
     let full = CAPACITY as i64 * 1000;
     assert!((full - 1_020_000..=full - 1_020_000 + 2_000).contains(&tk), "tk {tk}");
 }
+
+/// A bucket spread over two shards (the write-unit bucket of shard 0 exhausted once, so the
+/// store doubled it), 2 x 16 callers asking for 1,280 tokens of its 1,000: blocks are taken shard by shard, each under that shard's share, and
+/// every admission is counted on the shard it was taken from; nothing is admitted beyond the
+/// whole capacity, nothing stays held.
+#[tokio::test]
+async fn a_sharded_bucket_is_reserved_shard_by_shard_within_each_share() {
+    let _heavy = HEAVY.lock().await;
+    const CAPACITY: i64 = 1000;
+    let table = table_name("reserve-sharded");
+    let ns = setup(&table, &["ns"]).await.remove(0);
+    let pk = |shard: i64| format!("{ns}/BUCKET#wide#api#{shard}");
+    let one = request("ns", "wide", "api", per_day(CAPACITY as u64), &[strict(1)]);
+    let plain = store(&table).await;
+    assert_eq!(admitted(&charge_one(&plain, &one, now()).await), [true]);
+    stamp(&table, &pk(0), &[("b_wcu_tk", n(-1_000_000_000))]).await;
+    assert_eq!(admitted(&charge_one(&plain, &one, now()).await), [true]);
+    assert_eq!(num(&get_item(&table, &pk(1)).await.expect("shard 1"), "shard_count"), 2, "doubled");
+    stamp(&table, &pk(0), &[("b_wcu_tk", n(1_000_000))]).await;
+    // Doubling leaves shard 0 its stored `tk` (the library's `_propagate_shard_count`): each
+    // shard is set to its share less what it admitted, so the two hold the capacity between them.
+    let share = CAPACITY * 1000 / 2;
+    for shard in 0..2 {
+        let (_, tc) = balance_and_usage(&table, &pk(shard)).await;
+        stamp(&table, &pk(shard), &[("b_hits_tk", n(share - tc))]).await;
+    }
+
+    let stores = [reserving_store(&table, 1000).await, reserving_store(&table, 1000).await];
+    let rust = charge_concurrently(&stores, 16, 40, &one).await as i64;
+    let writes: u64 = stores.iter().map(|s| s.calls().update_item + s.calls().transact_write_items).sum();
+    for store in &stores {
+        assert_eq!(store.close().await.1, 0, "nothing stranded");
+    }
+    let total = rust + 2;
+    eprintln!("sharded: {total} admitted with {writes} writes for {} decisions", 2 * 16 * 40);
+    assert!(total <= CAPACITY, "{total} admitted, the bucket holds {CAPACITY}");
+    assert!(writes < rust as u64, "decisions were answered from blocks: {writes} writes for {rust} admits");
+    let mut counted = 0;
+    for shard in 0..2 {
+        let (tk, tc) = balance_and_usage(&table, &pk(shard)).await;
+        assert!(tc > 0 && tc <= share, "shard {shard}: tc {tc} within its share {share}");
+        // What the shard holds is its share less what it gave, plus a day's refill of a minute.
+        assert!((share - tc..=share - tc + 1000).contains(&tk), "shard {shard}: tk {tk}, tc {tc}");
+        counted += tc;
+    }
+    assert_eq!(counted, total * 1000, "the shards' tc count every admission");
+}
