@@ -37,9 +37,10 @@ pub const FAST_ADMITS: &str = "zael_dynamodb_fast_admits_total";
 /// Buckets rejected from the rejection cache, without a DynamoDB request.
 pub const REJECTION_CACHE_HITS: &str = "zael_dynamodb_rejection_cache_hits_total";
 /// Bucket decisions by `path`: `fast_admit`, `fast_bypass`, `fast_reject`, `cache_reject`,
-/// `slow_create`, `slow_update`, `slow_retry`, `slow_retry_reject`, `slow_lost_reject`, `slow_reject`,
-/// `slow_bypass`, `disabled`, `reserved` (answered from a token reservation), and the extra writes `debt`, `double`, `param_sync`; and
-/// `unsupported` (answered unavailable).
+/// `slow_create`, `slow_update`, `slow_retry`, `slow_retry_reject`, `slow_lost_reject`,
+/// `slow_reject`, `slow_bypass`, `disabled`, `reserved` (answered from a token reservation),
+/// and the extra writes `debt`, `double`, `param_sync`; and `unsupported` (answered
+/// unavailable).
 pub const PATHS: &str = "zael_dynamodb_decisions_total";
 /// Bucket decisions answered from this server's token reservation, without a request.
 pub const RESERVED_DECISIONS: &str = "zael_reservation_local_decisions_total";

@@ -10,7 +10,7 @@ use super::slow_path::Step;
 use super::write::Consume;
 use super::{Inner, LIMIT_NAME};
 use crate::db::{DbError, Transact, Update};
-use crate::item::{BucketImage, NewBucket, NewLimit, StampRead, new_bucket_item};
+use crate::item::{BucketImage, LimitImage, NewBucket, NewLimit, StampRead, new_bucket_item};
 use crate::plan::{self, Admission, Plan};
 use zael_core::acquire::{self, Params, SideInput, SidePlan};
 use zael_core::bucket::Millitokens;
@@ -136,10 +136,10 @@ impl Inner {
                 // retry is bound to fail and its failure would reject from the same image: the
                 // rejection is taken from this one, one write sooner.
                 let found = parse(&item)?;
-                match plan.guard {
-                    Some(guard) if judgeable(&found).is_some_and(|h| h.tk < guard) => {
+                match (plan.guard, judgeable(&found)) {
+                    (Some(guard), Some(h)) if h.tk < guard => {
                         path("slow_lost_reject");
-                        self.reject_found(cx, shard, &found).await
+                        self.reject_found(cx, shard, &found, h).await
                     }
                     _ => self.retry(cx, shard, &plan, &side, if hits.is_some() { sc } else { seed_count }).await,
                 }
@@ -180,21 +180,26 @@ impl Inner {
             Ok(Update::ConditionFailed(None)) | Err(DbError::Conflict) => Ok(Step::Replan(Some(count))),
             Ok(Update::ConditionFailed(Some(item))) => {
                 let image = parse(&item)?;
-                if judgeable(&image).is_none() {
+                let Some(hits) = judgeable(&image) else {
                     let count = if image.limit(LIMIT_NAME).is_some() { image.shard_count } else { count };
                     return Ok(Step::Replan(Some(count)));
-                }
+                };
                 path("slow_retry_reject");
-                self.reject_found(cx, shard, &image).await
+                self.reject_found(cx, shard, &image, hits).await
             }
             Err(e) => Err(unavailable(e)),
         }
     }
 
-    /// The rejection a lost commit's `ALL_OLD` image proves ([`judgeable`]): every strict
-    /// charge fails; debt charges are still recorded.
-    async fn reject_found(&self, cx: &Ctx<'_>, shard: i64, image: &BucketImage) -> Result<Step, StoreError> {
-        let Some(hits) = image.limit(LIMIT_NAME) else { return Ok(Step::Replan(Some(image.shard_count))) };
+    /// The rejection a lost commit's `ALL_OLD` image proves, `hits` its rule's limit
+    /// ([`judgeable`]): every strict charge fails; debt charges are still recorded.
+    async fn reject_found(
+        &self,
+        cx: &Ctx<'_>,
+        shard: i64,
+        image: &BucketImage,
+        hits: &LimitImage,
+    ) -> Result<Step, StoreError> {
         self.remember(cx, shard, image);
         let (p, cap) = image.shard_balance(hits, 0, cx.now);
         let rejected = plan::reject_all(p.tokens.0, p.refilled_at, cap.0, cx.charges);
@@ -208,7 +213,7 @@ impl Inner {
 
 /// The rule's limit on a lost commit's image, when a rejection may be judged from it: the
 /// item is enabled, holds nothing a YAML rule cannot judge and no bypass stamp.
-fn judgeable(image: &BucketImage) -> Option<&crate::item::LimitImage> {
+fn judgeable(image: &BucketImage) -> Option<&LimitImage> {
     if image.disabled || image.yaml_unsupported().is_some() || image.bypass.is_some() {
         return None;
     }

@@ -1,6 +1,7 @@
-//! Near-empty buckets (YAML rules, and entity buckets in `entity/fast.rs`): at most as many of this server's decisions at the table at
-//! once as the refill since the last short image covers (at least one), the rest waiting for
-//! one of them to land and then judged again, mostly by the rejection cache.
+//! Near-empty buckets (YAML rules, and entity buckets in `entity/fast.rs`): at most as many
+//! of this server's decisions at the table at once as the refill since the last short image
+//! covers (at least one), the rest waiting for one of them to land and then judged again,
+//! mostly by the rejection cache.
 //!
 //! Why: a bucket kept over its limit refills a token now and then; every decision arriving
 //! after that instant finds the rejection cache's image covering it, so without a gate all of

@@ -41,11 +41,11 @@ impl Inner {
     /// (one shard) is remembered short and the refill since covers the request, how many such
     /// requests it covers (at least one). `None`: not known near empty, not gated.
     pub(super) fn entity_near_empty_slots(&self, side: &Side, now: EpochMillis) -> Option<usize> {
-        if side.declared.is_empty() || side.overridden {
+        if !judged_from_memory(side) {
             return None;
         }
         let (image, _) = self.short_image(&side.id, now)?;
-        if image.disabled || image.bypass.is_some() || image.vu.is_some_and(|v| v <= now.0) {
+        if !judgeable(&image, now) {
             return None;
         }
         let covered = side.plan_on(&image, 0, now, false).admissions()?;
@@ -55,7 +55,7 @@ impl Inner {
     /// The rejection `side` gets from memory: `Some` when every shard of its bucket is known
     /// short for the request at `now`.
     pub(super) fn entity_known_short(&self, side: &Side, now: EpochMillis) -> Option<Vec<LimitReport>> {
-        if !self.rejection_cache || side.declared.is_empty() || side.overridden {
+        if !self.rejection_cache || !judged_from_memory(side) {
             return None;
         }
         let count = self.cached_count(&side.id);
@@ -63,7 +63,7 @@ impl Inner {
         let mut reports = None;
         for shard in 0..count {
             let (_, image) = shards.iter().find(|(s, _)| *s == shard)?;
-            if image.vu.is_some_and(|v| v <= now.0) || image.disabled || image.bypass.is_some() {
+            if !judgeable(image, now) {
                 return None;
             }
             // A limit with a soft stamp, even a stale one, may admit through the speculative write.
@@ -76,4 +76,16 @@ impl Inner {
         }
         reports
     }
+}
+
+/// Whether a decision of `side` may be judged from remembered images: it requests a limit of
+/// the bucket and takes the stored limits (an override is the request's own).
+fn judged_from_memory(side: &Side) -> bool {
+    !side.declared.is_empty() && !side.overridden
+}
+
+/// Whether a remembered image still judges decisions at `now`: enabled, not bypassed, its
+/// `vu` (if any) not passed.
+fn judgeable(image: &BucketImage, now: EpochMillis) -> bool {
+    !image.disabled && image.bypass.is_none() && image.vu.is_none_or(|v| v > now.0)
 }
