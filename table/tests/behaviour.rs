@@ -57,15 +57,10 @@ async fn open(kind: Kind, entities: &str) -> Stores {
         }
         Kind::Dynamo => {
             let table = table_name("behaviour");
-            let path = std::env::temp_dir().join(format!("{table}.entities.yaml"));
-            std::fs::write(&path, entities).expect("write the entities file");
-            oracle(&["entities-file".into(), table.clone(), path.display().to_string()]).await;
-            std::fs::remove_file(&path).ok();
-            let client = client().await;
+            load_entities(&table, entities).await;
             let mut ids = Vec::new();
             for ns in parsed.namespaces.keys() {
-                let id = zael_table::admin::resolve_namespace(&client, &table, ns).await.expect("read").expect("ns");
-                ids.push((ns.clone(), id));
+                ids.push((ns.clone(), namespace_id(&table, ns).await));
             }
             Stores { store: Arc::new(store(&table).await), memory: None, table: Some((table, ids)) }
         }

@@ -110,11 +110,8 @@ async fn a_burst_on_an_exhausted_entity_bucket_costs_a_few_requests_per_refilled
     const ENTITIES: &str =
         "namespaces:\n  tenant:\n    entities:\n      burst: {resources: {gpt-4: {limits: [\"rpm:5/sec\"]}}}\n";
     let table = table_name("near-empty-entity");
-    let path = std::env::temp_dir().join(format!("{table}.entities.yaml"));
-    std::fs::write(&path, ENTITIES).expect("write the entities file");
-    oracle(&["entities-file".into(), table.clone(), path.display().to_string()]).await;
-    std::fs::remove_file(&path).ok();
-    let ns = zael_table::admin::resolve_namespace(&client().await, &table, "tenant").await.expect("read").expect("ns");
+    load_entities(&table, ENTITIES).await;
+    let ns = namespace_id(&table, "tenant").await;
     let store = store(&table).await;
     let request = EntityRequest {
         namespace: "tenant".into(),

@@ -303,9 +303,9 @@ async fn a_block_refused_on_an_expired_ttl_is_taken_through_the_slow_pass() {
 }
 
 /// A bucket spread over two shards (the write-unit bucket of shard 0 exhausted once, so the
-/// store doubled it), 2 x 16 callers asking for 1,280 tokens of its 1,000: blocks are taken shard by shard, each under that shard's share, and
-/// every admission is counted on the shard it was taken from; nothing is admitted beyond the
-/// whole capacity, nothing stays held.
+/// store doubled it), 2 x 16 callers asking for 1,280 tokens of its 1,000: blocks are taken
+/// shard by shard, each under that shard's share, and every admission is counted on the shard
+/// it was taken from; nothing is admitted beyond the whole capacity, nothing stays held.
 #[tokio::test]
 async fn a_sharded_bucket_is_reserved_shard_by_shard_within_each_share() {
     let _heavy = HEAVY.lock().await;

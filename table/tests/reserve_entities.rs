@@ -31,11 +31,8 @@ static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn entities_table(test: &str) -> (String, String) {
     let table = table_name(test);
-    let path = std::env::temp_dir().join(format!("{table}.entities.yaml"));
-    std::fs::write(&path, ENTITIES).expect("write the entities file");
-    oracle(&["entities-file".into(), table.clone(), path.display().to_string()]).await;
-    std::fs::remove_file(&path).ok();
-    let ns = zael_table::admin::resolve_namespace(&client().await, &table, "tenant").await.expect("read").expect("ns");
+    load_entities(&table, ENTITIES).await;
+    let ns = namespace_id(&table, "tenant").await;
     (table, ns)
 }
 

@@ -220,6 +220,20 @@ pub fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
+/// Writes `entities` (an `--entities` file) into `table` through the library
+/// (`oracle.py entities-file`).
+pub async fn load_entities(table: &str, entities: &str) {
+    let path = std::env::temp_dir().join(format!("{table}.entities.yaml"));
+    std::fs::write(&path, entities).expect("write the entities file");
+    oracle(&["entities-file".into(), table.to_owned(), path.display().to_string()]).await;
+    std::fs::remove_file(&path).ok();
+}
+
+/// The id of namespace `name` in `table`.
+pub async fn namespace_id(table: &str, name: &str) -> String {
+    zael_table::admin::resolve_namespace(&client().await, table, name).await.expect("read").expect("ns")
+}
+
 /// Runs the Python oracle with the moto endpoint and dummy credentials; its JSON stdout.
 pub async fn oracle(args: &[String]) -> String {
     let mut cmd = tokio::process::Command::new(python());
