@@ -7,10 +7,9 @@
 //! [`Status`] per descriptor and the overall code.
 
 use crate::bucket::{BucketLimit, BucketState, Charge, ChargeOutcome, EpochMillis, Millitokens};
-use crate::config::{RateLimitConfig, RuleLimit, Unit};
+use crate::config::{Metadata, RateLimitConfig, Rule, RuleLimit, Unit};
 use crate::keys::{BucketKey, encode_entries, override_resource};
 use crate::store::{BucketRequest, EntityOutcome, EntityRequest};
-use entity::EntityReporting;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -141,8 +140,13 @@ pub struct Status {
     pub near_limit: bool,
     /// The matched rule's place in the config (`override` for overrides), for per-rule metrics.
     pub rule: Option<Arc<str>>,
-    /// The rule asks for metrics per request value (`detailed_metric`).
-    pub detailed_metric: bool,
+    /// The rule metric label made of the request's values (`detailed_metric`,
+    /// `value_to_metric`), used instead of `rule` when set.
+    pub values_label: Option<String>,
+    /// The rule is in quota mode (`quota_mode: true`, or the global setting).
+    pub quota_mode: bool,
+    /// The rule's `metadata:`, for the response's dynamic metadata.
+    pub metadata: Option<Arc<Metadata>>,
 }
 
 impl Status {
@@ -155,7 +159,9 @@ impl Status {
             kind: StatusKind::NoLimit,
             near_limit: false,
             rule: None,
-            detailed_metric: false,
+            values_label: None,
+            quota_mode: false,
+            metadata: None,
         }
     }
 
@@ -171,13 +177,65 @@ pub struct Decision {
     pub statuses: Vec<Status>,
 }
 
+/// Request-wide settings of [`Plan::decide`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Modes {
+    /// `--shadow-mode`: the overall code is OK whatever the statuses say.
+    pub shadow: bool,
+    /// `--quota-mode` (the reference's `QUOTA_MODE`): every descriptor is a quota one.
+    pub quota: bool,
+}
+
+/// How a matched rule's statuses are reported: what the rule says beyond its limit.
+#[derive(Clone, Debug)]
+struct Reporting {
+    shadow: bool,
+    quota: bool,
+    rule: Arc<str>,
+    values_label: Option<String>,
+    metadata: Option<Arc<Metadata>>,
+}
+
+impl Reporting {
+    fn of(rule: &Rule, entries: &[(&str, &str)]) -> Self {
+        Reporting {
+            shadow: rule.shadow_mode,
+            quota: rule.quota_mode,
+            rule: rule.path.clone(),
+            values_label: rule.steps.values_label(entries, rule.detailed_metric),
+            metadata: rule.metadata.clone(),
+        }
+    }
+
+    /// A descriptor's own `limit`: no shadow or quota mode, no metadata (as the reference).
+    fn of_override() -> Self {
+        Reporting { shadow: false, quota: false, rule: "override".into(), values_label: None, metadata: None }
+    }
+
+    /// The status for `code` as the rule reports it: shadow mode turns over into OK.
+    fn status(&self, code: Code, kind: StatusKind) -> Status {
+        let (code, kind) =
+            if code == Code::OverLimit && self.shadow { (Code::Ok, StatusKind::Shadow) } else { (code, kind) };
+        Status {
+            code,
+            current_limit: None,
+            limit_remaining: 0,
+            duration_until_reset_secs: None,
+            kind,
+            near_limit: false,
+            rule: Some(self.rule.clone()),
+            values_label: self.values_label.clone(),
+            quota_mode: self.quota,
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Limited {
     limit: ReportedLimit,
     bucket_limit: BucketLimit,
-    shadow: bool,
-    rule: Arc<str>,
-    detailed_metric: bool,
+    reporting: Reporting,
 }
 
 #[derive(Clone, Debug)]
@@ -194,7 +252,7 @@ enum Slot {
     },
     /// An entity rule: the `entity`-th entity request.
     Entity {
-        reporting: EntityReporting,
+        reporting: Reporting,
         entity: usize,
     },
 }
@@ -249,7 +307,7 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Result<Plan, Req
     };
     for (index, (descriptor, rule)) in request.descriptors.iter().zip(rules).enumerate() {
         let cost = descriptor.hits_addend.unwrap_or(request_cost);
-        let (limited, resource, allow_debt, reserve) = match (descriptor.limit_override, rule) {
+        let (limited, resource, entity, allow_debt, reserve) = match (descriptor.limit_override, rule) {
             (Some(o), rule) => {
                 // An override shares the bucket of the config limit on the same entries and
                 // unit, so the dynamic limit and the configured one count together.
@@ -260,11 +318,10 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Result<Plan, Req
                 let limited = Limited {
                     limit: ReportedLimit { requests_per_unit: o.requests_per_unit, unit: o.unit, name: "".into() },
                     bucket_limit: bucket_limit(o.requests_per_unit, None, o.unit),
-                    shadow: false,
-                    rule: "override".into(),
-                    detailed_metric: false,
+                    reporting: Reporting::of_override(),
                 };
-                (limited, resource, false, rule.is_none_or(|r| r.reserve))
+                let entity = encode_entries(descriptor.entries.iter().copied());
+                (limited, resource, entity, false, rule.is_none_or(|r| r.reserve))
             }
             (None, None) => {
                 plan.slots.push(Slot::NoLimit);
@@ -282,11 +339,7 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Result<Plan, Req
                 RuleLimit::Entity(entity) => {
                     let request =
                         entity::request(entity, &domain.namespace, &descriptor.entries, cost, index, rule.reserve)?;
-                    let reporting = EntityReporting {
-                        shadow: rule.shadow_mode,
-                        rule: rule.path.clone(),
-                        detailed_metric: rule.detailed_metric,
-                    };
+                    let reporting = Reporting::of(rule, &descriptor.entries);
                     plan.entities.push(request);
                     plan.slots.push(Slot::Entity { reporting, entity: plan.entities.len() - 1 });
                     continue;
@@ -295,11 +348,10 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Result<Plan, Req
                     let limited = Limited {
                         limit: ReportedLimit { requests_per_unit, unit, name: rule.name.clone() },
                         bucket_limit: bucket_limit(requests_per_unit, burst, unit),
-                        shadow: rule.shadow_mode,
-                        rule: rule.path.clone(),
-                        detailed_metric: rule.detailed_metric,
+                        reporting: Reporting::of(rule, &descriptor.entries),
                     };
-                    (limited, rule.resource.clone(), rule.allow_debt, rule.reserve)
+                    let entity = rule.steps.bucket_entity(&descriptor.entries);
+                    (limited, rule.resource.clone(), entity, rule.allow_debt, rule.reserve)
                 }
             },
         };
@@ -307,11 +359,7 @@ pub fn plan(config: &RateLimitConfig, request: &Request<'_>) -> Result<Plan, Req
             plan.slots.push(Slot::Blocked(limited));
             continue;
         }
-        let key = BucketKey {
-            namespace: domain.namespace.clone(),
-            resource,
-            entity: encode_entries(descriptor.entries.iter().copied()),
-        };
+        let key = BucketKey { namespace: domain.namespace.clone(), resource, entity };
         let charge = Charge { cost, allow_debt };
         let bucket = match plan.buckets.iter().position(|b| b.key == key) {
             Some(i) => {
@@ -344,17 +392,12 @@ impl Limited {
     }
 
     fn status(&self, code: Code, remaining: u32, reset_secs: u64, kind: StatusKind, near_limit: bool) -> Status {
-        let (code, kind) =
-            if code == Code::OverLimit && self.shadow { (Code::Ok, StatusKind::Shadow) } else { (code, kind) };
         Status {
-            code,
             current_limit: Some(self.limit.clone()),
             limit_remaining: remaining,
             duration_until_reset_secs: Some(reset_secs),
-            kind,
             near_limit,
-            rule: Some(self.rule.clone()),
-            detailed_metric: self.detailed_metric,
+            ..self.reporting.status(code, kind)
         }
     }
 
@@ -396,14 +439,17 @@ impl Plan {
     }
 
     /// Builds the answer from the store's outcomes (one list per bucket request, one outcome
-    /// per charge; one outcome per entity request). With `global_shadow`, the overall code is
-    /// OK whatever the statuses say.
+    /// per charge; one outcome per entity request). The overall code is OVER_LIMIT when a
+    /// descriptor that is not in quota mode is over, or when the request has quota
+    /// descriptors and every one of them is over (envoyproxy/ratelimit's
+    /// `shouldRateLimitWorker`; under the global quota mode every descriptor with no
+    /// `unlimited` rule is a quota one, those without a rule included); and OK in shadow mode.
     pub fn decide(
         &self,
         outcomes: &[Vec<ChargeOutcome>],
         entities: &[EntityOutcome],
         now: EpochMillis,
-        global_shadow: bool,
+        modes: Modes,
     ) -> Decision {
         let statuses: Vec<Status> = self
             .slots
@@ -415,8 +461,8 @@ impl Plan {
                     limited.status(Code::OverLimit, 0, limited.limit.unit.seconds(), StatusKind::OverLimit, false)
                 }
                 Slot::Entity { reporting, entity } => match entities.get(*entity) {
-                    Some(outcome) => reporting.decide(outcome),
-                    None => reporting.decide(&EntityOutcome::Rejected(Vec::new())),
+                    Some(outcome) => reporting.decide_entity(outcome),
+                    None => reporting.decide_entity(&EntityOutcome::Rejected(Vec::new())),
                 },
                 Slot::Charged { limited, bucket, charge, cost } => {
                     match outcomes.get(*bucket).and_then(|o| o.get(*charge)) {
@@ -433,8 +479,18 @@ impl Plan {
                 }
             })
             .collect();
-        let over = statuses.iter().any(|s| s.code == Code::OverLimit);
-        let overall = if over && !global_shadow { Code::OverLimit } else { Code::Ok };
+        let (mut quota, mut quota_over, mut over) = (0, 0, false);
+        for status in statuses.iter().filter(|s| s.kind != StatusKind::Unlimited) {
+            let is_over = status.code == Code::OverLimit;
+            if modes.quota || status.quota_mode {
+                quota += 1;
+                quota_over += usize::from(is_over);
+            } else {
+                over |= is_over;
+            }
+        }
+        let over = over || (quota > 0 && quota == quota_over);
+        let overall = if over && !modes.shadow { Code::OverLimit } else { Code::Ok };
         Decision { overall, statuses }
     }
 }
@@ -444,5 +500,7 @@ pub use entity::reported_rate;
 
 #[cfg(test)]
 mod entity_tests;
+#[cfg(test)]
+mod modes_tests;
 #[cfg(test)]
 mod tests;

@@ -26,7 +26,7 @@
 //! for expected in [Code::Ok, Code::OverLimit] {
 //!     let plan = plan(&config, &request).unwrap();
 //!     let outcomes: Vec<_> = plan.bucket_requests().iter().map(|r| store.charge_bucket(r, now)).collect();
-//!     assert_eq!(plan.decide(&outcomes, &[], now, false).overall, expected);
+//!     assert_eq!(plan.decide(&outcomes, &[], now, Default::default()).overall, expected);
 //! }
 //! ```
 

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use zael_api::limiter_server::LimiterServer;
 use zael_core::bucket::Millitokens;
-use zael_core::config::load_path;
+use zael_core::config::{LoadOptions, load_path};
 use zael_core::entities::Entities;
 use zael_core::lease::LeaseKey;
 use zael_core::memory::MemoryStore;
@@ -29,12 +29,12 @@ use zael_core::store::BucketStore;
 const HEALTH_SERVICES: [&str; 2] = ["", "ratelimit"];
 
 /// `--validate`: every error on stderr with its file; exit 1 if invalid, 0 if valid.
-pub fn validate(config: Option<&Path>) -> ExitCode {
+pub fn validate(config: Option<&Path>, options: LoadOptions) -> ExitCode {
     let Some(path) = config else {
         eprintln!("Error: --validate needs --config PATH");
         return ExitCode::from(2);
     };
-    match load_path(path) {
+    match load_path(path, options) {
         Ok(config) => {
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
@@ -130,7 +130,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     })?;
 
-    let config = Arc::new(ConfigHolder::default());
+    let config = Arc::new(ConfigHolder::new(cli.load_options()));
     let _watcher = match &cli.config {
         Some(path) => {
             config.reload(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))?;
@@ -146,7 +146,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let limiter = Arc::new(RateLimiter {
         config: config.clone(),
         store,
-        global_shadow: cli.shadow_mode,
+        modes: cli.modes(),
+        dynamic_metadata: cli.response_dynamic_metadata,
         on_unavailable: cli.on_unavailable,
         response_headers: cli.response_headers.then(|| HeaderNames {
             limit: cli.response_header_limit.clone(),

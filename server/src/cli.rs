@@ -5,6 +5,8 @@ use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use zael_core::config::LoadOptions;
+use zael_core::decision::Modes;
 use zael_core::store::OnUnavailable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -54,6 +56,21 @@ pub struct Cli {
     /// Report OVER_LIMIT statuses but always answer overall OK.
     #[arg(long, env = "ZAEL_SHADOW_MODE")]
     pub shadow_mode: bool,
+
+    /// Treat every descriptor as a quota one (the reference's `QUOTA_MODE`): a request is
+    /// over only when all of its limited descriptors are.
+    #[arg(long, env = "ZAEL_QUOTA_MODE")]
+    pub quota_mode: bool,
+
+    /// Let a domain be spread over several config files, merging their top-level descriptors
+    /// (the reference's `MERGE_DOMAIN_CONFIG`); off, a domain in two files is an error.
+    #[arg(long, env = "ZAEL_MERGE_DOMAIN_CONFIG")]
+    pub merge_domain_config: bool,
+
+    /// Return the request and the passed rules' `metadata:` in the response's dynamic
+    /// metadata (the reference's `RESPONSE_DYNAMIC_METADATA`).
+    #[arg(long, env = "ZAEL_RESPONSE_DYNAMIC_METADATA")]
+    pub response_dynamic_metadata: bool,
 
     /// Load the config, print every error with its file, and exit (1 if invalid, 0 if valid).
     #[arg(long)]
@@ -219,6 +236,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: u64 =
         number.trim().parse().map_err(|_| format!("invalid duration '{text}' (examples: 250ms, 2s, 1m)"))?;
     Ok(Duration::from_millis(value.saturating_mul(scale_ms)))
+}
+
+impl Cli {
+    /// How the config's files are put together (`--merge-domain-config`).
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions { merge_domains: self.merge_domain_config }
+    }
+
+    /// The request-wide decision settings (`--shadow-mode`, `--quota-mode`).
+    pub fn modes(&self) -> Modes {
+        Modes { shadow: self.shadow_mode, quota: self.quota_mode }
+    }
 }
 
 #[cfg(test)]

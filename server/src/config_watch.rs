@@ -7,7 +7,7 @@ use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use zael_core::config::{ConfigErrors, RateLimitConfig, compile, read_sources};
+use zael_core::config::{ConfigErrors, LoadOptions, RateLimitConfig, compile, read_sources};
 
 /// Quiet time after the last file event before reloading, so an editor's or Kubernetes'
 /// several writes make one reload.
@@ -17,16 +17,22 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 #[derive(Default)]
 pub struct ConfigHolder {
     current: ArcSwapOption<RateLimitConfig>,
+    options: LoadOptions,
 }
 
 impl ConfigHolder {
+    /// A holder with no config yet, loading with `options`.
+    pub fn new(options: LoadOptions) -> Self {
+        ConfigHolder { current: ArcSwapOption::empty(), options }
+    }
+
     pub fn current(&self) -> Option<Arc<RateLimitConfig>> {
         self.current.load_full()
     }
 
     /// Loads `path`; on success it replaces the config in force.
     pub fn reload(&self, path: &Path) -> Result<(), ConfigErrors> {
-        self.apply(path, read_sources(path).and_then(compile))
+        self.apply(path, read_sources(path).and_then(|sources| compile(sources, self.options)))
     }
 
     fn apply(&self, path: &Path, loaded: Result<RateLimitConfig, ConfigErrors>) -> Result<(), ConfigErrors> {
@@ -88,7 +94,7 @@ pub fn watch(holder: Arc<ConfigHolder>, path: PathBuf) -> anyhow::Result<notify:
                     }
                     *last = Some(sources.clone());
                 }
-                holder.apply(&path, sources.and_then(compile))
+                holder.apply(&path, sources.and_then(|sources| compile(sources, holder.options)))
             })
             .await;
             if let Ok(Err(_)) = reloaded {

@@ -4,6 +4,7 @@
 mod app;
 mod cli;
 mod config_watch;
+mod dynamic_metadata;
 mod fail_open;
 mod http;
 mod limiter_api;
@@ -26,7 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     if cli.validate {
-        return app::validate(cli.config.as_deref());
+        return app::validate(cli.config.as_deref(), cli.load_options());
     }
     let workers = cli.worker_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build()

@@ -11,7 +11,8 @@ pub const DECISIONS: &str = "zael_decisions_total";
 /// Descriptors answered, by `domain` and `code` (`ok`, `over_limit`, `shadow`, `no_limit`, `unlimited`).
 pub const DESCRIPTORS: &str = "zael_descriptors_total";
 /// Limited descriptors by `domain`, `rule` (the rule's place in the config, e.g.
-/// `user/path=%2Fapi*`, or with `detailed_metric` the request's entries) and `code`.
+/// `user/path=%2Fapi*`, or with `detailed_metric` or `value_to_metric` the reference's stats
+/// key made of the request's values, e.g. `user_alice.path_/api*`) and `code`.
 pub const RULE_DECISIONS: &str = "zael_rule_decisions_total";
 /// Admitted descriptors that left less than a fifth of the capacity, by `domain`.
 pub const NEAR_LIMIT: &str = "zael_near_limit_total";
@@ -168,7 +169,8 @@ impl DomainMetrics {
         counters[kind_index(kind)].increment(1);
     }
 
-    /// Counts a `detailed_metric` descriptor under a label made of its request values.
+    /// Counts a `detailed_metric` or `value_to_metric` descriptor under a label made of its
+    /// request values.
     pub fn detailed_rule(&self, label: String, kind: StatusKind) {
         counter!(RULE_DECISIONS, "domain" => self.name.clone(), "rule" => label, "code" => kind_label(kind))
             .increment(1);

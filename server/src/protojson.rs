@@ -159,6 +159,9 @@ pub fn response_json(response: &RateLimitResponse) -> Value {
             response.response_headers_to_add.iter().map(|h| json!({"key": h.key, "value": h.value})).collect();
         out.insert("responseHeadersToAdd".into(), Value::Array(headers));
     }
+    if let Some(metadata) = &response.dynamic_metadata {
+        out.insert("dynamicMetadata".into(), crate::dynamic_metadata::struct_json(metadata));
+    }
     Value::Object(out)
 }
 

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use zael_core::bucket::{ChargeOutcome, EpochMillis};
 use zael_core::config::Unit;
-use zael_core::decision::{self, Code, Decision, LimitOverride, StatusKind};
+use zael_core::decision::{self, Code, Decision, LimitOverride, Modes, StatusKind};
 use zael_core::store::{BucketStore, EntityOutcome, OnUnavailable};
 
 /// Names of the headers `--response-headers` adds.
@@ -35,7 +35,11 @@ pub struct HeaderNames {
 pub struct RateLimiter {
     pub config: Arc<ConfigHolder>,
     pub store: Arc<dyn BucketStore>,
-    pub global_shadow: bool,
+    /// `--shadow-mode` and `--quota-mode`.
+    pub modes: Modes,
+    /// `--response-dynamic-metadata`: answers carry the request and the passed rules'
+    /// metadata (see `dynamic_metadata`).
+    pub dynamic_metadata: bool,
     pub response_headers: Option<HeaderNames>,
     /// `--on-unavailable`: overrides the store's own failure policy (see `fail_open`).
     pub on_unavailable: Option<OnUnavailable>,
@@ -151,11 +155,14 @@ fn wire_status(s: &decision::Status) -> DescriptorStatus {
     }
 }
 
-/// The status the `RateLimit-*` headers describe: the first over-limit one, else the one
-/// with the least remaining; only statuses with a limit count.
+/// The status the `RateLimit-*` headers describe: the first over-limit one not in quota mode,
+/// else the one with the least remaining; only statuses with a limit count.
 fn most_constrained(decision: &Decision) -> Option<&decision::Status> {
     let limited = decision.statuses.iter().filter(|s| s.current_limit.is_some());
-    limited.clone().find(|s| s.code == Code::OverLimit).or_else(|| limited.min_by_key(|s| s.limit_remaining))
+    limited
+        .clone()
+        .find(|s| s.code == Code::OverLimit && !s.quota_mode)
+        .or_else(|| limited.min_by_key(|s| s.limit_remaining))
 }
 
 fn header(key: &str, value: String) -> HeaderValue {
@@ -178,9 +185,14 @@ impl RateLimiter {
         let now = EpochMillis::now();
         let (outcomes, entities) = tokio::join!(self.charge(&plan, &request.domain, now), self.acquire(&plan, now));
         let (outcomes, entities) = (outcomes?, entities?);
-        let decision = plan.decide(&outcomes, &entities, now, self.global_shadow);
-        record_metrics(plan.domain().unwrap_or(m::UNKNOWN_DOMAIN), &core, &decision, started);
-        Ok(self.response(&decision))
+        let decision = plan.decide(&outcomes, &entities, now, self.modes);
+        record_metrics(plan.domain().unwrap_or(m::UNKNOWN_DOMAIN), &decision, started);
+        let mut response = self.response(&decision);
+        if self.dynamic_metadata {
+            response.dynamic_metadata =
+                Some(crate::dynamic_metadata::to_struct(&crate::dynamic_metadata::build(request, &decision)));
+        }
+        Ok(response)
     }
 
     /// The plan's bucket charges, with the failure policy applied when the store fails.
@@ -248,32 +260,17 @@ impl RateLimiter {
     }
 }
 
-/// With `detailed_metric`, the rule label is the request's own entries as
-/// `key_value.key_value` (as envoyproxy/ratelimit's detailed stats keys).
-fn detailed_label(descriptor: &decision::Descriptor<'_>) -> String {
-    let mut label = String::new();
-    for (i, (key, value)) in descriptor.entries.iter().enumerate() {
-        if i > 0 {
-            label.push('.');
-        }
-        label.push_str(key);
-        label.push('_');
-        label.push_str(value);
-    }
-    label
-}
-
-fn record_metrics(domain: &str, request: &decision::Request<'_>, decision: &Decision, started: Instant) {
+fn record_metrics(domain: &str, decision: &Decision, started: Instant) {
     let metrics = m::DECISION_METRICS.domain(domain);
     metrics.decision(decision.overall == Code::OverLimit);
     let mut any_over = false;
-    for (status, descriptor) in decision.statuses.iter().zip(&request.descriptors) {
+    for status in &decision.statuses {
         any_over |= status.kind == StatusKind::OverLimit;
         metrics.descriptor(status.kind, status.near_limit);
-        match &status.rule {
-            Some(_) if status.detailed_metric => metrics.detailed_rule(detailed_label(descriptor), status.kind),
-            Some(rule) => metrics.rule(rule, status.kind),
-            None => {}
+        match (&status.rule, &status.values_label) {
+            (Some(_), Some(label)) => metrics.detailed_rule(label.clone(), status.kind),
+            (Some(rule), None) => metrics.rule(rule, status.kind),
+            (None, _) => {}
         }
     }
     if any_over && decision.overall == Code::Ok {

@@ -292,6 +292,136 @@ descriptors:
     }
 }
 
+/// The reference's rule keys beyond the limit: `share_threshold`, `quota_mode` and
+/// `metadata` (the server runs with `ARGS`).
+pub mod rule_keys {
+    use crate::*;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    use serde_json::{Value as Json, json};
+
+    pub const CONFIG: &str = r#"
+domain: keys
+descriptors:
+  - key: files
+    value: "files/*"
+    share_threshold: true
+    rate_limit: {unit: minute, requests_per_unit: 2, name: shared}
+  - key: own
+    value: "files/*"
+    rate_limit: {unit: minute, requests_per_unit: 2, name: own}
+  - key: regular
+    rate_limit: {unit: minute, requests_per_unit: 1, name: regular}
+  - key: quota
+    quota_mode: true
+    metadata: {plan: {tier: free}, note: quota}
+    rate_limit: {unit: minute, requests_per_unit: 1, name: quota}
+  - key: tagged
+    metadata: {plan: {region: eu}, note: tagged}
+    rate_limit: {unit: minute, requests_per_unit: 5, name: tagged}
+"#;
+
+    /// The flags the server of these scenarios runs with.
+    pub const ARGS: &[&str] = &["--response-dynamic-metadata"];
+
+    /// The response's dynamic metadata as JSON (numbers as protojson writes whole ones).
+    pub fn metadata_json(response: &RateLimitResponse) -> Json {
+        fn value(v: &Value) -> Json {
+            match &v.kind {
+                Some(Kind::StringValue(s)) => json!(s),
+                Some(Kind::NumberValue(n)) => json!(*n as i64),
+                Some(Kind::BoolValue(b)) => json!(b),
+                Some(Kind::StructValue(s)) => object(s),
+                Some(Kind::ListValue(l)) => Json::Array(l.values.iter().map(value).collect()),
+                Some(Kind::NullValue(_)) | None => Json::Null,
+            }
+        }
+        fn object(s: &Struct) -> Json {
+            Json::Object(s.fields.iter().map(|(k, v)| (k.clone(), value(v))).collect())
+        }
+        response.dynamic_metadata.as_ref().map(object).unwrap_or(Json::Null)
+    }
+
+    fn without_metadata(mut response: RateLimitResponse) -> RateLimitResponse {
+        response.dynamic_metadata = None;
+        response
+    }
+
+    pub async fn values_a_share_threshold_pattern_matches_share_one_bucket(s: &Server) {
+        let call = |entries: &'static [(&'static str, &'static str)]| async move {
+            without_metadata(s.should(req("keys", vec![desc(entries)])).await)
+        };
+        assert_response(&call(&[("files", "files/a.pdf")]).await, Code::Ok, &[ok(2, Unit::Minute, "shared", 1)]);
+        assert_response(&call(&[("files", "files/b.csv")]).await, Code::Ok, &[ok(2, Unit::Minute, "shared", 0)]);
+        assert_response(&call(&[("files", "files/c.txt")]).await, Code::OverLimit, &[over(2, Unit::Minute, "shared")]);
+        // Without share_threshold, each value has a bucket of its own.
+        for value in ["files/a.pdf", "files/b.csv", "files/c.txt"] {
+            let r = without_metadata(s.should(req("keys", vec![desc(&[("own", value)])])).await);
+            assert_response(&r, Code::Ok, &[ok(2, Unit::Minute, "own", 1)]);
+        }
+    }
+
+    pub async fn quota_descriptors_are_over_together_and_rate_limits_alone(s: &Server) {
+        // Both in their limit; then the quota one over while the rate limit passes: OVER_LIMIT
+        // only because every quota descriptor of the request is over.
+        let r = without_metadata(s.should(req("keys", vec![desc(&[("quota", "a")]), desc(&[("regular", "a")])])).await);
+        assert_response(&r, Code::Ok, &[ok(1, Unit::Minute, "quota", 0), ok(1, Unit::Minute, "regular", 0)]);
+        let r = without_metadata(s.should(req("keys", vec![desc(&[("quota", "a")]), desc(&[("regular", "b")])])).await);
+        assert_response(&r, Code::OverLimit, &[over(1, Unit::Minute, "quota"), ok(1, Unit::Minute, "regular", 0)]);
+        // A quota descriptor over beside one in its limit: OK.
+        let r = without_metadata(s.should(req("keys", vec![desc(&[("quota", "a")]), desc(&[("quota", "b")])])).await);
+        assert_response(&r, Code::Ok, &[over(1, Unit::Minute, "quota"), ok(1, Unit::Minute, "quota", 0)]);
+        // A rate limit over is over whatever the quotas say.
+        let r = without_metadata(s.should(req("keys", vec![desc(&[("regular", "a")]), desc(&[("quota", "c")])])).await);
+        assert_response(&r, Code::OverLimit, &[over(1, Unit::Minute, "regular"), ok(1, Unit::Minute, "quota", 0)]);
+    }
+
+    pub async fn dynamic_metadata_carries_the_request_and_the_passed_rules_metadata(s: &Server) {
+        let mut hits = desc(&[("tagged", "t")]);
+        hits.hits_addend = Some(UInt64Value { value: 2 });
+        let mut request =
+            req("keys", vec![desc(&[("quota", "m")]), hits, desc(&[("regular", "m")]), desc(&[("nothing", "x")])]);
+        request.hits_addend = 1;
+        let r = s.should(request.clone()).await;
+        assert_response(
+            &without_metadata(r.clone()),
+            Code::Ok,
+            &[
+                ok(1, Unit::Minute, "quota", 0),
+                ok(5, Unit::Minute, "tagged", 3),
+                ok(1, Unit::Minute, "regular", 0),
+                no_limit(),
+            ],
+        );
+        let descriptors = json!([
+            {"entries": ["quota=m"]},
+            {"entries": ["tagged=t"], "hitsAddend": 2},
+            {"entries": ["regular=m"]},
+            {"entries": ["nothing=x"]},
+        ]);
+        assert_eq!(
+            metadata_json(&r),
+            json!({
+                "domain": "keys",
+                "descriptors": descriptors,
+                "hitsAddend": 1,
+                "metadata": {"plan": {"tier": "free", "region": "eu"}, "note": "quota"},
+            })
+        );
+        // Again: the quota descriptor is over now, so only the tagged rule's metadata is there.
+        let r = s.should(request).await;
+        assert_eq!(r.overall_code, Code::OverLimit as i32, "the regular rule is over too");
+        assert_eq!(
+            metadata_json(&r),
+            json!({
+                "domain": "keys",
+                "descriptors": descriptors,
+                "hitsAddend": 1,
+                "metadata": {"plan": {"region": "eu"}, "note": "tagged"},
+            })
+        );
+    }
+}
+
 pub mod errors {
     use crate::*;
     use tonic::Code as GrpcCode;

@@ -23,6 +23,32 @@ async fn start(moto: &Moto, config: &str) -> Server {
     Server::builder().file("config.yaml", config).dynamodb(&moto.endpoint(), &table).start().await
 }
 
+/// The reference's rule keys (`scenarios::rule_keys`), on the DynamoDB store.
+mod rule_keys {
+    use super::*;
+    use zael_tests::scenarios::rule_keys::{self, ARGS, CONFIG};
+
+    async fn start() -> Server {
+        let (table, _) = moto().table(&["keys"]).await;
+        Server::builder().file("config.yaml", CONFIG).args(ARGS).dynamodb(&moto().endpoint(), &table).start().await
+    }
+
+    #[tokio::test]
+    async fn values_a_share_threshold_pattern_matches_share_one_bucket() {
+        rule_keys::values_a_share_threshold_pattern_matches_share_one_bucket(&start().await).await;
+    }
+
+    #[tokio::test]
+    async fn quota_descriptors_are_over_together_and_rate_limits_alone() {
+        rule_keys::quota_descriptors_are_over_together_and_rate_limits_alone(&start().await).await;
+    }
+
+    #[tokio::test]
+    async fn dynamic_metadata_carries_the_request_and_the_passed_rules_metadata() {
+        rule_keys::dynamic_metadata_carries_the_request_and_the_passed_rules_metadata(&start().await).await;
+    }
+}
+
 /// One test per scenario, on the DynamoDB store.
 macro_rules! on_dynamodb {
     ($($module:ident: [$($name:ident),* $(,)?]),* $(,)?) => {

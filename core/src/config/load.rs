@@ -1,11 +1,11 @@
 //! Loading a config file or directory: YAML parsing, every validation error of the reference
 //! format (`envoy-rls.md` §2.1), and compilation into the matcher.
 
-use super::Unit;
 use super::matcher::{
     Amount, Domain, EntityRule, KeyNodes, Level, Node, Pattern, RateLimitConfig, ResourceSource, Rule, RuleLimit,
 };
 use super::model::{self, DescriptorNode, DomainFile, EntityBinding, RateLimit};
+use super::{Matched, RulePath, Step, Unit};
 use crate::keys::{is_valid_limit_name, is_valid_resource, rule_resource};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -45,10 +45,19 @@ fn is_yaml(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
+/// How a config's files are put together.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// A domain may be spread over several files, whose top-level descriptors are merged
+    /// (envoyproxy/ratelimit's `MERGE_DOMAIN_CONFIG`); a descriptor defined in two of them
+    /// is an error. Off: a domain in two files is an error.
+    pub merge_domains: bool,
+}
+
 /// Loads a YAML file, or every `*.yaml`/`*.yml` file of a directory (not recursing, skipping
 /// hidden files such as editors' swap files), in name order.
-pub fn load_path(path: &Path) -> Result<RateLimitConfig, ConfigErrors> {
-    compile(read_sources(path)?)
+pub fn load_path(path: &Path, options: LoadOptions) -> Result<RateLimitConfig, ConfigErrors> {
+    compile(read_sources(path)?, options)
 }
 
 /// The config files [`load_path`] would load, as `(file name, text)` in load order.
@@ -86,24 +95,70 @@ pub fn read_sources(path: &Path) -> Result<Vec<(String, String)>, ConfigErrors> 
 
 /// Parses and validates one domain file's text.
 pub fn parse_domain(file: &str, text: &str) -> Result<RateLimitConfig, ConfigErrors> {
-    compile(vec![(file.to_owned(), text.to_owned())])
+    compile(vec![(file.to_owned(), text.to_owned())], LoadOptions::default())
 }
 
-/// Parses, validates and compiles `(file name, text)` pairs, one domain each.
-pub fn compile(sources: Vec<(String, String)>) -> Result<RateLimitConfig, ConfigErrors> {
+/// Parses, validates and compiles `(file name, text)` pairs, one domain each (or, with
+/// [`LoadOptions::merge_domains`], parts of domains).
+pub fn compile(sources: Vec<(String, String)>, options: LoadOptions) -> Result<RateLimitConfig, ConfigErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let mut domains: HashMap<String, Domain> = HashMap::new();
     for (file, text) in &sources {
         let mut report = Report { file, errors: &mut errors, warnings: &mut warnings };
         let Some(domain) = compile_file(text, &mut report) else { continue };
-        if let Some(existing) = domains.get(domain.name.as_ref()) {
-            report.error(format!("domain '{}' is already defined in {}", domain.name, existing.source));
-            continue;
+        match domains.get_mut(domain.name.as_ref()) {
+            Some(existing) if options.merge_domains => merge_domain(existing, domain, &mut report),
+            Some(existing) => {
+                report.error(format!("domain '{}' is already defined in {}", domain.name, existing.source))
+            }
+            None => {
+                domains.insert(domain.name.to_string(), domain);
+            }
         }
-        domains.insert(domain.name.to_string(), domain);
     }
     if errors.is_empty() { Ok(RateLimitConfig { domains, sources, warnings }) } else { Err(ConfigErrors(errors)) }
+}
+
+/// Adds `part`'s top-level descriptors to `domain` (the reference's merge: one level, no
+/// descriptor in both).
+fn merge_domain(domain: &mut Domain, part: Domain, report: &mut Report<'_>) {
+    if domain.namespace != part.namespace {
+        report.error(format!(
+            "domain '{}' has namespace '{}' here and '{}' in {}; the parts of a merged domain share one",
+            domain.name, part.namespace, domain.namespace, domain.source
+        ));
+        return;
+    }
+    let errors_before = report.errors.len();
+    for (key, nodes) in &part.root.keys {
+        let Some(existing) = domain.root.keys.get(key) else { continue };
+        let values = nodes.exact.keys().filter(|v| existing.exact.contains_key(*v)).map(|v| format!("{key}_{v}"));
+        let patterns = nodes
+            .wildcards
+            .iter()
+            .filter(|(p, _)| existing.wildcards.iter().any(|(q, _)| q == p))
+            .map(|(p, _)| format!("{key}_{}", p.source()));
+        let default = (nodes.default.is_some() && existing.default.is_some()).then(|| key.clone());
+        for composite in values.chain(patterns).chain(default) {
+            report.error(format!(
+                "descriptor '{composite}' of domain '{}' is also defined in {}",
+                domain.name, domain.source
+            ));
+        }
+    }
+    if report.errors.len() > errors_before {
+        return;
+    }
+    for (key, nodes) in part.root.keys {
+        let existing = domain.root.keys.entry(key).or_default();
+        existing.exact.extend(nodes.exact);
+        existing.wildcards.extend(nodes.wildcards);
+        if nodes.default.is_some() {
+            existing.default = nodes.default;
+        }
+    }
+    domain.source = format!("{}, {}", domain.source, part.source);
 }
 
 struct Report<'a> {
@@ -150,7 +205,7 @@ fn compile_file(text: &str, report: &mut Report<'_>) -> Option<Domain> {
     };
     let errors_before = report.errors.len();
     let mut builder = Builder { report };
-    let root = builder.level(&parsed.descriptors, "descriptors", "", &[]);
+    let root = builder.level(&parsed.descriptors, "descriptors", "", &[], &[]);
     if builder.report.errors.len() > errors_before {
         return None;
     }
@@ -180,6 +235,7 @@ impl Builder<'_, '_> {
         at: &str,
         parent_path: &str,
         parent: &[(&str, Option<&str>)],
+        parent_steps: &[Step],
     ) -> Level {
         let mut level = Level::default();
         let mut seen = HashSet::new();
@@ -209,10 +265,18 @@ impl Builder<'_, '_> {
             }
             let mut segments = parent.to_vec();
             segments.push((key.as_str(), raw.value.as_deref()));
-            self.warn_unimplemented(raw, &at);
             if raw.share_threshold && !raw.value.as_deref().is_some_and(|v| v.contains('*')) {
                 self.report.error(format!("{at}: share_threshold needs a value containing '*'"));
             }
+            let matched = match &raw.value {
+                None => Matched::AnyValue,
+                Some(v) if v.contains('*') => {
+                    Matched::Pattern { pattern: v.as_str().into(), shared: raw.share_threshold }
+                }
+                Some(_) => Matched::Value,
+            };
+            let mut steps = parent_steps.to_vec();
+            steps.push(Step { matched, value_to_metric: raw.value_to_metric });
             let rule = match (&raw.rate_limit, &raw.entity) {
                 (Some(_), Some(_)) => {
                     self.report.error(format!("{at}: a node has either a rate_limit or an entity, not both"));
@@ -221,14 +285,20 @@ impl Builder<'_, '_> {
                 (Some(rl), None) => self.rule(rl, raw, &at, &path, &segments),
                 (None, Some(binding)) => self.entity_rule(binding, raw, &at, &path, &segments),
                 (None, None) => None,
-            };
-            if raw.allow_debt && raw.rate_limit.is_none() && raw.entity.is_none() {
-                self.report.warn(format!("{at}: allow_debt has no effect without a rate_limit"));
             }
-            if raw.reserve.is_some() && raw.rate_limit.is_none() && raw.entity.is_none() {
-                self.report.warn(format!("{at}: reserve has no effect without a rate_limit"));
+            .map(|rule| Rule { steps: RulePath::new(steps.clone()), ..rule });
+            let limitless = raw.rate_limit.is_none() && raw.entity.is_none();
+            for (set, what) in [
+                (raw.allow_debt, "allow_debt"),
+                (raw.reserve.is_some(), "reserve"),
+                (raw.quota_mode, "quota_mode"),
+                (raw.metadata.is_some(), "metadata"),
+            ] {
+                if set && limitless {
+                    self.report.warn(format!("{at}: {what} has no effect without a rate_limit"));
+                }
             }
-            let children = self.level(&raw.descriptors, &format!("{at}.descriptors"), &path, &segments);
+            let children = self.level(&raw.descriptors, &format!("{at}.descriptors"), &path, &segments, &steps);
             let node = Node { rule, children };
             let nodes = level.keys.entry(key).or_insert_with(KeyNodes::default);
             match &raw.value {
@@ -240,19 +310,6 @@ impl Builder<'_, '_> {
             }
         }
         level
-    }
-
-    fn warn_unimplemented(&mut self, raw: &DescriptorNode, at: &str) {
-        for (set, what) in [
-            (raw.quota_mode, "quota_mode"),
-            (raw.value_to_metric, "value_to_metric"),
-            (raw.share_threshold, "share_threshold"),
-            (raw.metadata.is_some(), "metadata"),
-        ] {
-            if set {
-                self.report.warn(format!("{at}: {what} is accepted but not implemented yet; it is ignored"));
-            }
-        }
     }
 
     fn rule(
@@ -319,8 +376,11 @@ impl Builder<'_, '_> {
             name: name.into(),
             replaces,
             shadow_mode: raw.shadow_mode,
+            quota_mode: raw.quota_mode,
             allow_debt: raw.allow_debt,
             detailed_metric: raw.detailed_metric,
+            metadata: raw.metadata.clone().map(Arc::new),
+            steps: RulePath::default(),
             reserve: raw.reserve.unwrap_or(true),
             resource: rule_resource(segments).into(),
             path: path.into(),
@@ -411,8 +471,11 @@ impl Builder<'_, '_> {
             name: "".into(),
             replaces: Vec::new(),
             shadow_mode: raw.shadow_mode,
+            quota_mode: raw.quota_mode,
             allow_debt: false,
             detailed_metric: raw.detailed_metric,
+            metadata: raw.metadata.clone().map(Arc::new),
+            steps: RulePath::default(),
             reserve: raw.reserve.unwrap_or(true),
             resource: rule_resource(segments).into(),
             path: path.into(),
@@ -592,10 +655,49 @@ mod tests {
         std::fs::write(dir.join("a.yaml"), "domain: d\n").unwrap();
         std::fs::write(dir.join("b.yml"), "domain: d\n").unwrap();
         std::fs::write(dir.join("notes.txt"), "not yaml").unwrap();
-        let err = load_path(&dir).unwrap_err();
+        let err = load_path(&dir, LoadOptions::default()).unwrap_err();
         assert_eq!(err.0.len(), 1);
         assert!(err.0[0].file.ends_with("b.yml"));
         assert!(err.0[0].message.contains("already defined"), "{}", err.0[0].message);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn with_merge_domains_the_parts_of_a_domain_merge_and_a_descriptor_in_two_is_an_error() {
+        let dir = tempdir();
+        let limit = "rate_limit: {unit: minute, requests_per_unit: 1}";
+        std::fs::write(
+            dir.join("a.yaml"),
+            format!("domain: d\ndescriptors:\n  - key: user\n    {limit}\n  - key: path\n    value: /a\n    {limit}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("b.yaml"),
+            format!("domain: d\ndescriptors:\n  - key: path\n    value: /b\n    {limit}\n  - key: ip\n    {limit}\n"),
+        )
+        .unwrap();
+        let merged = LoadOptions { merge_domains: true };
+        let cfg = load_path(&dir, merged).unwrap();
+        let d = cfg.domain("d").unwrap();
+        for entries in [[("user", "u")], [("path", "/a")], [("path", "/b")], [("ip", "1")]] {
+            assert!(d.lookup(entries).is_some(), "{entries:?}");
+        }
+        assert!(d.lookup([("path", "/c")]).is_none());
+        assert!(load_path(&dir, LoadOptions::default()).unwrap_err().0[0].message.contains("already defined"));
+        std::fs::write(
+            dir.join("c.yaml"),
+            format!("domain: d\ndescriptors:\n  - key: path\n    value: /a\n    {limit}\n  - key: user\n    {limit}\n"),
+        )
+        .unwrap();
+        let errors = load_path(&dir, merged).unwrap_err().0;
+        let messages: Vec<_> = errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages.iter().all(|m| m.contains("of domain 'd' is also defined in")), "{messages:?}");
+        assert!(messages.iter().any(|m| m.starts_with("descriptor 'path_/a'")), "{messages:?}");
+        assert!(messages.iter().any(|m| m.starts_with("descriptor 'user'")), "{messages:?}");
+        std::fs::write(dir.join("c.yaml"), "domain: d\nnamespace: other\n").unwrap();
+        let errors = load_path(&dir, merged).unwrap_err().0;
+        assert!(errors[0].message.contains("has namespace 'other' here and 'd' in"), "{errors:?}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -604,7 +706,7 @@ mod tests {
         let dir = tempdir();
         std::fs::write(dir.join("a.yaml"), "domain: a\n---\ndomain: ignored\n").unwrap();
         std::fs::write(dir.join("b.yaml"), "domain: b\n").unwrap();
-        let cfg = load_path(&dir).unwrap();
+        let cfg = load_path(&dir, LoadOptions::default()).unwrap();
         let mut names: Vec<_> = cfg.domains().map(|d| d.name.to_string()).collect();
         names.sort();
         assert_eq!(names, ["a", "b"]);
@@ -613,13 +715,19 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_keys_load_with_a_warning() {
+    fn rule_keys_on_a_node_without_a_limit_load_with_a_warning() {
         let cfg = parse_domain(
             "w.yaml",
             "domain: d\ndescriptors:\n  - key: k\n    value: \"a*\"\n    quota_mode: true\n    share_threshold: true\n    value_to_metric: true\n    metadata: {a: [1, 2]}\n",
         )
         .unwrap();
-        assert_eq!(cfg.warnings().len(), 4, "{:?}", cfg.warnings());
+        assert_eq!(
+            cfg.warnings(),
+            [
+                "w.yaml: descriptors[0]: quota_mode has no effect without a rate_limit",
+                "w.yaml: descriptors[0]: metadata has no effect without a rate_limit"
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The compiled config and the descriptor lookup of envoyproxy/ratelimit (`envoy-rls.md` §2.2).
 
-use super::Unit;
+use super::{Metadata, RulePath, Unit};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -27,7 +27,8 @@ impl RateLimitConfig {
         &self.sources
     }
 
-    /// Things that load but are not implemented yet (e.g. `quota_mode`), one line each.
+    /// Things that load but have no effect (e.g. `reserve` on a node without a limit), one
+    /// line each.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
@@ -105,8 +106,16 @@ pub struct Rule {
     pub name: Arc<str>,
     pub replaces: Vec<String>,
     pub shadow_mode: bool,
+    /// `quota_mode: true`: over this rule alone, a request is over only when every quota
+    /// descriptor of it is (see `decision::Plan::decide`).
+    pub quota_mode: bool,
     pub allow_debt: bool,
     pub detailed_metric: bool,
+    /// `metadata:` of the node, returned in the response's dynamic metadata when the
+    /// descriptor passes and `--response-dynamic-metadata` is on.
+    pub metadata: Option<Arc<Metadata>>,
+    /// How the request's entries reach this rule: its buckets' identity and metric labels.
+    pub steps: RulePath,
     /// Whether the DynamoDB store may serve this rule's buckets from token reservations
     /// (`reserve: false` turns them off for the rule; default on).
     pub reserve: bool,
@@ -146,6 +155,11 @@ pub(super) struct Pattern {
 impl Pattern {
     pub fn new(value: &str) -> Self {
         Pattern { parts: value.split('*').map(str::to_owned).collect() }
+    }
+
+    /// The pattern as written.
+    pub fn source(&self) -> String {
+        self.parts.join("*")
     }
 
     pub fn matches(&self, value: &str) -> bool {

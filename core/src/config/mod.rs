@@ -7,9 +7,14 @@
 mod load;
 mod matcher;
 mod model;
+mod steps;
 
-pub use load::{ConfigError, ConfigErrors, compile, load_path, parse_domain, read_sources};
+pub use load::{ConfigError, ConfigErrors, LoadOptions, compile, load_path, parse_domain, read_sources};
 pub use matcher::{Amount, Domain, EntityRule, RateLimitConfig, ResourceSource, Rule, RuleLimit};
+pub use steps::{Matched, RulePath, Step};
+
+/// A rule's `metadata:` (any YAML mapping), returned in the response's dynamic metadata.
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
 /// The units of the config format, with the lengths envoyproxy/ratelimit uses.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]

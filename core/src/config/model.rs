@@ -2,7 +2,6 @@
 //! is accepted here, so its configs load unchanged; unknown keys are errors.
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize)]
@@ -31,14 +30,14 @@ pub(super) struct DescriptorNode {
     /// zael extension: `false` keeps the rule's buckets off token reservations (one store
     /// write per decision).
     pub reserve: Option<bool>,
-    // Accepted for compatibility, not implemented yet: a warning is logged when set.
     #[serde(default)]
     pub quota_mode: bool,
     #[serde(default)]
     pub value_to_metric: bool,
     #[serde(default)]
     pub share_threshold: bool,
-    pub metadata: Option<IgnoredAny>,
+    /// Returned in the response's dynamic metadata for a descriptor that passed.
+    pub metadata: Option<super::Metadata>,
     #[serde(default)]
     pub descriptors: Vec<DescriptorNode>,
 }

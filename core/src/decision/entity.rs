@@ -6,20 +6,12 @@
 //! cascade, its parent's limits. Its unit is the smallest Envoy unit at least as long as the
 //! refill period, with `requests_per_unit` the refill rate over that unit.
 
-use super::{Code, ReportedLimit, RequestError, Status, StatusKind, whole_seconds};
+use super::{Code, ReportedLimit, Reporting, RequestError, Status, StatusKind, whole_seconds};
 use crate::bucket::{BucketLimit, BucketState, Millitokens};
 use crate::config::{Amount, EntityRule, ResourceSource, Unit};
 use crate::keys::{is_valid_entity_id, is_valid_resource};
 use crate::store::{EntityOutcome, EntityRequest, LimitReport};
 use std::sync::Arc;
-
-/// How an entity rule's status is reported (from the matched rule).
-#[derive(Clone, Debug)]
-pub(super) struct EntityReporting {
-    pub shadow: bool,
-    pub rule: Arc<str>,
-    pub detailed_metric: bool,
-}
 
 /// The store request of descriptor `index` matched to `rule`, charging `cost` hits.
 pub(super) fn request(
@@ -78,14 +70,15 @@ fn remaining(report: &LimitReport) -> i64 {
     Millitokens(report.tokens.0.saturating_mul(report.shard_count.max(1))).floor_tokens()
 }
 
-impl EntityReporting {
-    fn status(&self, code: Code, report: Option<&LimitReport>, remaining: u32, reset: Option<u64>) -> Status {
-        let (code, kind) = match code {
-            Code::OverLimit if self.shadow => (Code::Ok, StatusKind::Shadow),
-            Code::OverLimit => (Code::OverLimit, StatusKind::OverLimit),
-            Code::Ok if report.is_some() => (Code::Ok, StatusKind::Ok),
-            Code::Ok => (Code::Ok, StatusKind::NoLimit),
+impl Reporting {
+    fn entity_status(&self, code: Code, report: Option<&LimitReport>, remaining: u32, reset: Option<u64>) -> Status {
+        let kind = match code {
+            Code::OverLimit => StatusKind::OverLimit,
+            Code::Ok if report.is_some() => StatusKind::Ok,
+            Code::Ok => StatusKind::NoLimit,
         };
+        let status = self.status(code, kind);
+        let (code, kind) = (status.code, status.kind);
         let current_limit = report.map(|r| {
             let (requests_per_unit, unit) = reported_rate(&r.limit);
             ReportedLimit { requests_per_unit, unit, name: Arc::from(r.name.as_str()) }
@@ -96,25 +89,18 @@ impl EntityReporting {
                 r.tokens.0.saturating_mul(100)
                     < r.share().capacity.0.saturating_mul(super::NEAR_LIMIT_REMAINING_PERCENT)
             });
-        Status {
-            code,
-            current_limit,
-            limit_remaining: remaining,
-            duration_until_reset_secs: reset,
-            kind,
-            near_limit,
-            rule: Some(self.rule.clone()),
-            detailed_metric: self.detailed_metric,
-        }
+        Status { current_limit, limit_remaining: remaining, duration_until_reset_secs: reset, near_limit, ..status }
     }
 
     /// The descriptor's status for the store's outcome.
-    pub(super) fn decide(&self, outcome: &EntityOutcome) -> Status {
+    pub(super) fn decide_entity(&self, outcome: &EntityOutcome) -> Status {
         match outcome {
-            EntityOutcome::NoLimits => self.status(Code::Ok, None, 0, None),
-            EntityOutcome::Admitted(reports) if reports.is_empty() => self.status(Code::Ok, None, 0, None),
-            EntityOutcome::Rejected(reports) if reports.is_empty() => self.status(Code::OverLimit, None, 0, None),
-            EntityOutcome::Disabled { .. } => self.status(Code::OverLimit, None, 0, None),
+            EntityOutcome::NoLimits => self.entity_status(Code::Ok, None, 0, None),
+            EntityOutcome::Admitted(reports) if reports.is_empty() => self.entity_status(Code::Ok, None, 0, None),
+            EntityOutcome::Rejected(reports) if reports.is_empty() => {
+                self.entity_status(Code::OverLimit, None, 0, None)
+            }
+            EntityOutcome::Disabled { .. } => self.entity_status(Code::OverLimit, None, 0, None),
             EntityOutcome::Admitted(reports) => {
                 let report = reports.iter().min_by_key(|r| remaining(r)).expect("not empty");
                 let share = report.share();
@@ -122,7 +108,7 @@ impl EntityReporting {
                 let reset =
                     whole_seconds(state.millis_until(&share, share.capacity, report.at), max_reset_secs(report));
                 let left = remaining(report).clamp(0, i64::from(u32::MAX)) as u32;
-                self.status(Code::Ok, Some(report), left, Some(reset))
+                self.entity_status(Code::Ok, Some(report), left, Some(reset))
             }
             EntityOutcome::Rejected(reports) => {
                 let report =
@@ -130,7 +116,7 @@ impl EntityReporting {
                 let max = max_reset_secs(report);
                 let wait = report.retry_after_ms();
                 let reset = if wait == i64::MAX { max } else { whole_seconds(wait, max) };
-                self.status(Code::OverLimit, Some(report), 0, Some(reset))
+                self.entity_status(Code::OverLimit, Some(report), 0, Some(reset))
             }
         }
     }

@@ -100,7 +100,7 @@ fn decide_one(outcome: EntityOutcome, entries: &[(&str, &str)]) -> Decision {
     let config = config();
     let r = request(vec![desc(entries)], 0);
     let plan = plan(&config, &r).unwrap();
-    plan.decide(&[], &[outcome], EpochMillis(0), false)
+    plan.decide(&[], &[outcome], EpochMillis(0), Modes::default())
 }
 
 const KEY: &[(&str, &str)] = &[("api_key", "key-1"), ("model", "gpt-4")];

@@ -59,15 +59,15 @@ impl Harness {
         }
     }
 
-    fn run(&self, request: &Request<'_>, global_shadow: bool) -> Decision {
+    fn run(&self, request: &Request<'_>, modes: Modes) -> Decision {
         request.validate().unwrap();
         let plan = plan(&self.config, request).expect("valid");
         let outcomes: Vec<_> = plan.bucket_requests().iter().map(|r| self.store.charge_bucket(r, self.now)).collect();
-        plan.decide(&outcomes, &[], self.now, global_shadow)
+        plan.decide(&outcomes, &[], self.now, modes)
     }
 
     fn one(&self, entries: &[(&str, &str)]) -> Status {
-        self.run(&req(&[desc(entries)]), false).statuses.remove(0)
+        self.run(&req(&[desc(entries)]), Modes::default()).statuses.remove(0)
     }
 }
 
@@ -132,7 +132,9 @@ fn ok_status_reports_remaining_and_time_to_full() {
             kind: StatusKind::Ok,
             near_limit: false,
             rule: Some("user".into()),
-            detailed_metric: false,
+            values_label: None,
+            quota_mode: false,
+            metadata: None,
         }
     );
     h.one(&[("user", "c")]);
@@ -144,7 +146,7 @@ fn ok_status_reports_remaining_and_time_to_full() {
 fn unknown_domain_has_no_limits() {
     let h = Harness::new();
     let r = Request { domain: "other", descriptors: vec![desc(&[("user", "a")])], hits_addend: 0 };
-    let d = h.run(&r, false);
+    let d = h.run(&r, Modes::default());
     assert_eq!(d, Decision { overall: Code::Ok, statuses: vec![Status::no_limit()] });
 }
 
@@ -159,7 +161,7 @@ fn unlimited_and_blocklist() {
     };
     let p = plan(&h.config, &blocked).unwrap();
     assert!(p.bucket_requests().is_empty());
-    let s = &h.run(&blocked, false).statuses[0];
+    let s = &h.run(&blocked, Modes::default()).statuses[0];
     assert_eq!((s.code, s.limit_remaining, s.duration_until_reset_secs), (Code::OverLimit, 0, Some(1)));
 }
 
@@ -172,7 +174,7 @@ fn rule_shadow_reports_ok_and_global_shadow_only_changes_overall() {
     h.one(&[("user", "g")]);
     h.one(&[("user", "g")]);
     h.one(&[("user", "g")]);
-    let d = h.run(&req(&[desc(&[("user", "g")])]), true);
+    let d = h.run(&req(&[desc(&[("user", "g")])]), Modes { shadow: true, quota: false });
     assert_eq!(d.overall, Code::Ok);
     assert_eq!(d.statuses[0].code, Code::OverLimit);
 }
@@ -180,7 +182,7 @@ fn rule_shadow_reports_ok_and_global_shadow_only_changes_overall() {
 #[test]
 fn replaced_limits_are_not_charged() {
     let h = Harness::new();
-    let d = h.run(&req(&[desc(&[("old", "x")]), desc(&[("new", "x")])]), false);
+    let d = h.run(&req(&[desc(&[("old", "x")]), desc(&[("new", "x")])]), Modes::default());
     assert_eq!(d.statuses[0], Status::no_limit());
     assert_eq!(d.statuses[1].current_limit, limit(10, Unit::Minute, "new-limit"));
     // The replaced limit's bucket was never touched: alone, it still has its one token.
@@ -195,12 +197,12 @@ fn override_uses_its_own_limit_when_the_domain_exists() {
         limit_override: Some(LimitOverride { requests_per_unit: 1, unit: Unit::Hour }),
         hits_addend: None,
     };
-    let first = h.run(&req(std::slice::from_ref(&o)), false).statuses.remove(0);
+    let first = h.run(&req(std::slice::from_ref(&o)), Modes::default()).statuses.remove(0);
     assert_eq!(first.current_limit, limit(1, Unit::Hour, ""));
     assert_eq!(first.code, Code::Ok);
-    assert_eq!(h.run(&req(std::slice::from_ref(&o)), false).statuses[0].code, Code::OverLimit);
+    assert_eq!(h.run(&req(std::slice::from_ref(&o)), Modes::default()).statuses[0].code, Code::OverLimit);
     let unknown = Request { domain: "nope", descriptors: vec![o], hits_addend: 0 };
-    assert_eq!(h.run(&unknown, false).statuses[0], Status::no_limit());
+    assert_eq!(h.run(&unknown, Modes::default()).statuses[0], Status::no_limit());
 }
 
 #[test]
@@ -215,11 +217,11 @@ fn override_shares_the_bucket_of_the_rule_with_the_same_unit() {
     let p = plan(&h.config, &req(&[with_unit(Unit::Minute)])).unwrap();
     assert_eq!(&*p.bucket_requests()[0].key.resource, "user");
     // Same bucket, new capacity 10: 2 left before, 1 after.
-    assert_eq!(h.run(&req(&[with_unit(Unit::Minute)]), false).statuses[0].limit_remaining, 1);
+    assert_eq!(h.run(&req(&[with_unit(Unit::Minute)]), Modes::default()).statuses[0].limit_remaining, 1);
     // Another unit: a bucket of its own.
     let p = plan(&h.config, &req(&[with_unit(Unit::Hour)])).unwrap();
     assert_eq!(&*p.bucket_requests()[0].key.resource, "override::hour");
-    assert_eq!(h.run(&req(&[with_unit(Unit::Hour)]), false).statuses[0].limit_remaining, 9);
+    assert_eq!(h.run(&req(&[with_unit(Unit::Hour)]), Modes::default()).statuses[0].limit_remaining, 9);
 }
 
 #[test]
@@ -251,14 +253,14 @@ fn hits_addend_forms() {
     let h = Harness::new();
     let mut r = req(&[desc(&[("path", "/x")])]);
     r.hits_addend = 5; // request level
-    assert_eq!(h.run(&r, false).statuses[0].limit_remaining, 2);
+    assert_eq!(h.run(&r, Modes::default()).statuses[0].limit_remaining, 2);
     let check_only = Descriptor { entries: vec![("path", "/x")], hits_addend: Some(0), limit_override: None };
     r.descriptors = vec![check_only];
-    assert_eq!(h.run(&r, false).statuses[0].limit_remaining, 2);
+    assert_eq!(h.run(&r, Modes::default()).statuses[0].limit_remaining, 2);
     let two = Descriptor { entries: vec![("path", "/x")], hits_addend: Some(2), limit_override: None };
     r.descriptors = vec![two.clone()];
-    assert_eq!(h.run(&r, false).statuses[0].limit_remaining, 0);
-    let s = h.run(&r, false).statuses.remove(0);
+    assert_eq!(h.run(&r, Modes::default()).statuses[0].limit_remaining, 0);
+    let s = h.run(&r, Modes::default()).statuses.remove(0);
     assert_eq!((s.code, s.duration_until_reset_secs), (Code::OverLimit, Some(1)));
 }
 
@@ -266,7 +268,7 @@ fn hits_addend_forms() {
 fn cost_above_capacity_never_passes_and_reports_the_unit() {
     let h = Harness::new();
     let big = Descriptor { entries: vec![("user", "big")], hits_addend: Some(4), limit_override: None };
-    let s = h.run(&req(&[big]), false).statuses.remove(0);
+    let s = h.run(&req(&[big]), Modes::default()).statuses.remove(0);
     assert_eq!((s.code, s.duration_until_reset_secs), (Code::OverLimit, Some(60)));
     assert_eq!(h.one(&[("user", "big")]).limit_remaining, 2);
 }
@@ -275,11 +277,11 @@ fn cost_above_capacity_never_passes_and_reports_the_unit() {
 fn allow_debt_charges_past_the_balance_and_blocks_checks() {
     let h = Harness::new();
     let debit = Descriptor { entries: vec![("debt", "u")], hits_addend: Some(8), limit_override: None };
-    let s = h.run(&req(&[debit]), false).statuses.remove(0);
+    let s = h.run(&req(&[debit]), Modes::default()).statuses.remove(0);
     assert_eq!((s.code, s.limit_remaining), (Code::OverLimit, 0));
     // Balance is now -3 tokens: 36 s until it is back to 0 at 1 token per 12 s.
     let check = Descriptor { entries: vec![("debt", "u")], hits_addend: Some(0), limit_override: None };
-    let s = h.run(&req(&[check]), false).statuses.remove(0);
+    let s = h.run(&req(&[check]), Modes::default()).statuses.remove(0);
     assert_eq!((s.code, s.duration_until_reset_secs), (Code::OverLimit, Some(36)));
 }
 
@@ -291,7 +293,7 @@ fn same_bucket_twice_is_charged_in_order() {
     let plan = plan(&h.config, &r).unwrap();
     assert_eq!(plan.bucket_requests().len(), 1);
     assert_eq!(plan.bucket_requests()[0].charges.len(), 4);
-    let decision = h.run(&r, false);
+    let decision = h.run(&r, Modes::default());
     let got: Vec<_> = decision.statuses.iter().map(|s| (s.code, s.limit_remaining)).collect();
     assert_eq!(got, [(Code::Ok, 2), (Code::Ok, 1), (Code::Ok, 0), (Code::OverLimit, 0)]);
     assert_eq!(decision.overall, Code::OverLimit);
