@@ -1,6 +1,6 @@
 //! Wiring: flags -> config, store, listeners; and the shutdown sequence.
 
-use crate::cli::{Cli, StoreKind};
+use crate::cli::{Cli, ConfigType, StoreKind};
 use crate::config_watch::{self, ConfigHolder};
 use crate::http::{HttpState, Readiness};
 use crate::limiter_api::LimiterApi;
@@ -131,13 +131,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
 
     let config = Arc::new(ConfigHolder::new(cli.load_options()));
-    let _watcher = match &cli.config {
-        Some(path) => {
+    let _watcher = match (cli.config_type, &cli.config) {
+        (ConfigType::File, Some(path)) => {
             config.reload(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))?;
             Some(config_watch::watch(config.clone(), path.clone()).context("cannot watch the config")?)
         }
-        None => {
+        (ConfigType::File, None) => {
             tracing::warn!("no --config given: every request is answered UNAVAILABLE");
+            None
+        }
+        (ConfigType::GrpcXdsSotw, path) => {
+            if path.is_some() {
+                tracing::warn!("--config is ignored with --config-type grpc-xds-sotw");
+            }
             None
         }
     };
@@ -157,11 +163,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let serving = if config.current().is_some() { ServingStatus::Serving } else { ServingStatus::NotServing };
+    let forced = cli.force_start_without_initial_config;
+    let serving = if config.current().is_some() || forced { ServingStatus::Serving } else { ServingStatus::NotServing };
     for name in HEALTH_SERVICES {
         health.set_service_status(name, serving).await;
     }
-    let readiness = Arc::new(Readiness::default());
+    let readiness = Arc::new(Readiness { forced_start: forced, ..Readiness::default() });
+    if cli.config_type == ConfigType::GrpcXdsSotw {
+        let (health, readiness) = (health.clone(), readiness.clone());
+        let (first_tx, mut first_rx) = watch::channel(false);
+        tokio::spawn(crate::xds::run(config.clone(), cli.xds.options(), move || {
+            let _ = first_tx.send(true);
+        }));
+        // Health turns serving once the first snapshot applied (unless draining by then).
+        tokio::spawn(async move {
+            if first_rx.wait_for(|loaded| *loaded).await.is_ok() && !readiness.draining.load(Ordering::Relaxed) {
+                for name in HEALTH_SERVICES {
+                    health.set_service_status(name, ServingStatus::Serving).await;
+                }
+            }
+        });
+    }
 
     let grpc_listener =
         TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;

@@ -26,6 +26,15 @@ pub enum Reservations {
     Off,
 }
 
+/// Where the rate limit config comes from (the reference's `CONFIG_TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConfigType {
+    /// `--config PATH`, reloaded when the files change.
+    File,
+    /// An xDS management server (`--xds-server`), state of the world over ADS.
+    GrpcXdsSotw,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -40,6 +49,19 @@ pub struct Cli {
     /// Changes are picked up without a restart.
     #[arg(long, env = "ZAEL_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// Where the config comes from: files (`--config`) or an xDS management server.
+    #[arg(long, env = "ZAEL_CONFIG_TYPE", value_enum, default_value = "file")]
+    pub config_type: ConfigType,
+
+    #[command(flatten)]
+    pub xds: XdsArgs,
+
+    /// Serve before the first config has loaded (xDS): health reports serving and every
+    /// request is answered UNAVAILABLE until then. Without it health is not serving until the
+    /// first config.
+    #[arg(long, env = "ZAEL_FORCE_START_WITHOUT_INITIAL_CONFIG")]
+    pub force_start_without_initial_config: bool,
 
     /// gRPC listen address (RLS, health, reflection).
     #[arg(long, env = "ZAEL_LISTEN", default_value = "0.0.0.0:8081")]
@@ -206,6 +228,75 @@ pub struct Cli {
     /// `examples/native-api/entities.yaml`), for entity rules and the native API without a table.
     #[arg(long, env = "ZAEL_ENTITIES")]
     pub entities: Option<PathBuf>,
+}
+
+/// The xDS subscription (`--config-type grpc-xds-sotw`); the reference's `CONFIG_GRPC_XDS_*`.
+#[derive(Debug, clap::Args)]
+pub struct XdsArgs {
+    /// The management server: `host:port`, or an `http://` / `https://` URL.
+    #[arg(long = "xds-server", env = "ZAEL_XDS_SERVER", default_value = "localhost:18000")]
+    pub xds_server: String,
+
+    /// The node id this server subscribes as.
+    #[arg(long = "xds-node-id", env = "ZAEL_XDS_NODE_ID", default_value = "default")]
+    pub xds_node_id: String,
+
+    /// The node's metadata, `key=value,key2=value2`.
+    #[arg(long = "xds-node-metadata", env = "ZAEL_XDS_NODE_METADATA", default_value = "")]
+    pub xds_node_metadata: String,
+
+    /// Extra headers on the subscription's stream, `key=value,key2=value2`.
+    #[arg(long = "xds-headers", env = "ZAEL_XDS_HEADERS", default_value = "")]
+    pub xds_headers: String,
+
+    /// TLS to the management server.
+    #[arg(long = "xds-tls", env = "ZAEL_XDS_TLS")]
+    pub xds_tls: bool,
+
+    /// The CA certificate (PEM) that signs the management server's certificate.
+    #[arg(long = "xds-tls-ca", env = "ZAEL_XDS_TLS_CA")]
+    pub xds_tls_ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) for mTLS, with --xds-tls-key.
+    #[arg(long = "xds-tls-cert", env = "ZAEL_XDS_TLS_CERT", requires = "xds_tls_key")]
+    pub xds_tls_cert: Option<PathBuf>,
+
+    /// The client certificate's key (PEM).
+    #[arg(long = "xds-tls-key", env = "ZAEL_XDS_TLS_KEY", requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+
+    /// The name the management server's certificate must carry (and SNI), when it is not the
+    /// address's host.
+    #[arg(long = "xds-tls-server-name", env = "ZAEL_XDS_TLS_SERVER_NAME")]
+    pub xds_tls_server_name: Option<String>,
+
+    /// First wait before reconnecting; doubled (with jitter) up to --xds-backoff-max.
+    #[arg(long = "xds-backoff-initial", env = "ZAEL_XDS_BACKOFF_INITIAL", default_value = "10s", value_parser = parse_duration)]
+    pub xds_backoff_initial: Duration,
+
+    /// Longest wait before reconnecting.
+    #[arg(long = "xds-backoff-max", env = "ZAEL_XDS_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub xds_backoff_max: Duration,
+}
+
+impl XdsArgs {
+    pub fn options(&self) -> crate::xds::XdsOptions {
+        use crate::xds::{XdsOptions, XdsTls, parse_pairs};
+        XdsOptions {
+            server: self.xds_server.clone(),
+            node_id: self.xds_node_id.clone(),
+            node_metadata: parse_pairs(&self.xds_node_metadata),
+            headers: parse_pairs(&self.xds_headers),
+            tls: self.xds_tls.then(|| XdsTls {
+                ca: self.xds_tls_ca.clone(),
+                client_cert: self.xds_tls_cert.clone(),
+                client_key: self.xds_tls_key.clone(),
+                server_name: self.xds_tls_server_name.clone(),
+            }),
+            backoff_initial: self.xds_backoff_initial,
+            backoff_max: self.xds_backoff_max.max(self.xds_backoff_initial),
+        }
+    }
 }
 
 fn parse_on_unavailable(text: &str) -> Result<OnUnavailable, String> {

@@ -32,10 +32,17 @@ impl ConfigHolder {
 
     /// Loads `path`; on success it replaces the config in force.
     pub fn reload(&self, path: &Path) -> Result<(), ConfigErrors> {
-        self.apply(path, read_sources(path).and_then(|sources| compile(sources, self.options)))
+        let origin = path.display().to_string();
+        self.apply(&origin, read_sources(path).and_then(|sources| compile(sources, self.options)))
     }
 
-    fn apply(&self, path: &Path, loaded: Result<RateLimitConfig, ConfigErrors>) -> Result<(), ConfigErrors> {
+    /// Compiles `(name, text)` sources from elsewhere (xDS); on success they replace the
+    /// config in force. `origin` names them in logs.
+    pub fn apply_sources(&self, origin: &str, sources: Vec<(String, String)>) -> Result<(), ConfigErrors> {
+        self.apply(origin, compile(sources, self.options))
+    }
+
+    fn apply(&self, origin: &str, loaded: Result<RateLimitConfig, ConfigErrors>) -> Result<(), ConfigErrors> {
         match loaded {
             Ok(config) => {
                 for warning in config.warnings() {
@@ -44,7 +51,7 @@ impl ConfigHolder {
                 let domains = config.domains().count();
                 self.current.store(Some(Arc::new(config)));
                 metrics::counter!(m::CONFIG_LOADS, "result" => "success").increment(1);
-                tracing::info!(path = %path.display(), domains, "config loaded");
+                tracing::info!(from = %origin, domains, "config loaded");
                 Ok(())
             }
             Err(errors) => {
@@ -94,7 +101,7 @@ pub fn watch(holder: Arc<ConfigHolder>, path: PathBuf) -> anyhow::Result<notify:
                     }
                     *last = Some(sources.clone());
                 }
-                holder.apply(&path, sources.and_then(|sources| compile(sources, holder.options)))
+                holder.apply(&path.display().to_string(), sources.and_then(|sources| compile(sources, holder.options)))
             })
             .await;
             if let Ok(Err(_)) = reloaded {

@@ -18,6 +18,8 @@ use zael_core::memory::MemoryStore;
 #[derive(Default)]
 pub struct Readiness {
     pub draining: AtomicBool,
+    /// `--force-start-without-initial-config`: healthy before any config has loaded.
+    pub forced_start: bool,
 }
 
 pub struct HttpState {
@@ -41,7 +43,7 @@ async fn healthcheck(State(state): State<Arc<HttpState>>) -> Response {
     if state.readiness.draining.load(Ordering::Relaxed) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "draining").into_response();
     }
-    if state.limiter.config.current().is_none() {
+    if state.limiter.config.current().is_none() && !state.readiness.forced_start {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no rate limit configuration loaded").into_response();
     }
     (StatusCode::OK, "OK").into_response()

@@ -15,6 +15,7 @@ mod reflection;
 mod rls;
 mod telemetry;
 mod tls;
+mod xds;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -24,6 +24,7 @@ pub mod moto;
 pub mod scenarios;
 pub mod server;
 pub mod tls;
+pub mod xds;
 
 pub use expect::*;
 pub use http::{HttpReply, http_request};
