@@ -13,6 +13,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /usr/local/bin/
+# envoyproxy/ratelimit's command: Envoy Gateway and the reference's manifests run /bin/ratelimit.
+RUN ln -s /usr/local/bin/zael-server /bin/ratelimit
 # The aggregator's --poll checkpoint (a volume in docker-compose.yml), writable by the user below.
 RUN mkdir -p /var/lib/zael && chown 65534:65534 /var/lib/zael
 COPY examples /zael/examples

@@ -107,8 +107,13 @@ async fn open_store(cli: &Cli) -> anyhow::Result<(Arc<dyn BucketStore>, Option<A
     })
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the server until SIGTERM; `ignored` lists the reference's settings that have no
+/// effect here (logged once).
+pub async fn run(cli: Cli, ignored: Vec<String>) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(cli.log_format, &cli.log_level, cli.otlp_endpoint.as_deref())?;
+    for line in ignored {
+        tracing::warn!("envoyproxy/ratelimit setting {line}");
+    }
     // The recorder first, so that the store's start-up calls are counted too.
     let prometheus = m::install(match cli.store {
         StoreKind::Memory => "memory",
@@ -198,6 +203,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let (refl_v1, refl_v1alpha) = reflection::services()?;
     let router = tonic::transport::Server::builder()
+        .max_connection_age(cli.grpc_max_connection_age)
+        .max_connection_age_grace(cli.grpc_max_connection_age_grace)
         .add_service(health_service)
         .add_service(RateLimitServiceServer::new(RlsService(limiter.clone())))
         .add_service(LimiterServer::new(api))
@@ -216,6 +223,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
 
     let http_state = Arc::new(HttpState { limiter, prometheus, readiness: readiness.clone(), memory });
+    if let Some(addr) = cli.metrics_listen {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(metrics = %listener.local_addr()?, path = %cli.metrics_path, "serving metrics");
+        let router = crate::http::metrics_router(http_state.clone(), &cli.metrics_path);
+        tokio::spawn(axum::serve(listener, router).into_future());
+    }
     let http = tokio::spawn(
         axum::serve(http_listener, crate::http::router(http_state))
             .with_graceful_shutdown(stopped(stop_rx))

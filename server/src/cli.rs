@@ -94,6 +94,24 @@ pub struct Cli {
     #[arg(long, env = "ZAEL_RESPONSE_DYNAMIC_METADATA")]
     pub response_dynamic_metadata: bool,
 
+    /// Also serve the Prometheus metrics on this address, at --metrics-path (they are always
+    /// on the HTTP port's /metrics too).
+    #[arg(long, env = "ZAEL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// The path of the metrics on --metrics-listen.
+    #[arg(long, env = "ZAEL_METRICS_PATH", default_value = "/metrics")]
+    pub metrics_path: String,
+
+    /// A gRPC connection is asked to close (GOAWAY) after this long, so clients spread over
+    /// new replicas.
+    #[arg(long, env = "ZAEL_GRPC_MAX_CONNECTION_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub grpc_max_connection_age: Duration,
+
+    /// How long a connection asked to close may still finish its calls.
+    #[arg(long, env = "ZAEL_GRPC_MAX_CONNECTION_AGE_GRACE", default_value = "1h", value_parser = parse_duration)]
+    pub grpc_max_connection_age_grace: Duration,
+
     /// Load the config, print every error with its file, and exit (1 if invalid, 0 if valid).
     #[arg(long)]
     pub validate: bool,
@@ -303,7 +321,7 @@ fn parse_on_unavailable(text: &str) -> Result<OnUnavailable, String> {
     text.parse()
 }
 
-/// Parses `250ms`, `2s`, `1m` or a plain number of seconds.
+/// Parses `250ms`, `2s`, `1m`, `1h` or a plain number of seconds.
 /// `--max-buckets`: a count of at least 8, so the watermarks are distinct.
 fn parse_max_buckets(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
@@ -317,6 +335,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, scale_ms) = if let Some(n) = text.strip_suffix("ms") {
         (n, 1)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3_600_000)
     } else if let Some(n) = text.strip_suffix('s') {
         (n, 1000)
     } else if let Some(n) = text.strip_suffix('m') {
@@ -350,6 +370,7 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("soon").is_err());
     }

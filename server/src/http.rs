@@ -39,6 +39,12 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
+/// `--metrics-listen`: the Prometheus metrics alone, at `path` (the reference's
+/// `USE_PROMETHEUS`, `PROMETHEUS_ADDR`, `PROMETHEUS_PATH`).
+pub fn metrics_router(state: Arc<HttpState>, path: &str) -> Router {
+    Router::new().route(path, get(metrics)).with_state(state)
+}
+
 async fn healthcheck(State(state): State<Arc<HttpState>>) -> Response {
     if state.readiness.draining.load(Ordering::Relaxed) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "draining").into_response();

@@ -11,6 +11,7 @@ mod limiter_api;
 mod memory_upkeep;
 mod metrics;
 mod protojson;
+mod reference_env;
 mod reflection;
 mod rls;
 mod telemetry;
@@ -26,6 +27,22 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // envoyproxy/ratelimit's variables become ours where ours are unset (reference_env).
+    let names: Vec<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
+    let translation = match reference_env::translate(|k| std::env::var(k).ok(), &names) {
+        Ok(translation) => translation,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (name, value) in &translation.set {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: no other thread exists yet (the runtime is built below), so nothing reads
+            // the environment concurrently.
+            unsafe { std::env::set_var(name, value) };
+        }
+    }
     let cli = cli::Cli::parse();
     if cli.validate {
         return app::validate(cli.config.as_deref(), cli.load_options());
@@ -39,7 +56,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run(cli)) {
+    match runtime.block_on(app::run(cli, translation.ignored)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");

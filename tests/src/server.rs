@@ -265,8 +265,25 @@ impl ServerBuilder {
 /// SIGKILL delivered to the server should this test process die.
 pub fn base_command() -> Command {
     let mut cmd = Command::new(server_bin());
+    // Our variables and envoyproxy/ratelimit's (which the server translates), so a test sees
+    // only what it sets.
+    const REFERENCE: [&str; 12] = [
+        "HOST",
+        "PORT",
+        "GRPC_HOST",
+        "GRPC_PORT",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "CONFIG_TYPE",
+        "RUNTIME_ROOT",
+        "RUNTIME_SUBDIRECTORY",
+        "SHADOW_MODE",
+        "BACKEND_TYPE",
+        "USE_PROMETHEUS",
+    ];
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ZAEL_") {
+        let name = k.to_string_lossy();
+        if name.starts_with("ZAEL_") || REFERENCE.contains(&name.as_ref()) {
             cmd.env_remove(&k);
         }
     }

@@ -37,13 +37,13 @@ impl TestCa {
         self.issuer.pem()
     }
 
-    fn leaf(&self, cn: &str, sans: &[&str], eku: ExtendedKeyUsagePurpose) -> Pem {
+    fn leaf(&self, cn: &str, sans: &[&str], eku: &[ExtendedKeyUsagePurpose]) -> Pem {
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<String>>()).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, cn);
         params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![eku];
+        params.extended_key_usages = eku.to_vec();
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         Pem { cert: cert.pem(), key: key.serialize_pem() }
@@ -51,12 +51,22 @@ impl TestCa {
 
     /// A server certificate for `localhost` and `127.0.0.1`.
     pub fn server_cert(&self) -> Pem {
-        self.leaf("localhost", &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth)
+        self.leaf("localhost", &["localhost", "127.0.0.1"], &[ExtendedKeyUsagePurpose::ServerAuth])
+    }
+
+    /// A certificate for `localhost` and `127.0.0.1` good for both ends, as Envoy Gateway's
+    /// certgen issues one `tls.crt` that its components serve and present as clients.
+    pub fn server_and_client_cert(&self) -> Pem {
+        self.leaf(
+            "localhost",
+            &["localhost", "127.0.0.1"],
+            &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        )
     }
 
     /// A client certificate.
     pub fn client_cert(&self, cn: &str) -> Pem {
-        self.leaf(cn, &[cn], ExtendedKeyUsagePurpose::ClientAuth)
+        self.leaf(cn, &[cn], &[ExtendedKeyUsagePurpose::ClientAuth])
     }
 }
 

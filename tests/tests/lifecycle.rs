@@ -573,3 +573,40 @@ async fn only_changes_to_config_contents_reload() {
     let r = s.should(req("quiet", vec![desc(&[("k", "a")])])).await;
     assert_response(&r, Code::Ok, &[ok(2, Unit::Minute, "", 1)]);
 }
+
+/// A reference setting whose loss would change what is enforced refuses to start, with an
+/// `Error:` line naming what to set instead; one that only does not apply starts and is said
+/// once.
+#[tokio::test]
+async fn reference_settings_that_cannot_apply_are_errors_or_said_once() {
+    for (name, value, says) in [
+        ("BACKEND_TYPE", "redis", "ZAEL_STORE=dynamodb"),
+        ("GRPC_CLIENT_TLS_SAN", "envoy", "SAN check is not supported"),
+        ("CONFIG_TYPE", "CONSUL", "FILE or GRPC_XDS_SOTW"),
+    ] {
+        let mut cmd = zael_tests::server::base_command();
+        cmd.env(name, value).arg("--config").arg("/nonexistent");
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let out = cmd.output().expect("run zael-server");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}={value}: {stderr}");
+        assert!(stderr.starts_with("Error: ") && stderr.contains(says), "{name}={value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let s = Server::builder()
+        .file("a.yaml", GOOD_A)
+        .env("REDIS_URL", "redis:6379")
+        .env("SHADOW_MODE", "true")
+        .start()
+        .await;
+    let r = s.should(req("a", vec![desc(&[("k", "x")])])).await;
+    s.should(req("a", vec![desc(&[("k", "x")])])).await;
+    let over = s.should(req("a", vec![desc(&[("k", "x")])])).await;
+    assert_eq!(
+        (r.overall_code, over.overall_code),
+        (Code::Ok as i32, Code::Ok as i32),
+        "SHADOW_MODE=true is --shadow-mode"
+    );
+    assert_eq!(over.statuses[0].code, Code::OverLimit as i32);
+    assert_eq!(s.logs().matches("envoyproxy/ratelimit setting REDIS_URL: ignored").count(), 1, "{}", s.log_tail());
+}

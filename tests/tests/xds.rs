@@ -124,7 +124,8 @@ async fn snapshots_are_served_acked_nacked_and_resubscribed_after_a_restart() {
         .await
         .expect("a new subscription");
     assert_eq!(again.request.version_info, "v3");
-    assert!(served(&s, "api", "path", "api-path").await);
+    // The ACK is sent once the snapshot applied.
+    assert_eq!(restarted.answer_to("v4", WAIT).await.expect("v4 answered").request.version_info, "v4");
     let r = s.should(req("api", vec![desc(&[("path", "/x")])])).await;
     assert_response(&r, Code::Ok, &[ok(9, Unit::Minute, "api-path", 8)]);
     restarted.stop().await;
@@ -169,5 +170,82 @@ async fn forced_start_is_healthy_before_the_first_snapshot_and_answers_unavailab
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     management.set(Snapshot::of("f1", &[domain("gw", "user", 4)]));
     assert!(served(&s, "gw", "user", "gw-user").await);
+    management.stop().await;
+}
+
+/// The environment Envoy Gateway writes into its rate limit Deployment (its
+/// `internal/infrastructure/kubernetes/ratelimit` testdata `default.yaml`: xDS over mTLS, TLS on
+/// the gRPC port, Prometheus on its own port, Redis settings that do not apply here), with
+/// only the ports changed (free ones) and the command zael-server: it starts, is healthy before
+/// the first snapshot, serves the snapshot the management server pushes over TLS, and
+/// exports the metrics where Envoy Gateway scrapes them.
+#[tokio::test]
+async fn the_envoy_gateway_deployment_environment_serves_a_pushed_snapshot() {
+    let ca = TestCa::new("envoy-gateway-ca");
+    let certs = tempfile::tempdir().expect("tempdir");
+    write_pem(certs.path(), "tls", &ca.server_and_client_cert());
+    std::fs::write(certs.path().join("ca.crt"), ca.cert_pem()).expect("ca");
+    let cert = |name: &str| certs.path().join(name).display().to_string();
+    let management = ManagementServer::start(None, Some((ca.server_cert(), Some(ca.cert_pem())))).await;
+    let metrics_port = free_port();
+    let env = [
+        ("RUNTIME_ROOT", "/data".to_owned()),
+        ("RUNTIME_SUBDIRECTORY", "ratelimit".into()),
+        ("RUNTIME_IGNOREDOTFILES", "true".into()),
+        ("RUNTIME_WATCH_ROOT", "false".into()),
+        ("LOG_LEVEL", "info".into()),
+        ("USE_STATSD", "false".into()),
+        ("CONFIG_TYPE", "GRPC_XDS_SOTW".into()),
+        ("CONFIG_GRPC_XDS_SERVER_URL", format!("localhost:{}", management.addr.port())),
+        ("CONFIG_GRPC_XDS_NODE_ID", "envoy-ratelimit".into()),
+        ("GRPC_SERVER_USE_TLS", "true".into()),
+        ("GRPC_SERVER_TLS_CERT", cert("tls.crt")),
+        ("GRPC_SERVER_TLS_KEY", cert("tls.key")),
+        ("GRPC_SERVER_TLS_CA_CERT", cert("ca.crt")),
+        ("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true".into()),
+        ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", cert("tls.crt")),
+        ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", cert("tls.key")),
+        ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", cert("ca.crt")),
+        ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true".into()),
+        ("REDIS_SOCKET_TYPE", "tcp".into()),
+        ("REDIS_URL", "redis.redis.svc:6379".into()),
+        ("USE_PROMETHEUS", "true".into()),
+        ("PROMETHEUS_ADDR", format!(":{metrics_port}")),
+        ("PROMETHEUS_MAPPER_YAML", "/etc/statsd-exporter/conf.yaml".into()),
+        ("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "100ms".into()),
+    ];
+    let mut builder = Server::builder().no_config_arg().addrs_from_env().no_wait();
+    for (k, v) in &env {
+        builder = builder.env(k, v);
+    }
+    let mut s = builder.start().await;
+    s.wait_healthy(WAIT).await;
+    assert!(s.logs().contains("envoyproxy/ratelimit setting REDIS_URL: ignored"), "{}", s.log_tail());
+
+    management.set(Snapshot::of("eg-1", &[domain("default/eg/https", "user", 3)]));
+    assert_eq!(management.answer_to("eg-1", WAIT).await.expect("ACK").request.version_info, "eg-1");
+    let received = management.received();
+    assert_eq!(received[0].request.node.as_ref().expect("node").id, "envoy-ratelimit");
+
+    // The RLS over TLS (GRPC_SERVER_USE_TLS), as Envoy calls it.
+    let channel = zael_tests::tls::tls_channel(s.grpc_addr, &ca.cert_pem(), None).await.expect("TLS to the RLS");
+    let mut rls = RateLimitServiceClient::new(channel);
+    let answer = poll_until(WAIT, Duration::from_millis(50), || {
+        let mut rls = rls.clone();
+        async move {
+            let r = rls.should_rate_limit(req("default/eg/https", vec![desc(&[("user", "u")])])).await.ok()?;
+            r.into_inner().statuses[0].current_limit.is_some().then_some(())
+        }
+    })
+    .await;
+    assert!(answer.is_some(), "the pushed domain is served over TLS");
+    let r =
+        rls.should_rate_limit(req("default/eg/https", vec![desc(&[("user", "u")])])).await.expect("rls").into_inner();
+    assert_response(&r, Code::Ok, &[ok(3, Unit::Minute, "default/eg/https-user", 1)]);
+
+    let metrics =
+        http_request(([127, 0, 0, 1], metrics_port).into(), "GET", "/metrics", &[], None).await.expect("metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body.contains("zael_decisions_total{domain=\"default/eg/https\",code=\"ok\"}"), "{}", metrics.body);
     management.stop().await;
 }
