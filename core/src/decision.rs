@@ -143,7 +143,8 @@ pub struct Status {
     /// The rule metric label made of the request's values (`detailed_metric`,
     /// `value_to_metric`), used instead of `rule` when set.
     pub values_label: Option<String>,
-    /// The rule is in quota mode (`quota_mode: true`, or the global setting).
+    /// The rule is in quota mode (`quota_mode: true`); the global `--quota-mode` is applied
+    /// by [`Plan::decide`] on top.
     pub quota_mode: bool,
     /// The rule's `metadata:`, for the response's dynamic metadata.
     pub metadata: Option<Arc<Metadata>>,
